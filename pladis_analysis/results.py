@@ -1,0 +1,172 @@
+"""Tidy result tables with provenance: atomic writes, resumable runs.
+
+Every experiment writes ``<name>.csv`` (one row per measurement) and beside it ``<name>.meta.json`` with
+``git_commit``, ``created``, ``config``, ``seeds``, ``versions``, ``device`` and ``threads``. A rerun
+reads the existing table and skips rows whose key columns are already present; files are written to a
+temporary name and renamed, so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+_PACKAGES = ("torch", "numpy", "scipy", "pandas", "diffusers", "transformers", "entmax", "triton")
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    """The current commit hash (with ``-dirty`` when the tree has changes), or ``"unknown"``."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of python and the packages whose behaviour the numbers depend on."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_description(device: str | None = None) -> str:
+    """A human-readable name of the device: the GPU's name for CUDA, the CPU model otherwise."""
+    import torch
+
+    if (device is None and torch.cuda.is_available()) or (device is not None and str(device).startswith("cuda")):
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(torch.device(device or "cuda"))
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {cpu}"
+
+
+def provenance(config: dict[str, Any] | None = None, seeds: Iterable[int] | None = None,
+               device: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The metadata every results file carries."""
+    import torch
+
+    meta = {
+        "git_commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": config or {},
+        "seeds": list(seeds) if seeds is not None else [],
+        "versions": package_versions(),
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    meta.update(extra)
+    return meta
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def meta_path(table_path: str | os.PathLike) -> Path:
+    p = Path(table_path)
+    return p.with_name(p.stem + ".meta.json")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
+    """Write ``df`` as CSV and its metadata beside it, each atomically. Returns the table's path."""
+    path = Path(path)
+    if path.suffix != ".csv":
+        raise ValueError(f"path={str(path)!r}: results tables are CSV files ending in .csv")
+    _atomic_write_text(path, df.to_csv(index=False))
+    _atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a results table; a missing file is an error naming the path and how to produce it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"results file {str(path)!r} does not exist; run the experiment that writes it first")
+    return pd.read_csv(path)
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(meta_path(path).read_text())
+
+
+class ResultsTable:
+    """A results table that resumes: rows whose key columns already exist on disk are not recomputed.
+
+    >>> table = ResultsTable("results/x.csv", keys=["map", "shape"], config=cfg.to_dict(), seeds=[0])
+    >>> for key in grid:
+    ...     if table.has(map=..., shape=...): continue
+    ...     table.add({"map": ..., "shape": ..., "ms": ...})
+    ...     table.flush()          # atomic; safe to interrupt after any flush
+    """
+
+    def __init__(self, path: str | os.PathLike, keys: list[str], config: dict[str, Any] | None = None,
+                 seeds: Iterable[int] | None = None, device: str | None = None, resume: bool = True):
+        self.path = Path(path)
+        self.keys = list(keys)
+        self.config = config or {}
+        self.seeds = list(seeds) if seeds is not None else []
+        self.device = device
+        self.rows: list[dict[str, Any]] = []
+        if resume and self.path.exists():
+            old_meta = read_meta(self.path) if meta_path(self.path).exists() else {}
+            if old_meta.get("config", self.config) == self.config:
+                self.rows = read_table(self.path).to_dict("records")
+        self._done = {self._key(r) for r in self.rows}
+
+    def _key(self, row: dict[str, Any]) -> tuple:
+        missing = [k for k in self.keys if k not in row]
+        if missing:
+            raise ValueError(f"row is missing key columns {missing}; keys are {self.keys}")
+        return tuple(str(row[k]) for k in self.keys)
+
+    def has(self, **key: Any) -> bool:
+        return self._key(key) in self._done
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows.append(dict(row))
+        self._done.add(self._key(row))
+
+    def dataframe(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def flush(self, **extra_meta: Any) -> Path:
+        return write_table(self.dataframe(), self.path,
+                           provenance(self.config, self.seeds, self.device, **extra_meta))
