@@ -100,6 +100,10 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
 def meta_path(table_path: str | os.PathLike) -> Path:
     p = Path(table_path)
     return p.with_name(p.stem + ".meta.json")
@@ -147,7 +151,8 @@ class ResultsTable:
         self.rows: list[dict[str, Any]] = []
         if resume and self.path.exists():
             old_meta = read_meta(self.path) if meta_path(self.path).exists() else {}
-            if old_meta.get("config", self.config) == self.config:
+            # Compare through JSON so tuples in a dataclass config equal the lists read back from disk.
+            if _jsonable(old_meta.get("config", self.config)) == _jsonable(self.config):
                 self.rows = read_table(self.path).to_dict("records")
         self._done = {self._key(r) for r in self.rows}
 

@@ -1,0 +1,49 @@
+"""Results tables: atomic writes, provenance keys, resume."""
+
+import json
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import pytest
+
+from pladis_analysis.results import ResultsTable, meta_path, read_table, write_table
+
+
+@dataclass
+class _Cfg:
+    sizes: tuple = (1, 2)
+
+
+def test_write_then_read_round_trips_with_provenance(tmp_path):
+    path = write_table(pd.DataFrame({"a": [1, 2]}), tmp_path / "t.csv", {"git_commit": "x"})
+    assert read_table(path)["a"].tolist() == [1, 2]
+    assert json.loads(meta_path(path).read_text())["git_commit"] == "x"
+    assert not list(tmp_path.glob(".*tmp")), "a temporary file was left behind"
+
+
+def test_table_flush_records_the_required_provenance(tmp_path):
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()), seeds=[3])
+    t.add({"k": 1, "v": 0.5})
+    meta = json.loads(meta_path(t.flush()).read_text())
+    for key in ("git_commit", "created", "config", "seeds", "versions", "device", "threads"):
+        assert key in meta, key
+    assert meta["seeds"] == [3] and meta["versions"]["torch"]
+
+
+def test_rerun_resumes_rows_and_a_changed_config_starts_afresh(tmp_path):
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))
+    t.add({"k": 1, "v": 0.5})
+    t.flush()
+    again = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))  # tuples vs JSON lists
+    assert again.has(k=1) and not again.has(k=2)
+    changed = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg(sizes=(3,))))
+    assert not changed.has(k=1)
+
+
+def test_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="key columns"):
+        ResultsTable(tmp_path / "r.csv", keys=["k"]).add({"v": 1})
+    with pytest.raises(ValueError, match=".csv"):
+        write_table(pd.DataFrame(), tmp_path / "r.parquet", {})
+    with pytest.raises(FileNotFoundError, match="run the experiment"):
+        read_table(tmp_path / "missing.csv")
