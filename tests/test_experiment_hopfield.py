@@ -1,6 +1,7 @@
 """The Hopfield retrieval study runs, resumes, and its bounds hold on every trial it records."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "hopfield_retriev
 def _load():
     spec = importlib.util.spec_from_file_location("hopfield_retrieval", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
