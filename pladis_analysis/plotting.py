@@ -50,3 +50,22 @@ def plot_hopfield_retrieval(table: str | os.PathLike | pd.DataFrame) -> plt.Figu
     grid.set_axis_labels("query noise (relative)", "error / softmax error")
     grid.figure.suptitle("One-step Hopfield retrieval: sparse and PLADIS vs dense", y=1.02)
     return grid.figure
+
+
+def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Map benchmark (``experiments/bench_maps.py``): time relative to ``torch.softmax`` per map and
+    implementation, one panel per (device, shape) and mode; log scale, lower is faster."""
+    df = _load(table).copy()
+    df["panel"] = df["device"].astype(str) + "  [" + df["shape"].astype(str).str.replace("x", ", ") + "]"
+    order = [m for m in ("softmax", "sparsemax", "entmax15", "entmax(1.25)", "pladis(2, 1.5)") if m in set(df["map"])]
+    impls = [i for i in ("torch.softmax", "pladis_analysis", "entmax package") if i in set(df["impl"])]
+    grid = sns.catplot(data=df, x="map", y="x_torch_softmax", hue="impl", col="panel", row="mode", kind="bar",
+                       order=order, hue_order=impls, height=3.2, aspect=1.5, sharey=True, legend_out=True)
+    for ax in grid.axes.flat:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.tick_params(axis="x", rotation=20)
+    grid.set_axis_labels("", "median time / torch.softmax")
+    grid.set_titles("{row_name} | {col_name}")
+    grid.figure.suptitle("Attention maps: our torch path vs the entmax package (lower is faster)", y=1.02)
+    return grid.figure

@@ -1,0 +1,266 @@
+"""Train the bundled shapes text-to-image model (pixel-space UNet cross-attending to all-MiniLM-L6-v2).
+
+    python experiments/train_shapes_model.py                       # full run (CPU: ~1 h), resumes if a checkpoint exists
+    python experiments/train_shapes_model.py --quick               # a few steps, for CI
+    python experiments/train_shapes_model.py --export-only         # copy the latest checkpoint's EMA weights into the package
+
+Data are generated on the fly: step ``s`` uses scenes ``s·B … (s+1)·B − 1`` of the ``"mixed"`` training stream
+(60% one object, 40% two objects; held-out colour–shape pairs never occur). Text contexts are cached per prompt
+(the prompt set is finite). 10% of the prompts are replaced by the empty prompt so the model learns the
+unconditional score that classifier-free guidance needs. Loss: v-prediction MSE with min-SNR-5 weighting on a
+cosine schedule. An EMA copy of the weights is kept and is what gets exported.
+
+Every ``checkpoint_minutes`` the run writes ``<run_dir>/checkpoint.pt`` (model, EMA, optimiser, step, wall time:
+a rerun resumes from it), exports the EMA weights (fp16 safetensors) to ``<run_dir>/weights`` and rewrites the
+loss log ``results/shapes_train_loss.csv`` (+ ``.meta.json``). At the end the weights go to
+``pladis_analysis/models/shapes/weights`` (unless ``--no-install``) with ``training.json`` and the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pladis_analysis.models.shapes import dataset as ds  # noqa: E402
+from pladis_analysis.models.shapes.model_card import write_model_card  # noqa: E402
+from pladis_analysis.models.shapes.pipeline import (WEIGHTS_DIR, add_coordinate_channels, save_unet,  # noqa: E402
+                                                    scheduler_config, unet_config)
+from pladis_analysis.models.shapes.text_encoder import PromptCache, load_text_encoder  # noqa: E402
+from pladis_analysis.results import device_description, provenance, write_table  # noqa: E402
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run."""
+
+    seed: int = 0
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_heads: int = 4
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_steps: int = 30000
+    time_budget_minutes: float = 80.0
+    empty_prompt_fraction: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_minutes: float = 4.0
+    log_every: int = 20
+    threads: int = 2
+    run_dir: str = "tmp/shapes_run"
+    loss_log: str = "results/shapes_train_loss.csv"
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        self.block_out_channels = tuple(self.block_out_channels)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
+        if not 0 <= self.empty_prompt_fraction < 1:
+            raise ValueError(f"empty_prompt_fraction={self.empty_prompt_fraction}: must be in [0, 1)")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay={self.ema_decay}: must be in (0, 1)")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps={self.max_steps}: must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+    @classmethod
+    def quick_config(cls) -> "TrainConfig":
+        return cls(max_steps=6, batch_size=8, warmup_steps=2, log_every=2, checkpoint_minutes=0.0,
+                   run_dir="tmp/shapes_run_quick", loss_log="tmp/shapes_run_quick/loss.csv", quick=True)
+
+
+def lr_at(step: int, cfg: TrainConfig, elapsed_s: float = 0.0) -> float:
+    """Linear warm-up, constant, then a cosine down to 10% over the last 25% of the run.
+
+    Progress is the larger of ``step / max_steps`` and ``elapsed / time budget``, so a run cut short by its
+    time budget still ends on a decayed learning rate.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    progress = max(step / cfg.max_steps, elapsed_s / (cfg.time_budget_minutes * 60))
+    if progress < 0.75:
+        return cfg.learning_rate
+    frac = min(1.0, (progress - 0.75) / 0.25)
+    return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def batch_at(step: int, cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
+    """Images (B, 3, 32, 32) in [-1, 1] and prompts of training step ``step`` (a pure function of it)."""
+    samples = ds.make_dataset(cfg.batch_size, seed=cfg.seed, kind="mixed", split="train",
+                              start=step * cfg.batch_size)
+    images = np.stack([s.image for s in samples])  # (B, H, W, 3) uint8
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (B, 3, H, W)
+    rng = np.random.default_rng([cfg.seed, step, 7])
+    prompts = ["" if rng.random() < cfg.empty_prompt_fraction else s.prompt for s in samples]
+    return x, prompts
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(cfg: TrainConfig, install: bool = True) -> dict:
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    run_dir = ROOT / cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+
+    unet = UNet2DConditionModel.from_config(unet_config(cfg.block_out_channels, cfg.layers_per_block,
+                                                        cfg.attention_heads))
+    ema = UNet2DConditionModel.from_config(unet.config)
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    noise_sched = DDPMScheduler.from_config(scheduler_config())
+    alphas_cumprod = noise_sched.alphas_cumprod.float()  # (T,)
+    tokenizer, text_encoder = load_text_encoder()
+    cache = PromptCache(tokenizer, text_encoder)
+
+    step, elapsed, log_rows = 0, 0.0, []
+    if ckpt_path.exists() and not cfg.quick:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        unet.load_state_dict(state["unet"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed, log_rows = state["step"], state["elapsed"], state["log_rows"]
+        print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min)", flush=True)
+
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(f"UNet parameters: {n_params / 1e6:.2f} M; device {device_description('cpu')}", flush=True)
+
+    def checkpoint(final: bool = False) -> None:
+        _atomic_torch_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                            "step": step, "elapsed": elapsed, "log_rows": log_rows, "config": cfg.to_dict()},
+                           ckpt_path)
+        export(run_dir / "weights", final)
+        meta = provenance(cfg.to_dict(), seeds=[cfg.seed], device="cpu", steps_done=step, wall_time_s=elapsed,
+                          unet_parameters=n_params, final=final)
+        write_table(pd.DataFrame(log_rows), ROOT / cfg.loss_log, meta)
+
+    def export(directory: Path, final: bool) -> None:
+        save_unet(ema, directory)
+        info = {"steps": step, "samples_seen": step * cfg.batch_size, "wall_time_s": round(elapsed, 1),
+                "hardware": device_description("cpu"), "threads": cfg.threads, "unet_parameters": n_params,
+                "config": cfg.to_dict(), "final": final,
+                "samples_per_s": round(step * cfg.batch_size / max(elapsed, 1e-9), 2)}
+        (directory / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    budget_s = cfg.time_budget_minutes * 60
+    last_ckpt = time.time()
+    window: list[float] = []
+    t_window = time.time()
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", mininterval=30, disable=None)
+    unet.train()
+    while step < cfg.max_steps and elapsed < budget_s:
+        t0 = time.time()
+        x0, prompts = batch_at(step, cfg)
+        context = cache(prompts)  # (B, L, 384)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg, elapsed)
+        pred = unet(add_coordinate_channels(x_t), t, encoder_hidden_states=context).sample
+        snr = (a / (1 - a)).view(-1)
+        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR weighting for v-prediction
+        loss = (weight * (pred - v_target).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        step += 1
+        elapsed += time.time() - t0
+        window.append(loss.item())
+        bar.update(1)
+        if step % cfg.log_every == 0:
+            now = time.time()
+            log_rows.append({"step": step, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"],
+                             "elapsed_s": round(elapsed, 1),
+                             "samples_per_s": round(cfg.log_every * cfg.batch_size / (now - t_window), 2),
+                             "cached_prompts": len(cache)})
+            print(json.dumps(log_rows[-1]), flush=True)
+            window, t_window = [], now
+        if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
+            checkpoint()
+            last_ckpt = time.time()
+    bar.close()
+    checkpoint(final=True)
+    if install and not cfg.quick:
+        install_weights(run_dir / "weights")
+    return {"steps": step, "wall_time_s": elapsed}
+
+
+def install_weights(src: Path, dst: Path = WEIGHTS_DIR) -> None:
+    """Copy an exported weights folder into the package and (re)write its model card."""
+    for sub in ("unet", "scheduler"):
+        if (dst / sub).exists():
+            shutil.rmtree(dst / sub)
+        shutil.copytree(src / sub, dst / sub)
+    shutil.copy2(src / "training.json", dst / "training.json")
+    write_model_card(dst)
+    size = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
+    if size > 16 * 2**20:
+        raise ValueError(f"weights folder {dst} is {size / 2**20:.1f} MiB, over the 16 MiB limit")
+    print(f"installed weights into {dst} ({size / 2**20:.2f} MiB)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few tiny steps (CI)")
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--time-budget-minutes", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--no-install", action="store_true", help="do not copy the weights into the package")
+    parser.add_argument("--export-only", action="store_true",
+                        help="install <run_dir>/weights of the latest checkpoint into the package and exit")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.quick_config() if args.quick else TrainConfig()
+    overrides = {k: v for k, v in (("max_steps", args.max_steps), ("time_budget_minutes", args.time_budget_minutes),
+                                   ("batch_size", args.batch_size)) if v is not None}
+    cfg = dataclasses.replace(cfg, **overrides)
+    if args.export_only:
+        install_weights(ROOT / cfg.run_dir / "weights")
+        return
+    print(json.dumps(cfg.to_dict()), flush=True)
+    print(json.dumps(train(cfg, install=not args.no_install)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Load local diffusers pipelines (never from the hub) and sample from them with PLADIS on or off.
+
+``load_pipeline(path)`` opens a folder saved by ``DiffusionPipeline.save_pretrained`` (SD1.5, SDXL, SANA, PixArt
+…) with ``local_files_only=True``; a missing or malformed folder raises an error that says what was expected.
+``sample(pipe, prompts, ...)`` calls the pipeline with a seeded generator and optional PLADIS, and returns the
+images with the settings that produced them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .patch import apply_pladis
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``torch.float16`` or a name (``"float16"``, ``"fp16"``, ``"bfloat16"``, ``"float32"``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_DTYPES)} or a torch.dtype") from None
+
+
+def check_pipeline_folder(path: str | os.PathLike) -> dict[str, Any]:
+    """Validate a ``save_pretrained`` folder and return its ``model_index.json``.
+
+    Raises ``FileNotFoundError`` when the folder or ``model_index.json`` is missing and ``ValueError`` when the
+    index is unreadable or names component folders that are absent.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist; expected a diffusers pipeline folder "
+                                "(written by DiffusionPipeline.save_pretrained, containing model_index.json)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"model path {str(path)!r} is a file; expected a diffusers pipeline folder with "
+                                "model_index.json (single-file checkpoints are not supported here)")
+    index_file = path / "model_index.json"
+    if not index_file.exists():
+        raise FileNotFoundError(f"{str(path)!r} has no model_index.json; expected a diffusers pipeline folder "
+                                f"(found: {sorted(p.name for p in path.iterdir())[:20]})")
+    try:
+        index = json.loads(index_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(index_file)!r} is not valid JSON: {err}") from err
+    if not isinstance(index, dict) or "_class_name" not in index:
+        raise ValueError(f"{str(index_file)!r} has no '_class_name'; is this a diffusers pipeline folder?")
+    missing = [name for name, spec in index.items()
+               if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2
+               and spec[0] is not None and not (path / name).is_dir()]
+    if missing:
+        raise ValueError(f"{str(path)!r}: model_index.json lists components {missing} but their folders are "
+                         "missing; copy the whole pipeline folder")
+    return index
+
+
+def load_pipeline(path: str | os.PathLike, dtype: str | torch.dtype = torch.float32,
+                  device: str | torch.device = "cpu", **kwargs):
+    """A diffusers pipeline from a local folder, with ``local_files_only=True`` (no network).
+
+    ``kwargs`` go to ``DiffusionPipeline.from_pretrained`` (e.g. ``variant="fp16"``). The progress bar of the
+    pipeline itself is disabled (callers show their own).
+    """
+    index = check_pipeline_folder(path)
+    try:
+        from diffusers import DiffusionPipeline
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("loading pipelines needs diffusers: pip install 'pladis_analysis[diffusion]'") from err
+    try:
+        with warnings.catch_warnings():
+            # newer diffusers rename `torch_dtype` to `dtype`; the old name works across the supported range
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=parse_dtype(dtype),
+                                                     local_files_only=True, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ValueError(f"could not load the {index.get('_class_name')} pipeline in {str(path)!r} "
+                         f"(local files only): {err}") from err
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@dataclass
+class SampleResult:
+    """Images (PIL) and the settings that produced them."""
+
+    images: list
+    prompts: list[str]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: float | None = None,
+           seed: int = 0, pladis_scale: float = 0.0, alpha: float = 1.5, layers="default",
+           branches: str = "all", callback: Callable | None = None, **call_kwargs) -> SampleResult:
+    """Sample one image per prompt; PLADIS is on when ``pladis_scale`` ≠ 0.
+
+    ``guidance_scale=None`` keeps the pipeline's default. ``callback(step, timestep)`` is called after every step
+    (through ``callback_on_step_end`` when the pipeline supports it), e.g. to advance a progress bar.
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts=[]: give at least one prompt")
+    if steps < 1:
+        raise ValueError(f"steps={steps!r}: must be ≥ 1")
+    device = getattr(pipe, "device", torch.device("cpu"))
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    kwargs = dict(prompt=prompts, num_inference_steps=steps, generator=generator, **call_kwargs)
+    if guidance_scale is not None:
+        kwargs["guidance_scale"] = guidance_scale
+    if callback is not None:
+        def on_step_end(pipeline, step, timestep, tensors):
+            callback(step, timestep)
+            return tensors
+        kwargs["callback_on_step_end"] = on_step_end
+
+    settings = {"steps": steps, "guidance_scale": guidance_scale, "seed": seed, "pladis_scale": pladis_scale,
+                "alpha": alpha, "layers": layers if isinstance(layers, str) else list(layers),
+                "branches": branches, "device": str(device)}
+    if pladis_scale != 0:
+        with apply_pladis(pipe, scale=pladis_scale, alpha=alpha, layers=layers, branches=branches) as handle:
+            settings["pladis_layers"] = handle.layers
+            images = pipe(**kwargs).images
+    else:
+        images = pipe(**kwargs).images
+    return SampleResult(images=list(images), prompts=prompts, settings=settings)

@@ -1,0 +1,395 @@
+"""The maths of the torch path: thresholds, forward maps and closed-form Jacobian-vector products.
+
+Everything here works on the LAST dimension of a tensor that is already in the working dtype
+(float32, or float64 for float64 inputs); :mod:`.functions` handles dtypes, devices and autograd.
+
+All maps are computed in the shifted and scaled space used by Peters, Niculae & Martins (2019):
+
+    z' = (α − 1)(z − max z),      p_i = [z'_i − τ]_+^{q},      q = 1/(α − 1),
+
+with τ the unique root of f(τ) = Σ_i [z'_i − τ]_+^q − 1. Because max z' = 0 and p ≤ 1,
+τ always lies in the bracket [−1, −d^{1−α}] (d = row length): at τ = −1 the largest entry alone
+already has mass 1, at τ = −d^{1−α} every entry has mass at most 1/d.
+
+How τ is found (all rows of a chunk at once, the whole loop vectorised over rows):
+
+* 1 < α ≤ 2 (q ≥ 1): Newton's method on h(τ) = ‖[z' − τ]_+‖_q − 1 rather than on f. h is convex and
+  decreasing (a monotone norm of a componentwise convex map), so Newton started at the lower bracket end
+  τ = −1 climbs monotonically to τ* and never overshoots: the bisection branch of a safeguarded
+  Newton–bisection hybrid is provably never taken, and steps are merely clamped to the bracket against
+  rounding. h is also nearly linear (exactly linear while the support is fixed and the active t_i are
+  equal), so rows need 2–7 steps (mean ~5 for 1.5-entmax on N(0, 1) scores). For α = 2 the step is
+  Michelot's fixed point τ ← (Σ_S z' − 1)/|S|, exact once the support S is found.
+* α > 2 (q < 1): f is neither convex nor smooth at the kinks, so a true safeguarded Newton–bisection on f
+  keeps a bracket [lo, hi] with f(lo) ≥ 0 > f(hi) and bisects whenever a step does not land inside it.
+* Stopping: a row is done when |f(τ)| = |Σp − 1| ≤ ε (ε = :data:`SUM_TOLERANCE` of the working dtype),
+  or when the Newton step is below two ulps of |τ| ≤ 1 — τ is then as close to τ* as the working precision
+  can hold, and |f| ≲ 2u · |f'(τ)|, |f'| = q Σ t^{q−1}, u the machine epsilon (this floor exceeds ε
+  for α near 1 or long rows).
+* Exact maps: sparsemax ends on Michelot's closed form. For α = 1.5 the support S of the last Newton
+  iterate is used to solve Σ_S (z' − τ)² = 1 in closed form (Peters, Niculae & Martins 2019); the result
+  is kept when Σp is within ε of 1 (always, unless an entry sits within ~|f| of τ*), otherwise the row
+  falls back to the renormalised Newton iterate.
+* General α: p is renormalised, p ← p/Σp.
+
+Error bound. p_i(τ) is monotone in τ for every i, so p(τ) − p* has one sign and
+‖p(τ) − p*‖₁ = |Σp(τ) − 1| = |f(τ)|; renormalising moves p by another |f(τ)| in ℓ₁. Hence
+
+    ‖p − p*‖_∞ ≤ ‖p − p*‖₁ ≤ 2 |f(τ_final)| ≤ 2 max(ε, 2u · q Σ_i t_i^{q−1}),
+
+plus the rounding of evaluating f and writing p in the working precision (O(log d · u)).
+``tests/test_maps_torch.py`` checks this bound against the NumPy float64 reference.
+
+Jacobians (Peters et al. 2019, Prop. 1; Blondel et al. 2020): for α-entmax, J = diag(s) − s sᵀ/Σs with
+s_i = p_i^{2−α} on the support and 0 off it. With t = [z' − τ]_+ we have p = t^q and s = t^{q−1}, so
+the forward pass hands t^{q−1} to the backward pass and no power is taken there. Softmax:
+J = diag(p) − p pᵀ. Both are symmetric, so the vector-Jacobian product is J v.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+# |Σp − 1| at which the general-α solver stops, per working dtype (see the module docstring for the
+# resulting bound 2ε on ‖p − p*‖₁). Both are ~8 units in the last place of a sum of d ≲ 10⁴ terms ≤ 1:
+# lower would ask the iteration for accuracy that evaluating f in that precision cannot deliver.
+SUM_TOLERANCE: dict[torch.dtype, float] = {torch.float32: 2.0**-21, torch.float64: 2.0**-41}
+
+# Newton on h needs a handful of steps; bisection alone would need ~log2(1/ε) ≈ 40 (float64).
+# The cap is only reached by pathological rows, which then keep their last iterate (renormalised for
+# general α).
+MAX_ITERATIONS = 64
+
+
+# --------------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------------
+
+def check_alpha(alpha) -> float:
+    """``alpha`` as a float, or ValueError unless it is a finite real number > 1."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"alpha must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
+        alpha = alpha.item()
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ValueError(f"alpha={alpha!r} must be a real number > 1")
+    alpha = float(alpha)
+    if not math.isfinite(alpha) or alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r} must be a finite number > 1 (alpha -> 1 is softmax: use softmax())")
+    return alpha
+
+
+def check_scale(scale) -> float:
+    """The PLADIS scale λ as a float, or ValueError unless it is a finite real number."""
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise ValueError(f"scale must be a scalar, got a tensor of shape {tuple(scale.shape)}")
+        scale = scale.item()
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise ValueError(f"scale={scale!r} must be a finite real number")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} must be a finite real number")
+    return scale
+
+
+def check_scores(z, dim) -> int:
+    """Validate the score tensor and ``dim``; return ``dim`` as a non-negative index."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if not z.is_floating_point():
+        raise ValueError(f"z.dtype={z.dtype} must be a floating dtype (float64, float32, float16, bfloat16)")
+    if z.dim() == 0:
+        raise ValueError("z must have at least one dimension, got a 0-d tensor")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -z.dim() <= dim < z.dim():
+        raise ValueError(f"dim={dim!r} is out of range for z with {z.dim()} dimensions")
+    return dim % z.dim()
+
+
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def row_max(x: torch.Tensor) -> torch.Tensor:
+    """max over the last dim (keepdim), raising on NaN or +inf scores.
+
+    The maps need the row maximum anyway, so validating costs one reduction over the row maxima only:
+    ``amax`` propagates NaN (also when the row holds finite values) and returns +inf for a row with +inf.
+    A row of only −inf (fully masked) has max −inf, which is allowed.
+    """
+    m = x.amax(dim=-1, keepdim=True)
+    bad = ~(m < math.inf)  # NaN or +inf
+    if bool(bad.any()):
+        kind = "NaN" if bool(torch.isnan(m).any()) else "+inf"
+        raise ValueError(f"z contains {kind} scores; mask with -inf instead (rows of only -inf give zero weights)")
+    return m
+
+
+# --------------------------------------------------------------------------------------------------
+# softmax
+# --------------------------------------------------------------------------------------------------
+
+def softmax_forward(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim of ``x`` (working dtype); all −inf rows give zeros, not NaN."""
+    p = torch.softmax(x, dim=-1)
+    masked_rows = m == -math.inf
+    if bool(masked_rows.any()):
+        p = p.masked_fill(masked_rows, 0.0)
+    return p
+
+
+def softmax_support(x: torch.Tensor) -> torch.Tensor:
+    """Support size of softmax: the number of entries with a finite score (every such weight is > 0)."""
+    return (x > -math.inf).sum(dim=-1)
+
+
+def softmax_jvp(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(diag(p) − p pᵀ) v over the last dim."""
+    g = p * v
+    g.addcmul_(p, g.sum(dim=-1, keepdim=True), value=-1.0)
+    return g
+
+
+# --------------------------------------------------------------------------------------------------
+# α-entmax
+# --------------------------------------------------------------------------------------------------
+
+# Rows are processed in chunks of about this many elements (1 MiB in float32), so the solver's buffers
+# (z', t, t^{q−1}) stay in a core's L2 cache across its passes: at [16, 4096, 77] on one CPU thread the
+# bare Newton loop ran ~1.5x faster in chunks of 2^17 elements than in chunks of 2^20. Much smaller chunks
+# lose to the per-operation overhead of the row-wise bookkeeping.
+CHUNK_ELEMENTS = 2**18
+# On a GPU the same loop is bound by kernel launches, not cache: one chunk of up to 2^24 elements.
+CUDA_CHUNK_ELEMENTS = 2**24
+
+
+def entmax_forward(x: torch.Tensor, alpha: float, need_support: bool = False, need_s: bool = True,
+                   m: torch.Tensor | None = None):
+    """α-entmax over the last dim of ``x`` (working dtype).
+
+    ``m`` is the validated row max (keepdim) if the caller has it; otherwise each chunk computes and
+    validates its own, while the chunk is in cache. Returns ``(p, s, support)``: ``s = p^{2−α}`` on the
+    support (what the backward pass needs; ``None`` unless ``need_s``, and for α = 2, where s is the
+    support indicator) and ``support`` the int64 support size, or ``None`` unless ``need_support``.
+    """
+    shape = x.shape
+    d = shape[-1]
+    q = 1.0 / (alpha - 1.0)
+    x2 = x.reshape(-1, d)  # (R, d)
+    m2 = None if m is None else m.reshape(-1, 1)  # (R, 1)
+    rows = x2.shape[0]
+    p = torch.empty_like(x2)
+    s = torch.empty_like(x2) if (need_s and q != 1.0) else None
+    chunk_elements = CHUNK_ELEMENTS if x.device.type == "cpu" else CUDA_CHUNK_ELEMENTS
+    chunk = min(rows, max(1, chunk_elements // d))
+    zs_buf = x.new_empty((chunk, d))
+    # sparsemax counts its support each step; without s the other maps iterate in this buffer instead
+    work = x.new_empty((chunk, d)) if (q == 1.0 or s is None) else None
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        n = stop - start
+        x_c = x2[start:stop]  # (n, d)
+        m_c = row_max(x_c) if m2 is None else m2[start:stop]  # (n, 1)
+        # A fully masked row has max −inf; shift it by 0 instead so z' stays −inf (weights 0), not NaN.
+        m_c = torch.where(m_c == -math.inf, torch.zeros_like(m_c), m_c)
+        # z' = (α − 1)(z − max z): subtract first, so scores of 1e4 keep their small differences exact
+        zs = torch.sub(x_c, m_c, out=zs_buf[:n])  # (n, d)
+        if alpha != 2.0:
+            zs.mul_(alpha - 1.0)
+        p_c = p[start:stop]
+        s_c = s[start:stop] if s is not None else (None if q == 1.0 else work[:n])
+        if q >= 1.0:
+            _entmax_newton(zs, alpha, p_c, s_c, work[:n] if q == 1.0 else None)
+        else:
+            _entmax_safeguarded(zs, alpha, p_c, s_c)
+    support = None
+    if need_support:
+        support = torch.sign(p).sum(dim=-1).to(torch.int64).reshape(shape[:-1])
+    return p.reshape(shape), (None if s is None else s.reshape(shape)), support
+
+
+def _power_into(t: torch.Tensor, e: float, out: torch.Tensor) -> torch.Tensor:
+    """out = t ** e (t ≥ 0), by multiplication for small integer e; 0 where t = 0 even for e < 0."""
+    if e == 1.0:
+        return out.copy_(t)
+    if e == 2.0:
+        return torch.mul(t, t, out=out)
+    if e == 3.0:
+        return torch.mul(t, t, out=out).mul_(t)
+    if e == 4.0:
+        return torch.mul(t, t, out=out).square_()
+    torch.pow(t, e, out=out)
+    if e < 0.0:  # α > 2: t^{q−1} has a negative exponent; it is 0 off the support, not inf
+        out.masked_fill_(t == 0, 0.0)
+    return out
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Σ_j a_ij b_ij as (R, 1), one fused pass (a batched 1×d by d×1 product)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1, 1)
+
+
+# Rows that have converged are dropped from the Newton loop (copying the others into a compact buffer)
+# once at least this fraction of the still-active rows is done; converged rows are otherwise carried along.
+# Rows need 2-7 steps: without compaction every step would cost as much as the slowest row's.
+COMPACT_FRACTION = 0.3
+
+
+def _entmax_newton(zs, alpha, p, s, scratch):
+    """α-entmax, 1 < α ≤ 2, of the rows of ``zs`` (R, d) = z' (max 0 per row), written into ``p`` and ``s``.
+
+    Newton on the convex, decreasing h(τ) = ‖t‖_q − 1, t = [z' − τ]_+, from τ = −1: the iterates rise
+    monotonically to τ* (tangents of a convex function lie below it), so the bisection branch of a
+    safeguarded Newton is provably never taken; steps are still clamped to the bracket against rounding.
+    Stops when every row has |f| ≤ ε or cannot move (see the module docstring). The output buffers double
+    as the iteration's workspace: t lives in ``p`` (``s`` for α = 1.5), t^{q−1} in ``s``.
+    """
+    rows, d = zs.shape
+    q = 1.0 / (alpha - 1.0)
+    eps = SUM_TOLERANCE[zs.dtype]
+    tiny = torch.finfo(zs.dtype).tiny
+    lo, hi = -1.0, -float(d) ** (1.0 - alpha)
+    step_floor = 2.0 * torch.finfo(zs.dtype).eps * max(abs(lo), abs(hi))  # two ulps of |τ| ≤ 1
+    t_buf = s if q == 2.0 else p
+    # per-row results, filled in as rows converge: τ, Σt^q, Σt^{q−1} and (α = 1.5) |S| at τ
+    final = {key: zs.new_empty((rows, 1)) for key in ("tau", "sum_q", "sum_q1", "count")}
+    tau = zs.new_full((rows, 1), lo)
+    active = None  # chunk indices of the rows still iterating; None: all rows, in their original order
+    z_act = zs
+    spare = None  # the buffer the next compaction copies into (two alternate)
+    for iteration in range(MAX_ITERATIONS):
+        n = z_act.shape[0]
+        t = torch.sub(z_act, tau, out=t_buf[:n]).clamp_(min=0.0)
+        if q == 1.0:
+            sum_q = t.sum(dim=-1, keepdim=True)
+            sum_q1 = torch.sign(t, out=scratch[:n]).sum(dim=-1, keepdim=True)  # |S|
+            step = (sum_q - 1.0) / sum_q1.clamp(min=1.0)  # = Michelot's closed form on the support
+        elif q == 2.0:
+            norm = torch.linalg.vector_norm(t, 2, dim=-1, keepdim=True)
+            sum_q1 = t.sum(dim=-1, keepdim=True)
+            sum_q = norm * norm
+            step = (norm - 1.0) * norm / sum_q1.clamp(min=tiny)
+        else:
+            w = _power_into(t, q - 1.0, s[:n])
+            sum_q1 = w.sum(dim=-1, keepdim=True)
+            sum_q = _row_dot(w, t)
+            norm = sum_q.pow(1.0 / q)
+            # δ = h/|h'| = (‖t‖_q − 1) ‖t‖_q^{q−1} / Σ t^{q−1} = (‖t‖_q − 1) Σt^q / (‖t‖_q Σt^{q−1})
+            step = (norm - 1.0) * sum_q / (norm * sum_q1).clamp(min=tiny)
+        new = (tau + step).clamp_(lo, hi)
+        # Stop a row when Σp is within ε of 1, or when the Newton step is below two ulps of τ: τ is then
+        # as close to τ* as the working precision can hold, and |f| ≤ 2u |f'(τ)| (this floor is above ε
+        # when |f'| = q Σt^{q−1} is large: α near 1, or long rows). A fully masked row has f = −1 and
+        # step 0, so it stops at once with weights 0.
+        done = (sum_q - 1.0).abs_() <= eps
+        done |= step.abs_() <= step_floor
+        n_done = n if iteration == MAX_ITERATIONS - 1 else int(done.sum())
+        if n_done == n or n_done >= COMPACT_FRACTION * n:
+            sel = None if n_done == n else done.view(-1).nonzero().view(-1)  # active positions that are done
+            rows_done = active if sel is None else (sel if active is None else active.index_select(0, sel))
+            stats = {"tau": tau, "sum_q": sum_q, "sum_q1": sum_q1}
+            if sel is not None:
+                stats = {key: value.index_select(0, sel) for key, value in stats.items()}
+            if q == 2.0:
+                t_done = t if sel is None else t.index_select(0, sel)
+                stats["count"] = torch.sign(t_done).sum(dim=-1, keepdim=True)
+            for key, value in stats.items():
+                if rows_done is None:
+                    final[key].copy_(value)
+                else:
+                    final[key].index_copy_(0, rows_done, value)
+            if n_done == n:
+                break
+            keep = (~done).view(-1).nonzero().view(-1)
+            if spare is None:
+                spare = [zs.new_empty((n - n_done, d)), zs.new_empty((n - n_done, d))]
+            out = spare[0] if z_act.data_ptr() != spare[0].data_ptr() else spare[1]
+            z_act = torch.index_select(z_act, 0, keep, out=out[: n - n_done])
+            active = keep if active is None else active.index_select(0, keep)
+            tau = new.index_select(0, keep)
+        else:
+            tau = new  # rows already done take steps below their tolerance; harmless
+    t_is_final = active is None  # no row was dropped, so t (and t^{q−1}) still hold every row's final value
+    tau, sum_q, sum_q1 = final["tau"], final["sum_q"], final["sum_q1"]
+    if q == 1.0:
+        if not t_is_final:
+            torch.sub(zs, tau, out=p).clamp_(min=0.0)
+        return  # p = t at the final τ
+    if q == 2.0:
+        # Exact 1.5-entmax: on the support S of the last iterate, Σ_S (z' − τ − δ)² = 1 is the quadratic
+        # |S| δ² − 2 Σt δ + (Σt² − 1) = 0, whose smaller root gives τ* exactly when S is the true support
+        # (Peters, Niculae & Martins 2019, Alg. 2 solves the same equation after a sort).
+        f = sum_q - 1.0
+        disc = (sum_q1 * sum_q1 - final["count"] * f).clamp_(min=0.0)
+        tau_exact = tau + f / (sum_q1 + disc.sqrt_()).clamp_(min=tiny)
+        t = torch.sub(zs, tau_exact, out=s).clamp_(min=0.0)
+        total = torch.linalg.vector_norm(t, 2, dim=-1, keepdim=True).square_()
+        torch.mul(t, t, out=p)
+        # If S still held an entry that τ* drops (only possible within about |f| of τ*), τ_exact
+        # overshoots and Σp < 1; p(τ) − p* has one sign, so ‖p − p*‖₁ = |Σp − 1|. Rows off by more than
+        # ε fall back to the Newton iterate, renormalised (bound 2ε); the rest are exact.
+        reject = ((total - 1.0).abs() > eps).view(-1).nonzero().view(-1)
+        if reject.numel():
+            total = sum_q.index_select(0, reject).clamp(min=tiny)
+            tr = (zs.index_select(0, reject) - tau.index_select(0, reject)).clamp_(min=0.0)
+            s.index_copy_(0, reject, tr / total.sqrt())
+            p.index_copy_(0, reject, tr * tr / total)
+        return
+    # general α: p = t^q / Σt^q, s = p^{2−α} = t^{q−1} / (Σt^q)^{2−α}; a fully masked row keeps zeros
+    if not t_is_final:
+        torch.sub(zs, tau, out=p).clamp_(min=0.0)
+        _power_into(p, q - 1.0, s)
+    total = torch.where(sum_q > 0, sum_q, torch.ones_like(sum_q))
+    p.mul_(s).div_(total)
+    s.div_(total.pow(2.0 - alpha))
+
+
+def _entmax_safeguarded(zs, alpha, p, s):
+    """α-entmax for α > 2 (q < 1) of the rows of ``zs`` into ``p`` and ``s``.
+
+    Here f is not convex and its slope is infinite at every kink, so plain Newton can stall or cycle:
+    safeguarded Newton–bisection on f, keeping a bracket [lo, hi] with f(lo) ≥ 0 > f(hi), taking the
+    Newton step only when it lands strictly inside and bisecting otherwise. Stops at |f| ≤ ε or when
+    the bracket has shrunk to rounding; then renormalises.
+    """
+    rows, d = zs.shape
+    q = 1.0 / (alpha - 1.0)
+    eps = SUM_TOLERANCE[zs.dtype]
+    tiny = torch.finfo(zs.dtype).tiny
+    ulp = 2.0 * torch.finfo(zs.dtype).eps
+    lo = zs.new_full((rows, 1), -1.0)
+    hi = zs.new_full((rows, 1), -float(d) ** (1.0 - alpha))
+    tau = lo.clone()
+    for _ in range(4 * MAX_ITERATIONS):  # bisection alone needs up to ~log2(1/ulp) steps
+        t = torch.sub(zs, tau, out=p).clamp_(min=0.0)
+        w = _power_into(t, q - 1.0, s)
+        sum_q1 = w.sum(dim=-1, keepdim=True)
+        sum_q = _row_dot(w, t)
+        f = sum_q - 1.0
+        lo = torch.where(f >= 0, tau, lo)
+        hi = torch.where(f < 0, tau, hi)
+        done = (f.abs() <= eps) | (sum_q == 0) | ((hi - lo) <= ulp * lo.abs())
+        if bool(done.all()):
+            break
+        new = tau + f / (q * sum_q1).clamp(min=tiny)
+        inside = (new > lo) & (new < hi)  # False for NaN
+        new = torch.where(inside, new, 0.5 * (lo + hi))
+        tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
+    total = torch.where(sum_q > 0, sum_q, torch.ones_like(sum_q))
+    p.mul_(s).div_(total)
+    s.div_(total.pow(2.0 - alpha))
+
+
+def entmax_jvp(s: torch.Tensor | None, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(diag(s) − s sᵀ/Σs) v over the last dim; ``s=None`` means sparsemax (s = 1 on the support)."""
+    if s is None:
+        s = (p > 0).to(v.dtype)
+    g = s * v
+    total = s.sum(dim=-1, keepdim=True)
+    coef = g.sum(dim=-1, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total))
+    g.addcmul_(s, coef, value=-1.0)
+    return g

@@ -1,0 +1,357 @@
+"""Fused PLADIS cross-attention: scores → softmax and α-entmax → A = S + λ(E − S) → A·V in one pass.
+
+Cross-attention keys are text tokens (77–300), so one program holds a block of queries together with *all*
+keys and values: it computes the block's score tile once, finds both maps in registers (softmax directly,
+α-entmax by the threshold search of :mod:`.entmax_rowwise`), mixes them, and multiplies by V. The scores
+never reach memory; memory traffic is that of softmax attention (read Q, K, V, write O).
+
+    z   = (q kᵀ) · score_scale + bias        bias: additive mask, or −inf where a boolean mask is False
+    S   = softmax(z),  E = α-entmax(z)
+    A   = S + λ (E − S)                      λ = pladis_scale (0: softmax attention, 1: entmax attention)
+    out = A v
+
+Inputs may be float16, bfloat16 or float32; products accumulate in float32 and both maps are computed in
+float32 (for float32 inputs the dot products use IEEE float32, not TF32). A row whose keys are all masked
+(all −inf) gets zero weights and a zero output, never NaN. An additive −10000 padding bias (diffusers,
+SANA/PixArt) is an ordinary finite bias: it gives those keys zero weight unless every key has it.
+
+Optionally the kernel also writes per-row statistics (see :data:`STAT_NAMES`) that the probes need, at
+almost no extra cost because the maps are already in registers.
+
+The backward pass recomputes through the torch maps (:mod:`pladis_analysis.maps`), so gradients are those of
+the reference path; it costs a materialised score matrix, which is fine for analysis work.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .entmax_rowwise import (KIND_GENERAL, MAX_ITER_EXACT, MAX_ITER_GENERAL, alpha_kind, entmax_rows)
+
+# Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
+MAX_KEYS = 512
+MAX_HEAD_DIM = 128
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# Per-row statistics, in this order along the last dimension of the stats tensor. Entropies use the natural
+# log; the top gap is z_(1) − z_(2) of the masked, scaled scores (the one-hot regime of α-entmax is
+# gap ≥ 1/(α−1)), +inf when fewer than two keys are valid; negative mass is Σ_{A_i<0} |A_i|, so
+# ‖A‖₁ = 1 + 2·negative_mass. All statistics are 0 on rows whose keys are all masked (gap: +inf).
+STAT_NAMES = ("entropy_softmax", "entropy_entmax", "support_entmax", "top_gap", "negative_mass")
+
+_MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
+
+
+@triton.jit
+def _fused_pladis_fwd_kernel(
+        Q, K, V, MASK, OUT, STATS,
+        score_scale, alpha, lam,
+        H, Lq, Lk, D, DV,
+        sqb, sqh, sqm, sqd,
+        skb, skh, skn, skd,
+        svb, svh, svn, svd,
+        smb, smh, smm, smn,
+        sob, soh, som, sod,
+        ssb, ssh, ssm,
+        MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
+        KIND: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr, IEEE_FP32: tl.constexpr,
+        UPCAST_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_in = rows < Lq
+    col_in = cols < Lk
+
+    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_M, BLOCK_D)
+    k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + offs_d[None, :] * skd,
+                mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_N, BLOCK_D)
+    if IEEE_FP32:
+        z = tl.dot(q, tl.trans(k), input_precision="ieee")
+    elif UPCAST_DOT:
+        z = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        z = tl.dot(q, tl.trans(k))                                                           # (BLOCK_M, BLOCK_N) fp32
+    z = z * score_scale
+    tile_in = row_in[:, None] & col_in[None, :]
+    if MASK_KIND == 1:
+        keep = tl.load(MASK + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0)
+        z = tl.where(keep != 0, z, float("-inf"))
+    elif MASK_KIND == 2:
+        bias = tl.load(MASK + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
+        z = z + bias.to(tl.float32)
+    valid = col_in[None, :] & (z > float("-inf"))
+    n_valid = tl.sum(valid.to(tl.float32), axis=1)
+    row_ok = n_valid > 0.0
+    zmax = tl.max(tl.where(valid, z, float("-inf")), axis=1)
+    zmax = tl.where(row_ok, zmax, 0.0)
+
+    if NEED_SOFTMAX:
+        e = tl.where(valid, tl.exp2((z - zmax[:, None]) * 1.4426950408889634), 0.0)               # exp via exp2(x·log2 e)
+        s_w = e / tl.maximum(tl.sum(e, axis=1), 1e-30)[:, None]                            # zero on empty rows
+    if NEED_ENTMAX:
+        e_w, tau, n_valid_e = entmax_rows(z, valid, alpha, KIND, MAX_ITER)
+    if NEED_SOFTMAX and NEED_ENTMAX:
+        a = s_w + lam * (e_w - s_w)
+    elif NEED_ENTMAX:
+        a = e_w
+    else:
+        a = s_w
+
+    v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_dv[None, :] * svd,
+                mask=col_in[:, None] & (offs_dv[None, :] < DV), other=0.0)                   # (BLOCK_N, BLOCK_DV)
+    if IEEE_FP32:
+        out = tl.dot(a, v.to(tl.float32), input_precision="ieee")
+    elif UPCAST_DOT:
+        # Round A to the input dtype first, as the tensor-core path below does, so the CPU tests see GPU rounding.
+        out = tl.dot(a.to(v.dtype).to(tl.float32), v.to(tl.float32))
+    else:
+        out = tl.dot(a.to(v.dtype), v)                                                       # fp32 accumulation
+    tl.store(OUT + b * sob + h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
+             out.to(OUT.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < DV))
+
+    if WITH_STATS:
+        # WITH_STATS implies both maps were computed (the host sets NEED_SOFTMAX = NEED_ENTMAX = True).
+        log_s = tl.where(s_w > 0.0, tl.log(tl.where(s_w > 0.0, s_w, 1.0)), 0.0)
+        ent_s = -tl.sum(s_w * log_s, axis=1)
+        log_e = tl.where(e_w > 0.0, tl.log(tl.where(e_w > 0.0, e_w, 1.0)), 0.0)
+        ent_e = -tl.sum(e_w * log_e, axis=1)
+        support = tl.sum((e_w > 0.0).to(tl.float32), axis=1)
+        at_max = valid & (z == zmax[:, None])
+        n_at_max = tl.sum(at_max.to(tl.float32), axis=1)
+        second = tl.max(tl.where(valid & (z < zmax[:, None]), z, float("-inf")), axis=1)
+        gap = tl.where(n_at_max > 1.0, 0.0, zmax - second)     # a tie at the top is a zero gap
+        gap = tl.where(n_valid > 1.0, gap, float("inf"))
+        neg = tl.sum(tl.where(a < 0.0, -a, 0.0), axis=1)
+        base = STATS + b * ssb + h * ssh + rows * ssm
+        tl.store(base + 0, ent_s, mask=row_in)
+        tl.store(base + 1, ent_e, mask=row_in)
+        tl.store(base + 2, support, mask=row_in)
+        tl.store(base + 3, gap, mask=row_in)
+        tl.store(base + 4, neg, mask=row_in)
+
+
+_AUTOTUNED: dict[int, object] = {}
+
+
+def _autotuned_kernel(block_n: int):
+    """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one key-block size.
+
+    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Candidates keep the
+    (BLOCK_M, BLOCK_N) score tile at ≤ 16k floats; the kernel only writes its outputs, so re-running it while
+    tuning is harmless.
+    """
+    if block_n not in _AUTOTUNED:
+        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1)
+                   for bm in (16, 32, 64, 128) if bm * block_n <= 16384 for w in (4, 8)]
+        _AUTOTUNED[block_n] = triton.autotune(
+            configs=configs,
+            key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "WITH_STATS"],
+        )(_fused_pladis_fwd_kernel)
+    return _AUTOTUNED[block_n]
+
+
+def _use_autotune(device: torch.device) -> bool:
+    return device.type == "cuda" and os.environ.get("PLADIS_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _block_m(block_n: int, block_d: int) -> int:
+    """Queries per program: the (BLOCK_M, BLOCK_N) score tile and its temporaries must stay in registers."""
+    budget = 8192 if block_d <= 64 else 4096
+    return max(16, min(64, budget // block_n))
+
+
+def _num_warps(block_m: int, block_n: int) -> int:
+    return 4 if block_m * block_n <= 4096 else 8
+
+
+def _to_4d(x: torch.Tensor, name: str) -> torch.Tensor:
+    """[..., L, d] → (B, H, L, d) as a view when possible: no leading dims → (1, 1), one → (B, 1), more → flattened."""
+    if x.dim() < 2:
+        raise ValueError(f"{name} must have at least 2 dims [..., L, d], got shape {tuple(x.shape)}")
+    if x.dim() == 2:
+        return x[None, None]
+    if x.dim() == 3:
+        return x[:, None]
+    if x.dim() == 4:
+        return x
+    return x.reshape(-1, *x.shape[-3:])                                                      # (B·…, H, L, d)
+
+
+def _mask_4d(attn_mask: torch.Tensor, lead: tuple[int, ...], lq: int, lk: int) -> tuple[torch.Tensor, int]:
+    """Broadcast ``attn_mask`` to (*lead, Lq, Lk) without copying, then to (B, H, Lq, Lk); returns (mask, kind)."""
+    if attn_mask.dtype == torch.bool:
+        kind = _MASK_BOOL
+        attn_mask = attn_mask.view(torch.uint8)  # same bytes; Triton loads uint8 cleanly everywhere
+    elif attn_mask.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        kind = _MASK_ADDITIVE
+        if attn_mask.dtype == torch.float64:
+            attn_mask = attn_mask.to(torch.float32)
+    else:
+        raise ValueError(f"attn_mask.dtype={attn_mask.dtype}: expected torch.bool or a floating dtype")
+    try:
+        full = attn_mask.expand(*lead, lq, lk)                                               # (*lead, Lq, Lk), stride 0 where broadcast
+    except RuntimeError:
+        raise ValueError(f"attn_mask shape {tuple(attn_mask.shape)} does not broadcast to "
+                         f"{(*lead, lq, lk)}") from None
+    return _to_4d(full, "attn_mask"), kind
+
+
+def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float,
+                            alpha: float, attn_mask: torch.Tensor | None = None,
+                            score_scale: float | None = None, need_softmax: bool = True,
+                            need_entmax: bool = True, return_stats: bool = False):
+    """Launch the fused kernel (no autograd). Returns ``out`` or ``(out, stats)``.
+
+    ``q``: [..., Lq, d], ``k``: [..., Lk, d], ``v``: [..., Lk, dv] with the same leading dims (k/v may
+    broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
+    float32.
+    """
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: the kernel needs one dtype among "
+                         f"{[str(d) for d in SUPPORTED_DTYPES]}")
+    lq, d = q.shape[-2:]
+    lk, dv = v.shape[-2:]
+    if k.shape[-1] != d or k.shape[-2] != lk:
+        raise ValueError(f"k shape {tuple(k.shape)} does not match q {tuple(q.shape)} / v {tuple(v.shape)}")
+    if lk > MAX_KEYS or d > MAX_HEAD_DIM or dv > MAX_HEAD_DIM:
+        raise ValueError(f"Lk={lk}, d={d}, dv={dv}: the kernel holds at most {MAX_KEYS} keys and head dims "
+                         f"≤ {MAX_HEAD_DIM} in registers")
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    q4 = _to_4d(q.expand(*lead, lq, d), "q")                                                 # (B, H, Lq, d)
+    k4 = _to_4d(k.expand(*lead, lk, d), "k")                                                 # (B, H, Lk, d)
+    v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                                # (B, H, Lk, dv)
+    nb, nh = q4.shape[:2]
+    out = torch.empty(*lead, lq, dv, dtype=q.dtype, device=q.device)
+    o4 = _to_4d(out, "out")
+    if attn_mask is not None:
+        m4, mask_kind = _mask_4d(attn_mask.to(q.device), tuple(lead), lq, lk)
+        mask_strides = m4.stride()
+    else:
+        m4, mask_kind, mask_strides = q4, _MASK_NONE, (0, 0, 0, 0)   # dummy pointer, never read
+    need_softmax = need_softmax or return_stats
+    need_entmax = need_entmax or return_stats
+    if return_stats:
+        stats = torch.empty(*lead, lq, len(STAT_NAMES), dtype=torch.float32, device=q.device)
+        s4 = _to_4d(stats, "stats")
+        stats_strides = s4.stride()[:3]
+    else:
+        stats, s4, stats_strides = None, o4, (0, 0, 0)
+    if score_scale is None:
+        score_scale = 1.0 / math.sqrt(d)
+    kind = alpha_kind(alpha) if need_entmax else KIND_GENERAL
+    block_n = max(16, triton.next_power_of_2(lk))
+    block_d = max(16, triton.next_power_of_2(d))
+    block_dv = max(16, triton.next_power_of_2(dv))
+    if lq * nb * nh > 0:
+        args = (q4, k4, v4, m4, o4, s4,
+                float(score_scale), float(alpha), float(pladis_scale),
+                nh, lq, lk, d, dv,
+                *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
+        meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
+                    KIND=kind, MAX_ITER=MAX_ITER_GENERAL if kind == KIND_GENERAL else MAX_ITER_EXACT,
+                    WITH_STATS=return_stats, IEEE_FP32=q.dtype == torch.float32,
+                    # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
+                    # tensor cores).
+                    UPCAST_DOT=not q.is_cuda,
+                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv)
+        if _use_autotune(q.device):
+            grid = lambda meta_: (triton.cdiv(lq, meta_["BLOCK_M"]), nb * nh)  # noqa: E731
+            _autotuned_kernel(block_n)[grid](*args, **meta)
+        else:
+            block_m = _block_m(block_n, max(block_d, block_dv))
+            grid = (triton.cdiv(lq, block_m), nb * nh)
+            _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=_num_warps(block_m, block_n))
+    return (out, stats) if return_stats else out
+
+
+def torch_recompute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float, alpha: float,
+                    attn_mask: torch.Tensor | None, score_scale: float | None) -> torch.Tensor:
+    """The same computation through the torch maps, in float32: the backward pass differentiates this.
+
+    Rows whose keys are all masked are given finite dummy scores and then zero weights, matching the kernel.
+    """
+    from pladis_analysis import maps  # same layer (maps); imported late so that maps can import the kernels
+
+    d = q.shape[-1]
+    scale = 1.0 / math.sqrt(d) if score_scale is None else score_scale
+    z = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale                         # (..., Lq, Lk)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            z = z.masked_fill(~attn_mask, float("-inf"))
+        else:
+            z = z + attn_mask.float()
+    row_ok = torch.isfinite(z).any(dim=-1, keepdim=True)                                    # (..., Lq, 1)
+    z = torch.where(row_ok, z, torch.zeros_like(z))
+    if pladis_scale == 0.0:
+        a = torch.softmax(z, dim=-1)
+    elif pladis_scale == 1.0:
+        a = maps.entmax(z, alpha, dim=-1)
+    else:
+        a = maps.pladis_weights(z, scale=pladis_scale, alpha=alpha, dim=-1)
+    a = a * row_ok
+    return torch.matmul(a, v.float()).to(q.dtype)
+
+
+class FusedPladisAttention(torch.autograd.Function):
+    """Forward: the fused kernel. Backward: autograd through :func:`torch_recompute` (the torch maps)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attn_mask, pladis_scale, alpha, score_scale):
+        ctx.save_for_backward(q, k, v, attn_mask)
+        ctx.params = dict(pladis_scale=pladis_scale, alpha=alpha, score_scale=score_scale)
+        return fused_attention_forward(q, k, v, pladis_scale=pladis_scale, alpha=alpha, attn_mask=attn_mask,
+                                       score_scale=score_scale, need_softmax=pladis_scale != 1.0,
+                                       need_entmax=pladis_scale != 0.0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, attn_mask = ctx.saved_tensors
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+            out = torch_recompute(*inputs, attn_mask=attn_mask, **ctx.params)
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+        result = [next(grads) if t.requires_grad else None for t in inputs]
+        return (*result, None, None, None, None)
+
+
+def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float = 2.0,
+                           alpha: float = 1.5, attn_mask: torch.Tensor | None = None,
+                           score_scale: float | None = None, return_stats: bool = False):
+    """PLADIS attention by the fused kernel: out = (S + λ(E − S)) v with S = softmax, E = α-entmax.
+
+    ``pladis_scale`` is λ (0 gives softmax attention, 1 entmax attention); ``score_scale`` multiplies q kᵀ
+    (default 1/√d). With ``return_stats=True`` returns ``(out, stats)`` with per-row statistics named by
+    :data:`STAT_NAMES` (no gradient flows through ``stats``). Differentiable in q, k, v.
+    """
+    alpha = float(alpha)
+    if pladis_scale != 0.0 and (not math.isfinite(alpha) or alpha <= 1.0):
+        raise ValueError(f"alpha={alpha!r}: α-entmax needs a finite alpha > 1")
+    if not math.isfinite(float(pladis_scale)):
+        raise ValueError(f"pladis_scale={pladis_scale!r} must be finite")
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if not needs_grad:
+        # Inference (the diffusion use): one launch, no autograd bookkeeping; the statistics come with it.
+        return fused_attention_forward(q, k, v, pladis_scale=pladis_scale, alpha=alpha, attn_mask=attn_mask,
+                                       score_scale=score_scale, need_softmax=pladis_scale != 1.0,
+                                       need_entmax=pladis_scale != 0.0, return_stats=return_stats)
+    out = FusedPladisAttention.apply(q, k, v, attn_mask, float(pladis_scale), alpha, score_scale)
+    if return_stats:
+        with torch.no_grad():  # statistics carry no gradient; a second launch keeps the autograd path simple
+            _, stats = fused_attention_forward(q, k, v, pladis_scale=pladis_scale, alpha=alpha,
+                                               attn_mask=attn_mask, score_scale=score_scale, return_stats=True)
+        return out, stats
+    return out

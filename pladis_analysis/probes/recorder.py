@@ -1,0 +1,385 @@
+"""Record attention statistics while a model samples: ``record_attention(...)`` → tidy DataFrame.
+
+    with record_attention(pipe, variants=("softmax", "entmax(1.5)", "pladis(2, 1.5)")) as rec:
+        pipe(prompt, num_inference_steps=25)
+    df = rec.to_dataframe()   # one row per (step, timestep, layer, head, branch, variant)
+
+Counterfactual by design: the model runs whatever its processors run (stock softmax, or PLADIS when
+``apply_pladis`` is active — both orders of nesting work), and at every selected attention call the probe
+recomputes, *on the same q/k/v*, the weights of every requested variant and measures them side by side.
+
+Streaming: each call is reduced at once to per-head means over the query positions and the batch items of each
+guidance branch, and added into an accumulator keyed by (step, timestep, layer, branch, variant); nothing of size
+Lq·Lk is kept, so memory is the result rows (plus heat maps at the few steps asked for). Repeated sampling runs
+inside one context (several prompts) are averaged per step (``n_calls`` counts them).
+
+Step and timestep come from a forward pre-hook on the denoiser (:mod:`pladis_analysis.diffusion.tracking`), so
+they reach the probe for bare models in hand-written loops and for models that pass no kwargs to their
+processors (SANA).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..diffusion.layers import LayerSpec, _group_and_block
+from ..diffusion.patch import processor_for, swap_processors
+from ..diffusion.processor import AttentionCall, AttentionMap
+from ..diffusion.tracking import parse_layout
+from . import stats as st
+from .sensitivity import SensitivityConfig, lipschitz_power_iteration, relative_perturbation
+
+DEFAULT_VARIANTS = ("softmax", "entmax(1.5)", "pladis(2, 1.5)")
+STAT_GROUPS = {
+    "basic": st.BASIC_STATS,
+    "weights": st.WEIGHT_STATS,
+    "gap": st.GAP_STATS,
+    "output": st.OUTPUT_STATS,
+    "all": st.BASIC_STATS + st.OUTPUT_STATS,
+}
+KNOWN_STATS = st.BASIC_STATS + st.OUTPUT_STATS
+KEY_COLUMNS = ("step", "timestep", "layer", "head", "branch", "variant")
+
+
+def parse_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
+    """Expand group names (``basic``, ``weights``, ``gap``, ``output``, ``all``) into statistic names."""
+    items = [stats] if isinstance(stats, str) else list(stats)
+    out: list[str] = []
+    for item in items:
+        names = STAT_GROUPS.get(item, (item,))
+        for name in names:
+            if name not in KNOWN_STATS:
+                raise ValueError(f"stats: {item!r} is not a statistic or group; statistics: {KNOWN_STATS}, "
+                                 f"groups: {sorted(STAT_GROUPS)} (sensitivity is configured with sensitivity=)")
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
+def _chain(first, second):
+    def both(call):
+        first(call)
+        second(call)
+    return both
+
+
+class AttentionRecorder:
+    """The object :func:`record_attention` returns; see the module docstring.
+
+    Processors are installed on construction and removed by :meth:`remove` (``__exit__`` calls it, also when
+    the body raises). Results stay readable after removal.
+    """
+
+    def __init__(self, model_or_pipeline, stats: str | Iterable[str] = "basic",
+                 variants: Sequence[str | AttentionMap] = DEFAULT_VARIANTS, layers: LayerSpec = "cross",
+                 sensitivity: SensitivityConfig | bool | None = None, heatmap_steps: Iterable[int] = (),
+                 heatmap_size: int = 16, batch_layout: str | Sequence[str] | None = "auto",
+                 tsallis_alpha: float = 1.5):
+        self.stats = parse_stats(stats)
+        self.variants = tuple(AttentionMap.parse(v) for v in variants)
+        if not self.variants:
+            raise ValueError("variants=(): give at least one map, e.g. ('softmax',)")
+        labels = [v.label for v in self.variants]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"variants={labels}: duplicates")
+        if sensitivity is True:
+            sensitivity = SensitivityConfig()
+        self.sensitivity: SensitivityConfig | None = sensitivity or None
+        self.heatmap_steps = frozenset(int(s) for s in heatmap_steps)
+        if heatmap_size < 1:
+            raise ValueError(f"heatmap_size={heatmap_size!r}: must be ≥ 1")
+        self.heatmap_size = int(heatmap_size)
+        if not (tsallis_alpha > 0 and math.isfinite(tsallis_alpha)):
+            raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
+        self.tsallis_alpha = float(tsallis_alpha)
+        self.layers_spec = layers
+        self.batch_layout = parse_layout(batch_layout)
+        self.stat_names = self.stats + (self.sensitivity.stat_names() if self.sensitivity else ())
+        # (step, timestep, layer, layout, variant, running, query_tokens) -> [sum (n_stats, n_chunks, H), calls]
+        self._acc: dict[tuple, list] = {}
+        self._heat: dict[tuple, list] = {}
+        self._generator = torch.Generator().manual_seed(self.sensitivity.seed if self.sensitivity else 0)
+        self.state = None
+
+        def make(layer, state):
+            if self.state is None:
+                self.state = state
+                state.reset()  # steps count from the first model call inside this recorder
+            probe = self._make_probe(layer.name)
+            current = layer.module.processor
+            existing = getattr(current, "probe", None)
+            changes = {"probe": probe if existing is None else _chain(existing, probe), "state": state}
+            if self.batch_layout is not None:
+                changes["batch_layout"] = self.batch_layout
+            return processor_for(layer, **changes)
+
+        self._swap = swap_processors(model_or_pipeline, layers, make)
+        self.layers = list(self._swap.layers)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def remove(self) -> None:
+        """Restore the processors that were there before recording."""
+        self._swap.remove()
+
+    def __enter__(self) -> "AttentionRecorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def reset(self) -> None:
+        """Drop the results so far and restart step counting."""
+        self._acc.clear()
+        self._heat.clear()
+        if self.state is not None:
+            self.state.reset()
+
+    # -- the probe ------------------------------------------------------------------------------------------
+    def _make_probe(self, layer: str):
+        def probe(call: AttentionCall) -> None:
+            with torch.no_grad():
+                self._observe(layer, call)
+        return probe
+
+    def _observe(self, layer: str, call: AttentionCall) -> None:
+        state = call.state
+        step = state.step if state is not None else -1
+        timestep = state.timestep if state is not None else float("nan")
+        layout = call.layout
+        n_chunks = len(layout)
+
+        q, k, v = call.query.float(), call.key.float(), call.value.float()  # (B, H, Lq|Lk, d)
+        mask = call.mask
+        if mask is not None and mask.dtype != torch.bool:
+            mask = mask.float()
+        scores = st.masked_scores((q @ k.transpose(-1, -2)) * call.scale, mask)  # (B, H, Lq, Lk)
+        weights = _VariantWeights(scores)
+        gap = st.top_gap(scores) if set(self.stats) & set(st.GAP_STATS) else None
+        need_out = bool(set(self.stats) & set(st.OUTPUT_STATS))
+        out_softmax = weights.get(AttentionMap.softmax()) @ v if need_out else None
+        heat = step in self.heatmap_steps
+
+        for variant in self.variants:
+            a = weights.get(variant)
+            rows = st.row_stats(a, mask=mask, alpha=variant.entmax_alpha, tsallis_alpha=self.tsallis_alpha,
+                                names=self.stats, gap=gap)
+            if need_out:
+                out = a @ v
+                if "out_delta" in self.stats:
+                    rows["out_delta"] = (out - out_softmax).norm(dim=-1)
+                if "out_norm" in self.stats:
+                    rows["out_norm"] = out.norm(dim=-1)
+            values = [_branch_means(rows[name], n_chunks) for name in self.stats]  # each (n_chunks, H)
+            if self.sensitivity is not None:
+                values += self._sensitivity(call, q, k, v, mask, weights, variant, n_chunks)
+            stacked = torch.stack(values).double()  # (n_stats, n_chunks, H)
+            key = (step, timestep, layer, layout, variant.label, call.map.label, q.shape[-2])
+            slot = self._acc.get(key)
+            if slot is None:
+                self._acc[key] = [stacked, 1]
+            else:
+                slot[0] += stacked
+                slot[1] += 1
+            if heat:
+                self._add_heatmap(step, layer, layout, variant.label, a, call)
+
+    def _sensitivity(self, call, q, k, v, mask, weights, variant, n_chunks) -> list[torch.Tensor]:
+        cfg = self.sensitivity
+        gen = self._generator
+        n_q = q.shape[-2]
+        rows = torch.randperm(n_q, generator=gen)[:min(cfg.max_rows, n_q)].to(q.device)
+        q_r = q[..., rows, :]  # (B, H, R, d)
+        mask_r = mask if mask is None or mask.shape[-2] == 1 else mask[..., rows, :]
+
+        def attend(query, key, value):
+            z = st.masked_scores((query @ key.transpose(-1, -2)) * call.scale, mask_r)
+            return _VariantWeights(z).get(variant) @ value
+
+        base = weights.get(variant)[..., rows, :] @ v  # (B, H, R, dv)
+        out: list[torch.Tensor] = []
+        for target in cfg.targets:
+            for eps in cfg.eps:
+                if target == "query":
+                    delta = relative_perturbation(q_r, eps, (-1,), gen)  # per row
+                    moved = attend(q_r + delta, k, v)
+                    ratio = (moved - base).norm(dim=-1) / delta.norm(dim=-1).clamp_min(1e-30)
+                else:
+                    context = call.context.float()
+                    delta = relative_perturbation(context, eps, (-2, -1), gen)  # per batch item
+                    k2, v2 = call.project_kv((context + delta).to(call.context.dtype))
+                    moved = attend(q_r, k2.float(), v2.float())
+                    # (B, H, R) / (B, 1, 1)
+                    ratio = (moved - base).norm(dim=-1) / delta.flatten(1).norm(dim=-1).clamp_min(1e-30)[:, None,
+                                                                                                           None]
+                out.append(_branch_means(ratio, n_chunks))
+        if cfg.lipschitz:
+            z_r = st.masked_scores((q_r @ k.transpose(-1, -2)) * call.scale, mask_r)
+            parts = _VariantWeights(z_r).jacobian_parts(variant)
+            lip = lipschitz_power_iteration(parts, k, v, call.scale, cfg.iterations, gen)  # (B, H, R)
+            out.append(_branch_means(lip, n_chunks))
+            b = lip.shape[0]
+            out.append(lip.reshape(n_chunks, b // n_chunks, *lip.shape[1:]).amax(dim=(1, 3)))
+        return out
+
+    def _add_heatmap(self, step, layer, layout, variant, weights, call) -> None:
+        b, h, n_q, n_k = weights.shape
+        hw = call.spatial or _spatial_shape(n_q, call.state.latent_hw if call.state is not None else None)
+        if hw is None:
+            return
+        n_chunks = len(layout)
+        # (B, H, Lq, Lk) -> (chunks, Lk, h, w): mean over heads and the branch's batch items
+        maps = weights.float().mean(1).reshape(n_chunks, b // n_chunks, n_q, n_k).mean(1)
+        maps = maps.transpose(1, 2).reshape(n_chunks, n_k, *hw)
+        maps = F.interpolate(maps, size=(self.heatmap_size, self.heatmap_size), mode="bilinear",
+                             align_corners=False)
+        for c, branch in enumerate(layout):
+            key = (step, layer, branch, variant)
+            slot = self._heat.get(key)
+            if slot is None:
+                self._heat[key] = [maps[c].double(), 1]
+            else:
+                slot[0] += maps[c].double()
+                slot[1] += 1
+
+    # -- results ----------------------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes held by the accumulators (statistics and heat maps)."""
+        total = sum(t.numel() * t.element_size() for t, _ in self._acc.values())
+        return total + sum(t.numel() * t.element_size() for t, _ in self._heat.values())
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """Tidy results: one row per (step, timestep, layer, head, branch, variant); statistic columns are means
+        over query positions and the branch's batch items (and over repeated runs, ``n_calls``)."""
+        records = []
+        for (step, timestep, layer, layout, variant, running, n_q), (total, calls) in self._acc.items():
+            mean = (total / calls).cpu().numpy()  # (n_stats, n_chunks, H)
+            group, block = _group_and_block(layer)
+            for c, branch in enumerate(layout):
+                for head in range(mean.shape[-1]):
+                    row = {"step": step, "timestep": timestep, "layer": layer, "head": head, "branch": branch,
+                           "variant": variant, "group": group, "running_map": running, "query_tokens": n_q,
+                           "n_calls": calls}
+                    row.update({name: float(mean[i, c, head]) for i, name in enumerate(self.stat_names)})
+                    records.append(row)
+        columns = list(KEY_COLUMNS) + ["group", "running_map", "query_tokens", "n_calls"] + list(self.stat_names)
+        df = pd.DataFrame.from_records(records, columns=columns)
+        return df.sort_values(["step", "layer", "branch", "variant", "head"], kind="stable").reset_index(drop=True)
+
+    def heatmaps(self) -> dict[tuple, torch.Tensor]:
+        """``{(step, layer, branch, variant): (Lk, S, S)}`` mean per-token maps, S = ``heatmap_size``."""
+        return {key: (total / calls).float().cpu() for key, (total, calls) in self._heat.items()}
+
+    def heatmap(self, step: int, variant: str = "softmax", branch: str = "cond",
+                layers: Iterable[str] | None = None) -> torch.Tensor:
+        """Per-token map (Lk, S, S) at ``step``, averaged over ``layers`` (default: all recorded), DAAM-style."""
+        variant = AttentionMap.parse(variant).label
+        chosen = [m for (s, layer, b, v), m in self.heatmaps().items()
+                  if s == step and b == branch and v == variant and (layers is None or layer in set(layers))]
+        if not chosen:
+            raise ValueError(f"no heat map for step={step}, variant={variant!r}, branch={branch!r}; recorded "
+                             f"steps: {sorted({k[0] for k in self._heat})} (set heatmap_steps=)")
+        return torch.stack(chosen).mean(0)
+
+    def config(self) -> dict:
+        """The recorder's settings, for provenance."""
+        return {"stats": list(self.stats), "variants": [v.label for v in self.variants],
+                "layers": self.layers, "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
+                "heatmap_steps": sorted(self.heatmap_steps), "heatmap_size": self.heatmap_size,
+                "batch_layout": list(self.batch_layout) if self.batch_layout else "auto",
+                "tsallis_alpha": self.tsallis_alpha}
+
+    def save(self, path, seeds: Iterable[int] | None = None, **meta) -> "object":
+        """Write :meth:`to_dataframe` as CSV with ``<name>.meta.json`` (provenance + :meth:`config`)."""
+        from ..results import provenance, write_table
+
+        return write_table(self.to_dataframe(), path, provenance({"recorder": self.config(), **meta}, seeds))
+
+
+class _VariantWeights:
+    """Weights of several maps on one score tensor, sharing softmax and each α-entmax between variants."""
+
+    def __init__(self, scores: torch.Tensor):
+        self.scores = scores
+        self._softmax: torch.Tensor | None = None
+        self._entmax: dict[float, torch.Tensor] = {}
+
+    def softmax(self) -> torch.Tensor:
+        if self._softmax is None:
+            from .. import maps
+
+            self._softmax = maps.softmax(self.scores, dim=-1)
+        return self._softmax
+
+    def entmax(self, alpha: float) -> torch.Tensor:
+        if alpha not in self._entmax:
+            from .. import maps
+
+            self._entmax[alpha] = maps.entmax(self.scores, alpha, dim=-1)
+        return self._entmax[alpha]
+
+    def get(self, variant: AttentionMap) -> torch.Tensor:
+        if variant.kind == "softmax":
+            return self.softmax()
+        if variant.kind in ("entmax", "sparsemax"):
+            return self.entmax(variant.alpha)
+        # A = S + λ(E − S)
+        return torch.lerp(self.softmax(), self.entmax(variant.alpha), variant.scale)
+
+    def jacobian_parts(self, variant: AttentionMap) -> dict:
+        if variant.kind == "softmax":
+            return {"softmax": self.softmax()}
+        if variant.kind in ("entmax", "sparsemax"):
+            return {"entmax": self.entmax(variant.alpha), "alpha": variant.alpha}
+        return {"softmax": self.softmax(), "entmax": self.entmax(variant.alpha), "alpha": variant.alpha,
+                "scale": variant.scale}
+
+
+def _branch_means(rows: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """(B, H, L) per-row values -> (n_chunks, H): mean over each chunk's batch items and the rows."""
+    b = rows.shape[0]
+    return rows.reshape(n_chunks, b // n_chunks, *rows.shape[1:]).mean(dim=(1, 3))
+
+
+def _spatial_shape(n_tokens: int, latent_hw: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(h, w) of a layer's token grid, assuming it downsamples the latent (H, W) by one factor on both axes."""
+    if latent_hw is None:
+        side = math.isqrt(n_tokens)
+        return (side, side) if side * side == n_tokens else None
+    height, width = latent_hw
+    factor = math.sqrt(height * width / n_tokens)
+    h = max(1, round(height / factor))
+    w = n_tokens // h
+    return (h, w) if h * w == n_tokens else None
+
+
+def record_attention(model_or_pipeline, stats: str | Iterable[str] = "basic",
+                     variants: Sequence[str | AttentionMap] = DEFAULT_VARIANTS, layers: LayerSpec = "cross",
+                     sensitivity: SensitivityConfig | bool | None = None, heatmap_steps: Iterable[int] = (),
+                     heatmap_size: int = 16, batch_layout: str | Sequence[str] | None = "auto",
+                     tsallis_alpha: float = 1.5) -> AttentionRecorder:
+    """Record attention statistics of ``variants`` at the selected layers while the model runs.
+
+    Args:
+        model_or_pipeline: a pipeline with ``unet``/``transformer``, or a bare denoiser.
+        stats: statistic names or groups (``"basic"``: entropy, Tsallis entropy, support size and fraction, max
+            weight, BOS mass, ‖A‖₁, negative mass, top gap, one-hot fraction; ``"output"``: ``out_delta`` =
+            ‖A V − S V‖ and ``out_norm``; ``"all"``).
+        variants: maps measured side by side on the same q/k/v (labels or :class:`AttentionMap`).
+        layers: a layer spec (default every cross-attention).
+        sensitivity: ``True`` or a :class:`~.sensitivity.SensitivityConfig` to add perturbation sensitivities
+            and the power-iteration Lipschitz estimate (costly; priced in ``experiments/bench_probe_overhead.py``).
+        heatmap_steps: steps at which to keep per-token maps downsampled to ``heatmap_size``².
+        batch_layout: guidance layout (``"auto"``, ``"cfg"``, ``"cfg+pag"``, ...), see
+            :mod:`pladis_analysis.diffusion.tracking`.
+        tsallis_alpha: α of the Tsallis entropy column (one α for all variants, so they compare).
+
+    Use as ``with record_attention(model) as rec: ...`` then ``rec.to_dataframe()``.
+    """
+    return AttentionRecorder(model_or_pipeline, stats=stats, variants=variants, layers=layers,
+                             sensitivity=sensitivity, heatmap_steps=heatmap_steps, heatmap_size=heatmap_size,
+                             batch_layout=batch_layout, tsallis_alpha=tsallis_alpha)

@@ -1,0 +1,56 @@
+"""The ``pladis-analysis`` command line on a tiny Stable Diffusion pipeline saved to disk."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from pladis_analysis.cli import COMMANDS, _split_variants, build_parser, main
+from tiny_models import one_torch_thread  # noqa: F401  (autouse)
+from tiny_models import tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_sd")
+    tiny_sd_pipeline(root / "tok").save_pretrained(root / "pipe")
+    return root / "pipe"
+
+
+def test_sample_writes_images_table_and_provenance(model_dir, tmp_path):
+    out = tmp_path / "sample"
+    assert main(["sample", "--model", str(model_dir), "--prompt", "a red circle", "--prompt", "a blue square",
+                 "--steps", "2", "--guidance-scale", "5", "--pladis-scale", "2", "--also-stock",
+                 "--out", str(out)]) == 0
+    table = pd.read_csv(out / "samples.csv")
+    assert len(table) == 4 and sorted(table.pladis_scale.unique()) == [0.0, 2.0]
+    assert all((out / image).exists() for image in table.image)
+    meta = json.loads((out / "samples.meta.json").read_text())
+    assert meta["config"]["pladis_scale"] == 2.0 and meta["seeds"] == [0, 1] and "versions" in meta
+
+
+def test_probe_writes_stats_and_heatmaps(model_dir, tmp_path):
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(model_dir), "--prompt", "a red circle", "--steps", "2",
+                 "--variants", "softmax,pladis(2,1.5)", "--heatmap-steps", "1", "--pladis-scale", "2",
+                 "--out", str(out)]) == 0
+    stats = pd.read_csv(out / "attention_stats.csv")
+    assert set(stats.variant) == {"softmax", "pladis(2, 1.5)"} and sorted(stats.step.unique()) == [0, 1]
+    assert set(stats.branch) == {"uncond", "cond"}
+    assert {"entropy", "support_size", "timestep", "layer", "head"} <= set(stats.columns)
+    assert (out / "heatmaps.npz").exists() and (out / "attention_stats.meta.json").exists()
+    assert len(list((out / "images").glob("*.png"))) == 1
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        main(["sample", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out", str(tmp_path / "o")])
+
+
+def test_parser_structure():
+    assert {"sample", "probe"} <= set(COMMANDS)
+    args = build_parser().parse_args(["probe", "--model", "m", "--prompt", "p", "--out", "o"])
+    assert args.pladis_scale == 0.0 and args.func is COMMANDS["probe"][1]
+    assert _split_variants("softmax,entmax(1.5),pladis(2,1.5)") == ["softmax", "entmax(1.5)", "pladis(2,1.5)"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([])

@@ -1,0 +1,73 @@
+"""load_pipeline (local folders only, clear errors) and sample()."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pladis_analysis.diffusion import load_pipeline, sample
+from pladis_analysis.diffusion.pipelines import check_pipeline_folder, parse_dtype
+from tiny_models import one_torch_thread  # noqa: F401  (autouse)
+from tiny_models import tiny_sd_pipeline
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sd")
+    pipe = tiny_sd_pipeline(root / "tok")
+    pipe.save_pretrained(root / "pipe")
+    return pipe, root / "pipe"
+
+
+def test_round_trip_loads_offline_and_samples_identically(saved):
+    pipe, path = saved
+    loaded = load_pipeline(path, dtype="float32", device="cpu")
+    a = sample(pipe, "a red circle", steps=2, guidance_scale=5.0, seed=3, output_type="np").images[0]
+    b = sample(loaded, "a red circle", steps=2, guidance_scale=5.0, seed=3, output_type="np").images[0]
+    assert np.array_equal(a, b)
+
+
+def test_sample_with_pladis_changes_the_image_and_restores(saved):
+    pipe, _ = saved
+    steps = []
+    stock = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, output_type="np")
+    pladis = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, pladis_scale=2.0,
+                    output_type="np", callback=lambda step, t: steps.append(step))
+    zero = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, pladis_scale=0.0, output_type="np")
+    assert steps == [0, 1]
+    assert np.abs(pladis.images[0] - stock.images[0]).max() > 1e-4
+    assert np.array_equal(zero.images[0], stock.images[0])
+    assert pladis.settings["pladis_layers"] and all(".attn2" in name for name in pladis.settings["pladis_layers"])
+    again = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, output_type="np")
+    assert np.array_equal(again.images[0], stock.images[0])  # PLADIS removed after the call
+
+
+def test_folder_errors(tmp_path, saved):
+    _, path = saved
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_pipeline(tmp_path / "missing")
+    (tmp_path / "file.safetensors").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        load_pipeline(tmp_path / "file.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_pipeline(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model_index.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_pipeline(bad)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    index = json.loads((path / "model_index.json").read_text())
+    (partial / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="folders are missing"):
+        load_pipeline(partial)
+    assert check_pipeline_folder(path)["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_dtype_names():
+    assert parse_dtype("fp16") is torch.float16 and parse_dtype(torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ValueError, match="dtype"):
+        parse_dtype("float8")

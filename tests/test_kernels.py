@@ -1,0 +1,454 @@
+"""Triton kernels against the NumPy float64 reference, at the tolerance table.
+
+On a machine without CUDA these run on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1``,
+exported by ``make test`` and set here if missing); where CUDA is present the same tests also run on the
+GPU. Shapes are small because the interpreter executes the kernels in Python.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton decides interpreter vs compiler when a kernel is decorated: set this before the kernels import.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pladis_analysis.maps import reference as R  # noqa: E402
+from pladis_analysis.maps.kernels import dispatch  # noqa: E402
+from pladis_analysis.testing import assert_close, tolerance  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+_TRITON_ERROR = dispatch.triton_import_error()
+if _TRITON_ERROR is not None:
+    pytest.skip(f"Triton kernels not testable: {_TRITON_ERROR}", allow_module_level=True)
+
+from pladis_analysis.maps.kernels.cross_attention import STAT_NAMES, fused_attention_forward, fused_pladis_attention  # noqa: E402,E501
+from pladis_analysis.maps.kernels.entmax_rowwise import entmax_forward, entmax_rowwise  # noqa: E402
+
+
+def _devices() -> list:
+    params = []
+    cpu_ok = dispatch.interpreter_requested() and dispatch.kernels_interpreted()
+    params.append(pytest.param("cpu", marks=pytest.mark.skipif(
+        not cpu_ok, reason="CPU needs TRITON_INTERPRET=1 set before the kernels were first imported")))
+    cuda_ok = torch.cuda.is_available() and not dispatch.kernels_interpreted()
+    params.append(pytest.param("cuda", marks=pytest.mark.skipif(
+        not cuda_ok, reason="no CUDA device (or kernels built for the interpreter)")))
+    return params
+
+
+DEVICES = _devices()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+ALPHAS = [1.5, 2.0, 1.25, 1.1, 3.0]
+
+
+def _special_rows(n: int, gen: torch.Generator) -> torch.Tensor:
+    """Rows that break naive implementations: masks, an all-masked row, ties, huge and tiny scales."""
+    rows = [torch.randn(n, generator=gen) * s for s in (1.0, 3.0)]
+    masked = torch.randn(n, generator=gen)
+    masked[::2] = -math.inf                                  # −inf padding between real entries
+    rows.append(masked)
+    rows.append(torch.full((n,), -math.inf))                 # all masked: zeros, never NaN
+    rows.append(torch.zeros(n))                              # uniform
+    tie = torch.randn(n, generator=gen)
+    tie[: min(n, 2)] = tie.max() + 1.0                       # two-way tie at the top
+    rows.append(tie)
+    rows.append(torch.randn(n, generator=gen) * 1e4)         # one-hot regime, large scores
+    rows.append(torch.randn(n, generator=gen) * 1e-5)        # nearly uniform
+    return torch.stack(rows)                                 # (8, n)
+
+
+def _as_reference(z: torch.Tensor) -> np.ndarray:
+    """The input exactly as the kernel sees it (after rounding to its dtype), in float64."""
+    return z.detach().to("cpu", torch.float64).numpy()
+
+
+# --------------------------------------------------------------------------------------------------
+# Row-wise α-entmax
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("n", [1, 7, 77, 300])
+def test_rowwise_entmax_matches_reference_float32(device, alpha, n):
+    gen = torch.Generator().manual_seed(n)
+    z = _special_rows(n, gen).to(device)
+    p = entmax_forward(z, alpha)
+    assert not torch.isnan(p).any()
+    assert_close(p, R.entmax(_as_reference(z), alpha), name=f"entmax(alpha={alpha}) n={n}")
+    assert torch.all(p[3] == 0), "an all −inf row must give zero weights"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_rowwise_entmax_low_precision(device, dtype, alpha):
+    gen = torch.Generator().manual_seed(1)
+    z = _special_rows(77, gen).to(device=device, dtype=dtype)
+    p = entmax_rowwise(z, alpha)
+    assert p.dtype == dtype
+    assert_close(p, R.entmax(_as_reference(z), alpha), name=f"entmax(alpha={alpha}) {dtype}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_entmax_dim_and_layout(device):
+    """Any dim, non-contiguous input: equal to the reference along that axis."""
+    z = torch.randn(5, 33, 4).to(device).transpose(0, 2)      # (4, 33, 5), non-contiguous
+    p = entmax_rowwise(z, 1.5, dim=1)
+    assert p.shape == z.shape
+    assert_close(p, R.entmax(_as_reference(z), 1.5, axis=1), name="entmax15 along dim=1")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_entmax_padding_equals_truncation(device):
+    z = torch.randn(6, 40).to(device)
+    padded = torch.cat([z, torch.full((6, 23), -math.inf, device=device)], dim=1)
+    for alpha in (1.5, 2.0, 1.3):
+        p_pad = entmax_rowwise(padded, alpha)
+        assert torch.all(p_pad[:, 40:] == 0)
+        assert_close(p_pad[:, :40], entmax_rowwise(z, alpha), name=f"padding vs truncation alpha={alpha}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 3.0])
+def test_rowwise_entmax_backward_is_reference_jvp(device, alpha):
+    """grad_z = Jᵀ g with J the reference Jacobian diag(s) − s sᵀ/Σs (J is symmetric)."""
+    gen = torch.Generator().manual_seed(2)
+    z = (torch.randn(6, 50, generator=gen) * 2).to(device)
+    z[1, :10] = -math.inf
+    z[2] = -math.inf
+    z.requires_grad_(True)
+    g = torch.randn(6, 50, generator=gen).to(device)
+    (grad,) = torch.autograd.grad(entmax_rowwise(z, alpha), z, g)
+    jac = R.entmax_jacobian(_as_reference(z), alpha)                                   # (6, 50, 50)
+    expected = np.einsum("rij,ri->rj", jac, _as_reference(g))
+    assert_close(grad, expected, name=f"entmax backward alpha={alpha}")
+    assert torch.all(grad[2] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_entmax_matches_torch_path_and_its_gradient(device):
+    """One rung up the ladder: the kernel agrees with the torch path of :mod:`pladis_analysis.maps`."""
+    from pladis_analysis import maps
+
+    z = torch.randn(8, 77, device=device) * 2
+    for alpha in (1.5, 2.0, 1.25):
+        z1 = z.clone().requires_grad_(True)
+        z2 = z.clone().requires_grad_(True)
+        p1, p2 = entmax_rowwise(z1, alpha), maps.entmax(z2, alpha)
+        assert_close(p1, p2.detach().double(), name="kernel vs torch path")
+        g = torch.randn_like(p1)
+        (g1,) = torch.autograd.grad(p1, z1, g)
+        (g2,) = torch.autograd.grad(p2, z2, g)
+        assert_close(g1, g2.detach().double(), name="kernel vs torch path gradient")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fused cross-attention
+# --------------------------------------------------------------------------------------------------
+
+def _reference_attention(q, k, v, lam, alpha, attn_mask=None, score_scale=None):
+    """(out, A, z) in float64 from the inputs as the kernel sees them."""
+    q64, k64, v64 = (_as_reference(t) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1]) if score_scale is None else score_scale
+    z = q64 @ np.swapaxes(k64, -1, -2) * scale                                          # (..., Lq, Lk)
+    if attn_mask is not None:
+        m = attn_mask.detach().cpu()
+        if m.dtype == torch.bool:
+            z = np.where(m.numpy(), z, -np.inf)
+        else:
+            z = z + m.double().numpy()
+    a = R.softmax(z) if lam == 0 else R.pladis_weights(z, lam, alpha)
+    return a @ v64, a, z
+
+
+def _qkv(shape, dtype, device, seed=0, dv=None):
+    b, h, lq, lk, d = shape
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, h, lq, d, generator=gen) * 1.5
+    k = torch.randn(b, h, lk, d, generator=gen)
+    v = torch.randn(b, h, lk, dv or d, generator=gen)
+    return (t.to(device=device, dtype=dtype) for t in (q, k, v))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_fused_attention_matches_reference(device, dtype, alpha):
+    """Lk = 77 (not a power of two), a boolean key mask with one all-masked batch row, λ = 2."""
+    q, k, v = _qkv((2, 2, 19, 77, 64), dtype, device)
+    mask = torch.rand(2, 1, 1, 77, generator=torch.Generator().manual_seed(3)) > 0.3
+    mask[1, ..., :] = False                                 # every key of batch item 1 masked
+    mask = mask.to(device)
+    out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=mask)
+    expected, _, _ = _reference_attention(q, k, v, 2.0, alpha, mask)
+    assert out.dtype == dtype and not torch.isnan(out).any()
+    assert torch.all(out[1] == 0), "all-masked rows must give zero output"
+    assert_close(out, expected, name=f"fused pladis alpha={alpha} {dtype}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lam", [0.0, 1.0, 3.0])
+def test_fused_attention_scales_and_odd_sizes(device, lam):
+    """λ ∈ {0, 1, 3}; Lk = 5, d = 40, dv = 24 (none a power of two); custom score scale; 3-D inputs."""
+    q, k, v = _qkv((1, 3, 21, 5, 40), torch.float32, device, seed=4, dv=24)
+    q, k, v = q[0], k[0], v[0]                                                          # (H, L, d)
+    out = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=1.5, score_scale=0.3)
+    expected, _, _ = _reference_attention(q, k, v, lam, 1.5, score_scale=0.3)
+    assert_close(out, expected, name=f"fused lam={lam}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_broadcasting(device):
+    """k/v shared across heads (stride 0), 5-D inputs, and a diffusers-style (B·H, 1, Lk) additive mask."""
+    q, k, v = _qkv((2, 3, 11, 9, 16), torch.float32, device, seed=9)
+    k1, v1 = k[:, :1], v[:, :1]                                                         # (B, 1, Lk, d)
+    out = fused_pladis_attention(q, k1, v1, alpha=1.25)
+    assert_close(out, _reference_attention(q, k1.expand_as(k), v1.expand_as(v), 2.0, 1.25)[0], name="shared k/v")
+    q5 = q.reshape(2, 3, 1, 11, 16).expand(2, 3, 2, 11, 16)                             # (B, H, 2, Lq, d)
+    k5, v5 = k[:, :, None].expand(2, 3, 2, 9, 16), v[:, :, None].expand(2, 3, 2, 9, 16)
+    assert_close(fused_pladis_attention(q5, k5, v5), _reference_attention(q5, k5, v5, 2.0, 1.5)[0], name="5-D")
+    bias = torch.zeros(2 * 3, 1, 9, device=device)
+    bias[:, :, 6:] = -10000.0
+    out = fused_pladis_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), attn_mask=bias)
+    expected = _reference_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), 2.0, 1.5, bias)
+    assert_close(out, expected[0], name="(B·H, 1, Lk) bias")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_masks(device):
+    """Additive masks (−10000 padding bias, arbitrary float bias), full per-query boolean masks, large scores."""
+    q, k, v = _qkv((2, 2, 17, 30, 16), torch.float32, device, seed=5)
+    keep = torch.ones(2, 30, dtype=torch.bool)
+    keep[0, 20:] = False
+    keep[1, 7:] = False
+    bias = torch.where(keep, 0.0, -10000.0)[:, None, None, :].to(device)               # (B, 1, 1, Lk)
+    out_bias = fused_pladis_attention(q, k, v, attn_mask=bias)
+    assert_close(out_bias, _reference_attention(q, k, v, 2.0, 1.5, bias)[0], name="-10000 bias")
+    # Padding by −10000 equals truncating the keys.
+    for b, n in ((0, 20), (1, 7)):
+        trunc = fused_pladis_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
+        assert_close(out_bias[b:b + 1], trunc.double(), name=f"padding vs truncation batch {b}")
+    gen = torch.Generator().manual_seed(6)
+    float_bias = torch.randn(2, 2, 17, 30, generator=gen).to(device)
+    out = fused_pladis_attention(q, k, v, attn_mask=float_bias, alpha=1.25)
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.25, float_bias)[0], name="float bias")
+    full = (torch.rand(2, 1, 17, 30, generator=gen) > 0.5).to(device)
+    full[0, 0, :3] = False                                                              # some all-masked queries
+    out = fused_pladis_attention(q * 40, k, v, attn_mask=full, alpha=2.0)             # large scores too
+    assert not torch.isnan(out).any()
+    assert torch.all(out[0, :, :3] == 0)
+    assert_close(out, _reference_attention(q * 40, k, v, 2.0, 2.0, full)[0], name="per-query bool mask")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_statistics(device):
+    q, k, v = _qkv((1, 2, 23, 45, 32), torch.float32, device, seed=7)
+    k[0, 1, 3] = k[0, 1, 4]                                                             # duplicate key: exact ties
+    mask = torch.ones(1, 1, 23, 45, dtype=torch.bool)
+    mask[..., 5, :] = False                                                             # one all-masked query
+    mask[..., 6, 1:] = False                                                            # one query with one key
+    mask = mask.to(device)
+    out, stats = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=1.5, attn_mask=mask, return_stats=True)
+    assert stats.shape == (1, 2, 23, len(STAT_NAMES)) and stats.dtype == torch.float32
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name="out with stats")
+    _, a, z = _reference_attention(q, k, v, 2.0, 1.5, mask)
+    s, e = R.softmax(z), R.entmax(z, 1.5)
+    zs = np.sort(np.where(np.isfinite(z), z, -np.inf), axis=-1)
+    with np.errstate(invalid="ignore"):
+        gap = np.where(np.isfinite(zs[..., -2]), zs[..., -1] - zs[..., -2], np.inf)
+    expected = {
+        "entropy_softmax": R.shannon_entropy(s),
+        "entropy_entmax": R.shannon_entropy(e),
+        "support_entmax": R.support_size(z, 1.5).astype(np.float64),
+        "top_gap": gap,
+        "negative_mass": np.where(a < 0, -a, 0.0).sum(-1),
+    }
+    # Entropy and gap are computed from float32 scores: a score error of ~1e-6 moves them by as much.
+    for i, name in enumerate(STAT_NAMES):
+        tol = tolerance(torch.float32)
+        assert_close(stats[..., i], expected[name], dtype=torch.float32,
+                     atol=tol["atol"] * 10 if name in ("top_gap", "entropy_softmax") else None, name=name)
+    assert stats[0, 0, 5].tolist()[:3] == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lam", [2.0, 1.0])
+def test_fused_attention_gradients_match_torch_path(device, lam):
+    """The backward recomputes through the torch maps: compare with autograd on the float64 reference formula."""
+    from pladis_analysis import maps
+
+    q, k, v = _qkv((1, 2, 9, 13, 16), torch.float32, device, seed=8)
+    mask = torch.ones(1, 1, 1, 13, dtype=torch.bool, device=device)
+    mask[..., -4:] = False
+    q1, k1, v1 = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = fused_pladis_attention(q1, k1, v1, pladis_scale=lam, alpha=1.5, attn_mask=mask)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q1, k1, v1), g)
+    q2, k2, v2 = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    z = (q2 @ k2.transpose(-1, -2) / 4.0).masked_fill(~mask, -math.inf)                # (1, 2, 9, 13)
+    ref = maps.pladis_weights(z, scale=lam, alpha=1.5) @ v2
+    ref_grads = torch.autograd.grad(ref, (q2, k2, v2), g.double())
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert_close(got, want.detach(), name=f"grad {name} lam={lam}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------
+
+def test_dispatch_reasons_on_cpu():
+    z = torch.randn(4, 77)
+    backend, reason = dispatch.choose_map_backend(z, "entmax", alpha=1.5, backend="auto")
+    assert backend == "torch" and "CPU" in reason
+    assert dispatch.choose_map_backend(z, "entmax", backend="torch")[0] == "torch"
+    assert dispatch.choose_map_backend(z, "softmax", backend="triton")[0] == "torch"
+    with pytest.raises(ValueError, match="backend="):
+        dispatch.choose_map_backend(z, "entmax", backend="cuda")
+    with pytest.raises(ValueError, match="float64"):
+        dispatch.choose_map_backend(z.double(), "entmax", backend="triton")
+    q = torch.randn(1, 2, 8, 16)
+    k = torch.randn(1, 2, 600, 16)
+    with pytest.raises(ValueError, match="Lk=600"):
+        dispatch.choose_attention_backend(q, k, k, backend="triton")
+    with pytest.raises(ValueError, match="head dim"):
+        big = torch.randn(1, 2, 8, 256)
+        dispatch.choose_attention_backend(big, big, big, backend="triton")
+
+
+@pytest.mark.skipif(not (dispatch.interpreter_requested() and dispatch.kernels_interpreted()),
+                    reason="needs the kernels built for the CPU interpreter")
+def test_dispatch_runs_kernels_on_cpu_under_interpreter():
+    z = torch.randn(3, 20)
+    backend, reason = dispatch.choose_map_backend(z, "entmax", alpha=1.5, backend="triton")
+    assert backend == "triton", reason
+    p, support = dispatch.maybe_triton_map("pladis", z, backend="triton", alpha=1.5, scale=2.0)
+    assert_close(p, R.pladis_weights(_as_reference(z), 2.0, 1.5), name="dispatched pladis weights")
+    assert torch.equal(support, torch.as_tensor(R.support_size(_as_reference(z), 1.5)))
+    assert dispatch.maybe_triton_map("entmax", z, backend="auto", alpha=1.5) is None   # auto: CPU → torch
+    q, k, v = _qkv((1, 1, 5, 7, 16), torch.float32, "cpu")
+    out = dispatch.maybe_triton_attention(q, k, v, map_name="sparsemax", backend="triton")
+    assert_close(out, _reference_attention(q, k, v, 1.0, 2.0)[0], name="dispatched sparsemax attention")
+
+
+# --------------------------------------------------------------------------------------------------
+# Property: the kernel equals the reference on arbitrary rows (few examples: the interpreter is slow)
+# --------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.mark.property
+@pytest.mark.skipif(not (dispatch.interpreter_requested() and dispatch.kernels_interpreted()),
+                    reason="needs the kernels built for the CPU interpreter")
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 130), alpha=st.sampled_from([1.5, 2.0, 1.2, 1.7, 2.5]),
+       log_scale=st.floats(-5, 4), seed=st.integers(0, 2**31 - 1), n_ties=st.integers(0, 3),
+       n_masked=st.integers(0, 5))
+def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(3, n, generator=gen) * 10.0 ** log_scale
+    z[:, : min(n_ties, n)] = z[:, :1]                           # forced ties (at whatever rank z[0] has)
+    z[1, torch.randperm(n, generator=gen)[: min(n_masked, n - 1)]] = -math.inf
+    p = entmax_forward(z, alpha)
+    expected = R.entmax(_as_reference(z), alpha)
+    assert_close(p, expected, name=f"entmax alpha={alpha} n={n}")
+    # Exactly the reference support, except for entries within float32 rounding of the threshold.
+    z64 = _as_reference(z)
+    tau = R.entmax_threshold(z64, alpha, keepdims=True)
+    finite_max = np.max(np.abs(np.where(np.isfinite(z64), z64, 0.0)), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        clear = np.abs((alpha - 1.0) * z64 - tau) > 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
+    clear &= np.isfinite(tau)
+    assert np.array_equal((p.numpy() > 0)[clear], (expected > 0)[clear])
+
+
+# --------------------------------------------------------------------------------------------------
+# The public functions route backend="triton" to the kernels (CPU: under the interpreter)
+# --------------------------------------------------------------------------------------------------
+
+def _takes_backend(fn) -> bool:
+    import inspect
+
+    return "backend" in inspect.signature(fn).parameters
+
+
+_INTERPRETED = dispatch.interpreter_requested() and dispatch.kernels_interpreted()
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+def test_public_maps_backend_triton():
+    from pladis_analysis import maps
+
+    if not _takes_backend(maps.entmax):
+        pytest.skip("pladis_analysis.maps has no backend= keyword yet")
+    z = torch.randn(4, 6, 50) * 2
+    z[0, 0, :7] = -math.inf
+    cases = [(maps.sparsemax, {}), (maps.entmax15, {}), (maps.entmax, {"alpha": 1.25}),
+             (maps.pladis_weights, {"scale": 2.0, "alpha": 1.5}), (maps.softmax, {})]
+    for fn, kwargs in cases:
+        p_k, s_k = fn(z, **kwargs, dim=1, backend="triton", return_support=True)
+        p_t, s_t = fn(z, **kwargs, dim=1, backend="torch", return_support=True)
+        assert_close(p_k, p_t.double(), name=f"{fn.__name__} triton vs torch")
+        assert torch.equal(s_k, s_t), fn.__name__
+    with pytest.raises(ValueError, match="float64"):
+        maps.entmax(z.double(), 1.5, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        maps.entmax(z, 1.5, backend="gpu")
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+def test_public_attention_backend_triton():
+    from pladis_analysis import attention as A
+
+    if not (_takes_backend(A.attention) and _takes_backend(A.pladis_attention)):
+        pytest.skip("pladis_analysis.attention has no backend= keyword yet")
+    q, k, v = _qkv((2, 2, 13, 20, 16), torch.float32, "cpu", seed=10)
+    mask = torch.ones(2, 1, 1, 20, dtype=torch.bool)
+    mask[1, ..., 12:] = False
+    for lam, alpha in ((2.0, 1.5), (1.0, 1.25), (0.0, 2.0)):
+        out_k = A.pladis_attention(q, k, v, scale=lam, alpha=alpha, attn_mask=mask, backend="triton")
+        out_t = A.pladis_attention(q, k, v, scale=lam, alpha=alpha, attn_mask=mask, backend="torch")
+        assert_close(out_k, out_t.double(), name=f"pladis_attention lam={lam} alpha={alpha}")
+    for name in ("sparsemax", "entmax15", "entmax:1.3", "pladis:3:2"):
+        out_k = A.attention(q, k, v, map=name, attn_mask=mask, scale=0.2, backend="triton")
+        out_t = A.attention(q, k, v, map=name, attn_mask=mask, scale=0.2, backend="torch")
+        assert_close(out_k, out_t.double(), name=f"attention map={name}")
+    with pytest.raises(ValueError, match="callable"):
+        A.attention(q, k, v, map=lambda s: s.softmax(-1), backend="triton")
+    # auto on CPU is the torch path, bit for bit
+    assert torch.equal(A.pladis_attention(q, k, v, backend="auto"), A.pladis_attention(q, k, v, backend="torch"))
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+def test_diffusion_processor_backend_triton():
+    pytest.importorskip("diffusers", reason="diffusers is not installed")
+    from pladis_analysis import attention as A
+    from pladis_analysis.diffusion import apply_pladis
+
+    if not _takes_backend(A.pladis_attention):
+        pytest.skip("pladis_analysis.attention has no backend= keyword yet")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import make_inputs, run_model, tiny_model
+
+    for family in ("unet", "sana"):
+        model = tiny_model(family)
+        sample, timestep, text = make_inputs(family, cfg=True)
+        padding = torch.ones(text.shape[:2])
+        padding[:, 4:] = 0.0                                   # diffusers turns this into the −10000 bias
+        outs = {}
+        for backend in ("torch", "triton"):
+            with apply_pladis(model, scale=2.0, alpha=1.5, layers="cross", backend=backend):
+                outs[backend] = run_model(model, sample, timestep, text, encoder_attention_mask=padding)
+        assert_close(outs["triton"], outs["torch"].double(), name=f"tiny {family} with PLADIS, triton vs torch")

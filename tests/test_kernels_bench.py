@@ -1,0 +1,76 @@
+"""Smoke test of experiments/bench_cross_attention.py in its --quick mode, and of its config validation.
+
+The benchmark's numbers mean something only on a GPU (scripts/gpu_check.sh); here the script must run end to
+end on CPU, write a results table with provenance, and agree between its PLADIS methods.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pladis_analysis.results import read_meta
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_cross_attention", ROOT / "experiments" / "bench_cross_attention.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_validates(bench):
+    with pytest.raises(ValueError, match="repeats"):
+        bench.BenchConfig(repeats=3)
+    with pytest.raises(ValueError, match="alphas"):
+        bench.BenchConfig(alphas=(1.0,))
+    with pytest.raises(ValueError, match="methods"):
+        bench.BenchConfig(methods=("sdpa", "flash"))
+    cfg = bench.BenchConfig.quick_config()
+    assert cfg.device == "cpu" and bench.BenchConfig(**cfg.to_dict()) == cfg
+
+
+def test_peak_bandwidth_table(bench):
+    assert bench.peak_bandwidth_gbps("NVIDIA H100 80GB HBM3") == 3350.0
+    assert bench.peak_bandwidth_gbps("NVIDIA H100 PCIe") == 2000.0
+    assert bench.peak_bandwidth_gbps("NVIDIA H200") == 4800.0
+    assert math.isnan(bench.peak_bandwidth_gbps("CPU: some Xeon"))
+
+
+def test_quick_run_writes_results(bench, tmp_path):
+    pytest.importorskip("entmax", reason="the naive baseline uses the entmax package")
+    pytest.importorskip("diffusers", reason="the end-to-end rows build a diffusers UNet")
+    out = tmp_path / "bench.csv"
+    # One shape, one α, no UNet keeps this a few seconds; the UNet rows have their own test below.
+    path = bench.main(["--quick", "--shapes", "tiny", "--alphas", "1.5", "--unet", "none", "--out", str(out)])
+    df = pd.read_csv(path)
+    assert set(df["method"]) == {"sdpa", "naive", "torch"}
+    assert (df["median_ms"] > 0).all() and df["error"].isna().all()
+    assert (df.loc[df["method"] == "naive", "max_abs_diff_vs_torch"] < 1e-4).all()
+    meta = read_meta(path)
+    assert meta["config"]["quick"] is True and meta["device"].startswith("CPU")
+    # Resuming: a rerun with the same config measures nothing new.
+    bench.main(["--quick", "--shapes", "tiny", "--alphas", "1.5", "--unet", "none", "--out", str(out)])
+    assert len(pd.read_csv(path)) == len(df)
+
+
+@pytest.mark.slow
+def test_quick_run_unet_rows(bench, tmp_path):
+    pytest.importorskip("diffusers", reason="the end-to-end rows build a diffusers UNet")
+    pytest.importorskip("pladis_analysis.attention", reason="PLADIS in the UNet goes through pladis_analysis.attention")
+    cfg = bench.BenchConfig.quick_config(shapes=(), out=str(tmp_path / "unet.csv"))
+    df = pd.read_csv(bench.run(cfg))
+    unet = df[df["case"] == "unet"].set_index("method")
+    assert {"stock", "pladis_torch"} <= set(unet.index)
+    assert unet["error"].isna().all(), unet["error"].to_dict()
+    assert (unet["median_ms"] > 0).all()

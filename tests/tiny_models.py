@@ -1,0 +1,193 @@
+"""Tiny random-weight diffusers models for integration tests, built from config dicts (no hub, no download).
+
+Each builder seeds torch before construction, so two calls give identical weights, and returns the model in
+float32 eval mode. The configs keep every structural feature the processor has to handle:
+
+* UNet: cross-attention in down, mid and up blocks, ``attention_head_dim`` = number of heads (diffusers' naming),
+  4-D feature maps entering the transformer blocks, the −10000 encoder-mask bias built by the UNet's forward.
+* SANA: linear self-attention + SDPA cross-attention (``SanaAttnProcessor2_0``, no per-call kwargs), caption
+  projection inside the model, mask converted to a bias by the model.
+* PixArt: ``BasicTransformerBlock`` with ada-norm-single, patch size 2, caption projection.
+
+``make_inputs`` returns a matching ``(sample, timestep, encoder_hidden_states)`` triple, with the
+classifier-free-guidance batch layout ``[uncond, cond]`` when ``cfg=True`` (latents duplicated, as pipelines do).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run in one intra-op thread: on tensors this small the thread pool's hand-offs cost more
+    than the maths, and on a shared CI machine spinning workers slow every op down by 10-100×. Import this
+    fixture into a test module to make it apply there; the previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+UNET_CONFIG = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(8, 16),
+    layers_per_block=1,
+    norm_num_groups=4,
+    cross_attention_dim=12,
+    attention_head_dim=2,  # diffusers' UNet calls the number of heads "attention_head_dim"
+)
+
+SANA_CONFIG = dict(
+    in_channels=4,
+    out_channels=4,
+    num_attention_heads=2,
+    attention_head_dim=4,
+    num_layers=2,
+    num_cross_attention_heads=2,
+    cross_attention_head_dim=4,
+    cross_attention_dim=8,
+    caption_channels=12,
+    sample_size=8,
+    patch_size=1,
+)
+
+PIXART_CONFIG = dict(
+    sample_size=8,
+    num_layers=2,
+    patch_size=2,
+    attention_head_dim=4,
+    num_attention_heads=2,
+    in_channels=4,
+    out_channels=8,
+    cross_attention_dim=8,
+    caption_channels=12,
+    attention_bias=True,
+    activation_fn="gelu-approximate",
+    num_embeds_ada_norm=1000,
+    norm_type="ada_norm_single",
+    norm_elementwise_affine=False,
+    norm_eps=1e-6,
+)
+
+# text-embedding width each model expects at its forward (before any caption projection)
+TEXT_DIM = {"unet": 12, "sana": 12, "pixart": 12}
+FAMILIES = ("unet", "sana", "pixart")
+
+
+def tiny_unet(seed: int = 0, **overrides):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(**{**UNET_CONFIG, **overrides}).eval()
+
+
+def tiny_sana(seed: int = 0, **overrides):
+    from diffusers import SanaTransformer2DModel
+
+    torch.manual_seed(seed)
+    return SanaTransformer2DModel(**{**SANA_CONFIG, **overrides}).eval()
+
+
+def tiny_pixart(seed: int = 0, **overrides):
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(seed)
+    return PixArtTransformer2DModel(**{**PIXART_CONFIG, **overrides}).eval()
+
+
+def tiny_model(family: str, seed: int = 0, **overrides):
+    """``family`` in ``FAMILIES``."""
+    builders = {"unet": tiny_unet, "sana": tiny_sana, "pixart": tiny_pixart}
+    if family not in builders:
+        raise ValueError(f"family={family!r}; expected one of {FAMILIES}")
+    return builders[family](seed, **overrides)
+
+
+def make_inputs(family: str, batch: int = 1, text_len: int = 6, cfg: bool = True, seed: int = 1,
+                size: int = 8):
+    """``(sample, timestep, encoder_hidden_states)`` for ``family``; with ``cfg`` the batch is ``[uncond, cond]``
+    (``2 * batch`` items, latents repeated, different text embeddings), as in diffusers' pipelines."""
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(batch, 4, size, size, generator=g)
+    cond = torch.randn(batch, text_len, TEXT_DIM[family], generator=g)
+    if cfg:
+        uncond = torch.randn(batch, text_len, TEXT_DIM[family], generator=g)
+        latents = torch.cat([latents, latents])
+        text = torch.cat([uncond, cond])
+    else:
+        text = cond
+    timestep = torch.tensor([500] * latents.shape[0])
+    return latents, timestep, text
+
+
+def run_model(model, sample, timestep, text, encoder_attention_mask=None) -> torch.Tensor:
+    """One forward with the calling convention of each family (UNet: positional sample/timestep;
+    DiTs: keyword ``hidden_states``/``timestep``)."""
+    with torch.no_grad():
+        if type(model).__name__ == "UNet2DConditionModel":
+            return model(sample, timestep, encoder_hidden_states=text,
+                         encoder_attention_mask=encoder_attention_mask).sample
+        return model(hidden_states=sample, encoder_hidden_states=text, timestep=timestep,
+                     encoder_attention_mask=encoder_attention_mask).sample
+
+
+# -- a whole (tiny, random) Stable Diffusion pipeline, offline -------------------------------------------------
+
+def tiny_clip_tokenizer(directory, max_length: int = 16):
+    """A CLIPTokenizer whose vocabulary is single characters (no merges), written to ``directory``."""
+    import json
+    import os
+    import string
+
+    from transformers import CLIPTokenizer
+
+    chars = list(string.ascii_lowercase) + list(string.digits) + list(".,!?'-")
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(directory, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt"),
+                         model_max_length=max_length)
+
+
+def tiny_sd_pipeline(tmp_dir, seed: int = 0):
+    """A ``StableDiffusionPipeline`` with random tiny components (16×16 px images, 8×8 latents), built offline.
+
+    ``tmp_dir`` holds the tokenizer files. The UNet has cross-attention in down, mid and up blocks.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer(tmp_dir)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=12, intermediate_size=24, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=16).eval()
+    unet = tiny_unet(seed + 2)
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+SD_CALL = dict(height=16, width=16, num_inference_steps=2, guidance_scale=5.0, output_type="np")
