@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job, quick: stock vs PLADIS alignment on the bundled model, attention probes, then its figures.
+DEMO_OUT ?= demo_output
 demo: $(STAMP)
-	$(PY) -m pladis_analysis.cli demo
+	$(PY) experiments/pladis_shapes_study.py --quick --out $(DEMO_OUT)
+	$(PY) -m pladis_analysis.cli figures --results $(DEMO_OUT) --out $(DEMO_OUT)
+	@echo "demo results and figures are in $(DEMO_OUT)/"
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q

@@ -210,11 +210,47 @@ def run_probe(args) -> int:
     return 0
 
 
+# -- figures --------------------------------------------------------------------------------------------------
+
+#: results file (relative to ``--results``) → (plotting function name, figure file name)
+FIGURES: dict[str, tuple[str, str]] = {
+    "bench_maps.csv": ("plot_bench_maps", "bench_maps.png"),
+    "hopfield_retrieval.csv": ("plot_hopfield_retrieval", "hopfield_retrieval.png"),
+    "pladis_shapes_alignment_summary.csv": ("plot_pladis_alignment", "pladis_shapes_alignment.png"),
+    "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
+}
+
+
+def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"), help="folder holding results tables")
+    parser.add_argument("--out", type=Path, default=Path("paper_figures"), help="folder for the PNG figures")
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    """Draw every figure whose results file exists; figures are drawn from saved results only."""
+    from . import plotting
+
+    if not args.results.is_dir():
+        raise SystemExit(f"--results {str(args.results)!r} is not a folder of results tables")
+    drawn = 0
+    for table, (function, figure) in FIGURES.items():
+        path = args.results / table
+        if not path.exists():
+            continue
+        written = plotting.save_figure(getattr(plotting, function)(path), args.out / figure)
+        print(f"{path} -> {written}")
+        drawn += 1
+    if drawn == 0:
+        raise SystemExit(f"no known results table in {str(args.results)!r}; known: {sorted(FIGURES)}")
+    return 0
+
+
 # -- the table of subcommands ---------------------------------------------------------------------------------
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "sample": (add_sample_arguments, run_sample, "sample images with PLADIS (and optionally the stock model)"),
     "probe": (add_probe_arguments, run_probe, "sample while recording attention statistics of several maps"),
+    "figures": (add_figures_arguments, run_figures, "draw the figures of every results table in a folder"),
 }
 
 

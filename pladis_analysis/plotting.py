@@ -69,3 +69,52 @@ def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     grid.set_titles("{row_name} | {col_name}")
     grid.figure.suptitle("Attention maps: our torch path vs the entmax package (lower is faster)", y=1.02)
     return grid.figure
+
+
+def plot_pladis_alignment(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """All-attributes alignment accuracy per variant, split and guidance, with the paired difference to stock
+    and its bootstrap 95% interval (from ``results/pladis_shapes_alignment_summary.csv``)."""
+    df = _load(table)
+    splits = list(dict.fromkeys(df["split"]))
+    guidances = sorted(df["guidance_scale"].unique(), reverse=True)
+    fig, axes = plt.subplots(len(guidances), len(splits), figsize=(3.2 * len(splits), 2.8 * len(guidances)),
+                             squeeze=False, sharey=True)
+    for r, g in enumerate(guidances):
+        for c, split in enumerate(splits):
+            ax = axes[r][c]
+            sub = df[(df["split"] == split) & (df["guidance_scale"] == g)]
+            x = range(len(sub))
+            ax.bar(x, sub["accuracy"], color=sns.color_palette("deep", len(sub)))
+            # Error bars: the paired interval of the difference to stock, drawn around the variant's accuracy.
+            err_lo = (sub["delta_vs_stock"] - sub["delta_ci_low"]).clip(lower=0)
+            err_hi = (sub["delta_ci_high"] - sub["delta_vs_stock"]).clip(lower=0)
+            ax.errorbar(x, sub["accuracy"], yerr=[err_lo, err_hi], fmt="none", ecolor="black", capsize=3, lw=1)
+            ax.set_xticks(list(x), sub["variant"], rotation=45, ha="right", fontsize=8)
+            ax.set_title(f"{split}, guidance {g:g}", fontsize=9)
+            ax.set_ylim(0, 1)
+        axes[r][0].set_ylabel("all attributes correct")
+    fig.suptitle("Prompt alignment of the bundled model (bars: paired 95% CI of the change vs stock)", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_regime(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Where cross-attention sits, per sampling step and layer group: the fraction of query rows in entmax's
+    one-hot regime (top gap ≥ 1/(α−1)), the start-of-text mass of softmax, and the support size of each sparse
+    map (from ``results/pladis_shapes_attention.csv``, conditional branch)."""
+    df = _load(table)
+    df = df[df["branch"] == "cond"]
+    sparse = df[df["variant"].str.startswith("entmax") | (df["variant"] == "sparsemax")]
+    dense = df[df["variant"] == "softmax"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    sns.lineplot(data=sparse, x="step", y="onehot_fraction", hue="variant", style="group", ax=axes[0],
+                 errorbar=None)
+    axes[0].set_title("rows in the one-hot regime")
+    sns.lineplot(data=dense, x="step", y="bos_mass", hue="group", ax=axes[1], errorbar=None)
+    axes[1].set_title("softmax mass on the start-of-text token")
+    sns.lineplot(data=sparse, x="step", y="support_size", hue="variant", style="group", ax=axes[2], errorbar=None)
+    axes[2].set_title("entmax support size (tokens)")
+    for ax in axes:
+        ax.set_xlabel("sampling step")
+    fig.tight_layout()
+    return fig

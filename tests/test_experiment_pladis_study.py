@@ -1,0 +1,56 @@
+"""The main study runs end to end on the bundled model (tiny settings), resumes, and its figures draw."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "pladis_shapes_study.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("pladis_shapes_study", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_difference_interval_contains_the_mean_and_is_zero_for_equal_runs():
+    study = _load()
+    a = np.array([1, 0, 1, 1, 0, 0, 1, 0], float)
+    assert study.paired_difference(a, a, 100) == (0.0, 0.0, 0.0)
+    b = np.array([1, 1, 1, 1, 0, 1, 1, 0], float)
+    mean, lo, hi = study.paired_difference(a, b, 500)
+    assert mean == pytest.approx(0.25) and lo <= mean <= hi
+
+
+def test_config_rejects_a_study_without_the_stock_baseline():
+    study = _load()
+    with pytest.raises(ValueError, match="stock"):
+        study.StudyConfig(variants=(("pladis(2, 1.5)", 2.0, 1.5),))
+    with pytest.raises(ValueError, match="splits"):
+        study.StudyConfig(splits=("single/nowhere",))
+
+
+@pytest.mark.slow
+def test_quick_study_writes_tables_and_figures(tmp_path, monkeypatch):
+    study = _load()
+    monkeypatch.setattr(study.StudyConfig, "quick_config", classmethod(
+        lambda cls, **kw: cls(**{**dict(splits=("single/train",), variants=(study.VARIANTS[0], study.VARIANTS[2]),
+                                        n_prompts=2, guidance_scales=(5.0,), num_inference_steps=3, batch_size=2,
+                                        probe_prompts=1, bootstrap=50, quick=True), **kw})))
+    summary = study.main(["--quick", "--out", str(tmp_path)])
+    assert set(summary["variant"]) == {"stock", "pladis(2, 1.5)"}
+    per_image = pd.read_csv(tmp_path / "pladis_shapes_alignment.csv")
+    assert len(per_image) == 4 and per_image["all"].isin([0.0, 1.0]).all()
+    probe = pd.read_csv(tmp_path / "pladis_shapes_attention.csv")
+    assert {"onehot_fraction", "bos_mass", "support_size"} <= set(probe.columns)
+    assert probe["step"].nunique() == 3
+    from pladis_analysis.cli import main as cli
+
+    assert cli(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "pladis_shapes_alignment.png").exists()
