@@ -47,7 +47,7 @@ from pladis_analysis import maps  # noqa: E402
 from pladis_analysis.results import ResultsTable  # noqa: E402
 
 FULL_SHAPES = ((16, 4096, 77), (16, 1024, 300))  # SD-style cross-attention: (B·heads, Lq, Lk)
-QUICK_SHAPES = ((4, 256, 77), (4, 64, 300))
+QUICK_SHAPES = ((2, 128, 77), (2, 32, 300))
 MODES = ("forward", "forward_backward")
 PLADIS_SCALE, PLADIS_ALPHA, GENERAL_ALPHA = 2.0, 1.5, 1.25
 

@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,9 @@ class TrainConfig:
     time_budget_minutes: float = 80.0
     empty_prompt_fraction: float = 0.1
     min_snr_gamma: float = 5.0
+    loss_weighting: str = "min_snr"  # "min_snr" (min-SNR-γ for v) or "v" (plain v-prediction MSE)
+    high_noise_fraction: float = 0.0  # share of each batch with t drawn from [high_noise_from, T) instead of [0, T)
+    high_noise_from: int = 400
     ema_decay: float = 0.999
     checkpoint_minutes: float = 4.0
     log_every: int = 20
@@ -80,6 +83,10 @@ class TrainConfig:
             raise ValueError(f"ema_decay={self.ema_decay}: must be in (0, 1)")
         if self.max_steps < 1:
             raise ValueError(f"max_steps={self.max_steps}: must be >= 1")
+        if self.loss_weighting not in ("min_snr", "v"):
+            raise ValueError(f"loss_weighting={self.loss_weighting!r}: expected 'min_snr' or 'v'")
+        if not 0 <= self.high_noise_fraction <= 1:
+            raise ValueError(f"high_noise_fraction={self.high_noise_fraction}: must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
 
@@ -146,21 +153,26 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
     tokenizer, text_encoder = load_text_encoder()
     cache = PromptCache(tokenizer, text_encoder)
 
-    step, elapsed, log_rows = 0, 0.0, []
+    step, elapsed, log_rows, phases = 0, 0.0, [], []
     if ckpt_path.exists() and not cfg.quick:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, elapsed, log_rows = state["step"], state["elapsed"], state["log_rows"]
+        phases = state.get("phases") or [{"from_step": 0, "config": state["config"]}]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min)", flush=True)
 
+    if not phases or phases[-1]["config"] != cfg.to_dict():
+        # A resumed run may change the recipe (e.g. the loss weighting): keep the history for the model card.
+        phases.append({"from_step": step, "config": cfg.to_dict()})
     n_params = sum(p.numel() for p in unet.parameters())
     print(f"UNet parameters: {n_params / 1e6:.2f} M; device {device_description('cpu')}", flush=True)
 
     def checkpoint(final: bool = False) -> None:
         _atomic_torch_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                            "step": step, "elapsed": elapsed, "log_rows": log_rows, "config": cfg.to_dict()},
+                            "step": step, "elapsed": elapsed, "log_rows": log_rows, "config": cfg.to_dict(),
+                            "phases": phases},
                            ckpt_path)
         export(run_dir / "weights", final)
         meta = provenance(cfg.to_dict(), seeds=[cfg.seed], device="cpu", steps_done=step, wall_time_s=elapsed,
@@ -171,7 +183,7 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
         save_unet(ema, directory)
         info = {"steps": step, "samples_seen": step * cfg.batch_size, "wall_time_s": round(elapsed, 1),
                 "hardware": device_description("cpu"), "threads": cfg.threads, "unet_parameters": n_params,
-                "config": cfg.to_dict(), "final": final,
+                "config": cfg.to_dict(), "final": final, "phases": phases,
                 "samples_per_s": round(step * cfg.batch_size / max(elapsed, 1e-9), 2)}
         (directory / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -187,7 +199,11 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
         context = cache(prompts)  # (B, L, 384)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        n_steps = noise_sched.config.num_train_timesteps
+        t = torch.randint(0, n_steps, (x0.shape[0],), generator=gen)
+        n_high = int(round(cfg.high_noise_fraction * x0.shape[0]))
+        if n_high:  # the layout (where objects go) is decided at high noise: sample it more often
+            t[:n_high] = torch.randint(cfg.high_noise_from, n_steps, (n_high,), generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -195,7 +211,10 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
             group["lr"] = lr_at(step, cfg, elapsed)
         pred = unet(add_coordinate_channels(x_t), t, encoder_hidden_states=context).sample
         snr = (a / (1 - a)).view(-1)
-        weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR weighting for v-prediction
+        if cfg.loss_weighting == "min_snr":
+            weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1)  # min-SNR-γ weighting for v-prediction
+        else:
+            weight = torch.ones_like(snr)
         loss = (weight * (pred - v_target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,6 +246,21 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
     return {"steps": step, "wall_time_s": elapsed}
 
 
+def export_raw(run_dir: Path) -> Path:
+    """Write the raw (non-EMA) weights of ``run_dir/checkpoint.pt`` to ``run_dir/weights_raw``; returns that."""
+    from diffusers import UNet2DConditionModel
+
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ema_dir, out = run_dir / "weights", run_dir / "weights_raw"
+    unet = UNet2DConditionModel.from_config(json.loads((ema_dir / "unet" / "config.json").read_text()))
+    unet.load_state_dict(state["unet"])
+    save_unet(unet, out)
+    info = json.loads((ema_dir / "training.json").read_text())
+    info.update(steps=state["step"], weights="raw (no EMA)")
+    (out / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
 def install_weights(src: Path, dst: Path = WEIGHTS_DIR) -> None:
     """Copy an exported weights folder into the package and (re)write its model card."""
     for sub in ("unet", "scheduler"):
@@ -247,16 +281,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--time-budget-minutes", type=float)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--loss-weighting", choices=("min_snr", "v"))
+    parser.add_argument("--high-noise-fraction", type=float)
     parser.add_argument("--no-install", action="store_true", help="do not copy the weights into the package")
     parser.add_argument("--export-only", action="store_true",
                         help="install <run_dir>/weights of the latest checkpoint into the package and exit")
+    parser.add_argument("--raw", action="store_true",
+                        help="with --export-only: export the raw (not EMA) weights of the latest checkpoint")
     args = parser.parse_args(argv)
     cfg = TrainConfig.quick_config() if args.quick else TrainConfig()
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("time_budget_minutes", args.time_budget_minutes),
-                                   ("batch_size", args.batch_size)) if v is not None}
+                                   ("batch_size", args.batch_size), ("loss_weighting", args.loss_weighting),
+                                   ("high_noise_fraction", args.high_noise_fraction)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     if args.export_only:
-        install_weights(ROOT / cfg.run_dir / "weights")
+        src = ROOT / cfg.run_dir / "weights"
+        if args.raw:
+            src = export_raw(ROOT / cfg.run_dir)
+        install_weights(src)
         return
     print(json.dumps(cfg.to_dict()), flush=True)
     print(json.dumps(train(cfg, install=not args.no_install)), flush=True)

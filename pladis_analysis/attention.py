@@ -50,6 +50,7 @@ from typing import Callable, Union
 import torch
 
 from . import maps
+from .maps.kernels import dispatch as _dispatch
 
 __all__ = ["attention", "pladis_attention", "resolve_map", "parse_map_name", "NamedMap", "AttentionMap"]
 
@@ -215,7 +216,8 @@ def _masked_scores(q, k, attn_mask, scale: float, work: torch.dtype) -> torch.Te
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = "softmax",
-              attn_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+              attn_mask: torch.Tensor | None = None, scale: float | None = None,
+              backend: str = "auto") -> torch.Tensor:
     """``map(q kᵀ · scale + attn_mask) v`` on ``[..., L, d]`` tensors.
 
     Args:
@@ -228,6 +230,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
         attn_mask: ``None``, a boolean mask (True = keep) or an additive float mask, broadcastable to
             ``[..., Lq, Lk]``. Queries with every key masked get zero weights and a zero output.
         scale: the **score** scale (default 1/√d, as torch SDPA) — not the PLADIS λ.
+        backend: ``"auto"`` (the fused Triton kernel on CUDA where shape and dtype fit, for maps given by name),
+            ``"triton"`` (the kernel or a ValueError saying why not) or ``"torch"``; see
+            :mod:`pladis_analysis.maps.kernels.dispatch`. CPU tensors take the torch path under ``"auto"``.
 
     Returns:
         ``[..., Lq, dv]`` in the input dtype (computed in float32, or float64 for float64 inputs).
@@ -235,6 +240,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
     map_fn = resolve_map(map)
     _check_qkv(q, k, v)
     score_scale = _check_score_scale(scale, q.shape[-1])
+    if backend != "torch":  # the fused Triton kernel where it fits
+        fast = _dispatch.maybe_triton_attention_named(parse_map_name(map) if isinstance(map, str) else None, q, k, v,
+                                                      attn_mask=attn_mask, score_scale=score_scale, backend=backend)
+        if fast is not None:
+            return fast
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
     scores = _masked_scores(q, k, attn_mask, score_scale, work)  # (..., Lq, Lk)
     weights = map_fn(scores)  # (..., Lq, Lk), all-masked rows are zero
@@ -246,7 +256,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
 
 
 def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 2.0, alpha: float = 1.5,
-                     attn_mask: torch.Tensor | None = None, *, score_scale: float | None = None) -> torch.Tensor:
+                     attn_mask: torch.Tensor | None = None, *, score_scale: float | None = None,
+                     backend: str = "auto") -> torch.Tensor:
     """PLADIS attention: ``A v`` with ``A = (1−λ) softmax(z) + λ α-entmax(z)``, ``z = q kᵀ · score_scale + mask``.
 
     Args:
@@ -255,9 +266,16 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
             λ = 1 pure α-entmax attention, λ > 1 extrapolates (weights off the entmax support turn negative).
         alpha: α > 1 of the sparse map (1.5 default; 2 = sparsemax).
         score_scale: the scale of q kᵀ (default 1/√d); this is what :func:`attention` calls ``scale``.
+        backend: ``"auto"`` | ``"triton"`` | ``"torch"``, as in :func:`attention`.
     """
     lam = _check_pladis_scale(scale)
     alpha = _check_alpha(alpha)
-    # A backend= choice (Triton kernels) dispatches here, before the torch path below.
+    if backend != "torch":  # the fused Triton kernel where it fits
+        _check_qkv(q, k, v)
+        fast = _dispatch.maybe_triton_attention(q, k, v, map_name="pladis", attn_mask=attn_mask,
+                                                score_scale=_check_score_scale(score_scale, q.shape[-1]),
+                                                pladis_scale=lam, alpha=alpha, backend=backend)
+        if fast is not None:
+            return fast
     return attention(q, k, v, map=functools.partial(maps.pladis_weights, scale=lam, alpha=alpha, dim=-1),
-                     attn_mask=attn_mask, scale=score_scale)
+                     attn_mask=attn_mask, scale=score_scale, backend="torch")

@@ -346,3 +346,12 @@ def test_cuda_matches_reference(name):
         assert_close(p.cpu(), _reference(ref, z), name=f"{name} cuda {dtype}")
         p.float().pow(2).sum().backward()
         assert torch.isfinite(z_cuda.grad).all()
+
+
+
+def test_negative_pladis_scale_is_rejected_like_the_reference():
+    z = torch.randn(3, 5)
+    with pytest.raises(ValueError, match="scale"):
+        maps.pladis_weights(z, scale=-0.5)
+    with pytest.raises(ValueError, match="scale"):
+        R.pladis_weights(z.numpy(), scale=-0.5)

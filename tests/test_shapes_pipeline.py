@@ -19,9 +19,11 @@ from pladis_analysis.models.shapes.text_encoder import MAX_LENGTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle in the top left", "a blue square to the left of a yellow triangle"]
-#: Floor for the 16-prompt quick evaluation (single-object prompts, guidance 5, 25 steps); set well below the
-#: accuracy the full evaluation measured (results/shapes_eval_summary.csv), so only a broken model fails it.
-QUICK_EVAL_FLOOR = 0.5
+#: Floors for the 16-prompt quick evaluation (single-object prompts, guidance 5, 25 steps), set well below what
+#: the full evaluation measured (results/shapes_eval_summary.csv, single/train at guidance 5: colour 1.00,
+#: shape ≈ 0.9, all ≈ 0.26; the same 16 prompts there score colour 1.0, shape 1.0, all 0.5), so only a broken
+#: model or pipeline fails them. "all" is low because the model has not learnt positions (see the model card).
+QUICK_EVAL_FLOORS = {"colour": 0.75, "shape": 0.6, "all": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,7 @@ def test_bundled_weights_are_small_and_documented():
     for section in ("## Architecture", "## Data", "## Training", "## Evaluation"):
         assert section in card
     info = json.loads((WEIGHTS_DIR / "training.json").read_text())
-    assert info["steps"] > 1000 and info["final"]
+    assert info["steps"] > 1000 and info["unet_parameters"] > 1e6
 
 
 def test_loads_and_samples_offline_in_a_fresh_process(tmp_path):
@@ -141,7 +143,8 @@ def test_quick_evaluation_reaches_floor(pipe, tmp_path):
 
     summary = evaluate(EvalConfig.quick_config(out=str(tmp_path / "eval.csv")), pipe=pipe)
     acc = summary.set_index("attribute").accuracy
-    assert acc["all"] >= QUICK_EVAL_FLOOR, summary.to_string()
+    for attribute, floor in QUICK_EVAL_FLOORS.items():
+        assert acc[attribute] >= floor, summary.to_string()
     assert (tmp_path / "eval.meta.json").is_file() and (tmp_path / "eval_summary.csv").is_file()
 
 

@@ -26,12 +26,13 @@ import torch
 
 from . import _threshold as _th
 from .functions import EntmaxFunction, PladisFunction, SoftmaxFunction
+from .kernels import dispatch as _dispatch
 
 __all__ = ["softmax", "sparsemax", "entmax15", "entmax", "pladis_weights",
            "SoftmaxFunction", "EntmaxFunction", "PladisFunction"]
 
 
-def _on_last_dim(function, z: torch.Tensor, dim: int, return_support: bool, *args):
+def _on_last_dim(function, z: torch.Tensor, dim: int, return_support: bool, *args, backend: str = "auto"):
     """Run ``function.apply`` over ``dim`` (moved last and back); empty rows give empty outputs."""
     dim = _th.check_scores(z, dim)
     last = z.dim() - 1
@@ -39,42 +40,45 @@ def _on_last_dim(function, z: torch.Tensor, dim: int, return_support: bool, *arg
     if x.shape[-1] == 0:
         p, support = x.clone(), torch.zeros(x.shape[:-1], dtype=torch.int64, device=z.device)
     else:
-        p, support = function.apply(x, *args, bool(return_support))
+        # backend: "auto" (the row-wise Triton kernel on CUDA where it fits), "triton" or "torch"; see
+        # pladis_analysis.maps.kernels.dispatch. CPU tensors take the torch path under "auto".
+        fast = _dispatch.maybe_triton_map_for(function.__name__, x, args, backend)
+        p, support = fast if fast is not None else function.apply(x, *args, bool(return_support))
     return (p if dim == last else p.movedim(-1, dim)), support
 
 
-def softmax(z: torch.Tensor, dim: int = -1, return_support: bool = False):
+def softmax(z: torch.Tensor, dim: int = -1, return_support: bool = False, backend: str = "auto"):
     """softmax(z)_i = exp(z_i) / Σ_j exp(z_j) along ``dim``.
 
     Solves argmax_{p∈Δ} ⟨p, z⟩ + H(p) with H the Shannon entropy. Dense: every finite score gets positive
     weight (``support_size`` counts the finite scores). Backward: J = diag(p) − p pᵀ.
     """
-    p, support = _on_last_dim(SoftmaxFunction, z, dim, return_support)
+    p, support = _on_last_dim(SoftmaxFunction, z, dim, return_support, backend=backend)
     return (p, support) if return_support else p
 
 
-def sparsemax(z: torch.Tensor, dim: int = -1, return_support: bool = False):
+def sparsemax(z: torch.Tensor, dim: int = -1, return_support: bool = False, backend: str = "auto"):
     """sparsemax(z) = argmin_{p∈Δ} ‖p − z‖² along ``dim`` (Martins & Astudillo 2016), i.e. 2-entmax.
 
     p_i = [z_i − τ]_+ with τ exact: found by Michelot's fixed point (Newton from below, finitely many
     steps) and, once the support S is fixed, τ = (Σ_S z − 1)/|S|. Backward: J = diag(s) − s sᵀ/|S|,
     s the support indicator.
     """
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 2.0)
+    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 2.0, backend=backend)
     return (p, support) if return_support else p
 
 
-def entmax15(z: torch.Tensor, dim: int = -1, return_support: bool = False):
+def entmax15(z: torch.Tensor, dim: int = -1, return_support: bool = False, backend: str = "auto"):
     """1.5-entmax along ``dim`` (Peters, Niculae & Martins 2019): argmax_{p∈Δ} ⟨p, z⟩ + H^T_{1.5}(p).
 
     p_i = [z_i/2 − τ]_+² with τ exact: Newton locates the support, then τ solves the quadratic
     Σ_S (z_i/2 − τ)² = 1 in closed form. Backward: J = diag(s) − s sᵀ/Σs, s = √p.
     """
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 1.5)
+    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 1.5, backend=backend)
     return (p, support) if return_support else p
 
 
-def entmax(z: torch.Tensor, alpha: float, dim: int = -1, return_support: bool = False):
+def entmax(z: torch.Tensor, alpha: float, dim: int = -1, return_support: bool = False, backend: str = "auto"):
     """α-entmax along ``dim``: argmax_{p∈Δ} ⟨p, z⟩ + H^T_α(p), H^T_α(p) = (1 − Σ p_i^α)/(α(α − 1)).
 
     Peters, Niculae & Martins (2019); Blondel, Martins & Niculae (2020). For α > 1 the solution is
@@ -87,12 +91,12 @@ def entmax(z: torch.Tensor, alpha: float, dim: int = -1, return_support: bool = 
     Raises ValueError for α ≤ 1 or non-finite α.
     """
     alpha = _th.check_alpha(alpha)
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, alpha)
+    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, alpha, backend=backend)
     return (p, support) if return_support else p
 
 
 def pladis_weights(z: torch.Tensor, scale: float = 2.0, alpha: float = 1.5, dim: int = -1,
-                   return_support: bool = False):
+                   return_support: bool = False, backend: str = "auto"):
     """PLADIS weights A = S + λ(E − S) = (1 − λ) softmax(z) + λ α-entmax(z) along ``dim``, λ = ``scale``.
 
     Kim & Sim (2025). Σ A = 1; λ = 0 gives softmax bit for bit, λ = 1 α-entmax, λ > 1 extrapolates and
@@ -103,5 +107,5 @@ def pladis_weights(z: torch.Tensor, scale: float = 2.0, alpha: float = 1.5, dim:
     """
     scale = _th.check_scale(scale)
     alpha = _th.check_alpha(alpha)
-    p, support = _on_last_dim(PladisFunction, z, dim, return_support, scale, alpha)
+    p, support = _on_last_dim(PladisFunction, z, dim, return_support, scale, alpha, backend=backend)
     return (p, support) if return_support else p

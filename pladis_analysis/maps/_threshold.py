@@ -83,7 +83,10 @@ def check_alpha(alpha) -> float:
 
 
 def check_scale(scale) -> float:
-    """The PLADIS scale λ as a float, or ValueError unless it is a finite real number."""
+    """The PLADIS scale λ as a float, or ValueError unless it is a finite real number >= 0.
+
+    λ < 0 would extrapolate *away* from the sparse map; the reference and the attention functions reject it too.
+    """
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1:
             raise ValueError(f"scale must be a scalar, got a tensor of shape {tuple(scale.shape)}")
@@ -91,8 +94,8 @@ def check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise ValueError(f"scale={scale!r} must be a finite real number")
     scale = float(scale)
-    if not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r} must be a finite real number")
+    if not math.isfinite(scale) or scale < 0.0:
+        raise ValueError(f"scale={scale!r} (the PLADIS λ) must be a finite real number >= 0")
     return scale
 
 
@@ -387,7 +390,7 @@ def _entmax_safeguarded(zs, alpha, p, s):
 def entmax_jvp(s: torch.Tensor | None, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """(diag(s) − s sᵀ/Σs) v over the last dim; ``s=None`` means sparsemax (s = 1 on the support)."""
     if s is None:
-        s = (p > 0).to(v.dtype)
+        s = torch.sign(p)  # p ≥ 0: the support indicator in one pass, already in v's dtype
     g = s * v
     total = s.sum(dim=-1, keepdim=True)
     coef = g.sum(dim=-1, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total))

@@ -149,13 +149,14 @@ _AUTOTUNED: dict[int, object] = {}
 def _autotuned_kernel(block_n: int):
     """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one key-block size.
 
-    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Candidates keep the
-    (BLOCK_M, BLOCK_N) score tile at ≤ 16k floats; the kernel only writes its outputs, so re-running it while
-    tuning is harmless.
+    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Four candidates
+    (each one compile, a few seconds): two query-block sizes that keep the (BLOCK_M, BLOCK_N) score tile at
+    4k–8k floats, times 4 or 8 warps. The kernel only writes its outputs, so re-running it while tuning is
+    harmless.
     """
     if block_n not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1)
-                   for bm in (16, 32, 64, 128) if bm * block_n <= 16384 for w in (4, 8)]
+        sizes = (32, 64) if block_n <= 128 else (16, 32)
+        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm in sizes for w in (4, 8)]
         _AUTOTUNED[block_n] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "WITH_STATS"],

@@ -62,7 +62,9 @@ def write_model_card(weights_dir: str | Path, eval_summary_csv: str | Path | Non
         "padding positions zeroed; `cross_attention_dim=384`. Unconditional context = the empty prompt.",
         "- Schedule: 1000-step cosine (`squaredcos_cap_v2`), v-prediction; sampling with DDIM (trailing spacing, "
         "x̂₀ clipped to [-1, 1] and ε re-derived from it) or DPM-Solver++.",
-        f"- Weights: fp16 safetensors, {size_mib:.1f} MiB (an exponential moving average of the trained weights).", "",
+        f"- Weights: fp16 safetensors, {size_mib:.1f} MiB ("
+        + ("the raw trained weights of the last checkpoint" if info.get("weights", "").startswith("raw")
+           else "an exponential moving average of the trained weights") + ").", "",
         "## Data", "",
         f"32×32 scenes on black, one or two objects; shapes {', '.join(SHAPES)}; colours {', '.join(COLOURS)}; "
         "3×3 grid positions, small/large sizes, relations left of / right of / above / below; several phrasings "
@@ -73,12 +75,24 @@ def write_model_card(weights_dir: str | Path, eval_summary_csv: str | Path | Non
         f"(60% one object, 40% two), generated on the fly; {cfg['empty_prompt_fraction']:.0%} empty prompts "
         "for classifier-free guidance.",
         f"- AdamW, lr {cfg['learning_rate']:g} (warm-up {cfg['warmup_steps']} steps, cosine decay over the last "
-        f"quarter), weight decay {cfg['weight_decay']}, gradient clip {cfg['grad_clip']}, min-SNR-"
-        f"{cfg['min_snr_gamma']:g} loss weighting, EMA decay {cfg['ema_decay']}; seed {cfg['seed']}.",
+        f"quarter), weight decay {cfg['weight_decay']}, gradient clip {cfg['grad_clip']}, "
+        f"EMA decay {cfg['ema_decay']}; seed {cfg['seed']}.",
         f"- Wall time {info['wall_time_s'] / 60:.1f} min on {info['hardware']} ({info['threads']} threads, a machine "
         f"shared with other jobs): {info['samples_per_s']} scenes/s.",
-        "- Loss log: `results/shapes_train_loss.csv`.", "",
+        "- Loss log: `results/shapes_train_loss.csv`.",
     ]
+    phases = info.get("phases") or []
+    if len(phases) > 1:
+        lines.append("- The recipe changed during the run (resumed from a checkpoint with new settings):")
+        for k, ph in enumerate(phases):
+            end = phases[k + 1]["from_step"] if k + 1 < len(phases) else info["steps"]
+            c = ph["config"]
+            weighting = ("min-SNR-%g" % c.get("min_snr_gamma", 5.0)) if c.get("loss_weighting", "min_snr") == "min_snr" \
+                else "plain v-prediction MSE"
+            lines.append(f"  - steps {ph['from_step']}–{end}: {weighting} loss, "
+                         f"{c.get('high_noise_fraction', 0.0):.0%} of each batch at t ≥ {c.get('high_noise_from', 400)}, "
+                         f"time budget {c.get('time_budget_minutes')} min.")
+    lines.append("")
     if eval_summary_csv is not None and Path(eval_summary_csv).exists():
         lines += _eval_section(Path(eval_summary_csv))
     else:
