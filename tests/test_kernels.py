@@ -34,9 +34,9 @@ from pladis_analysis.maps.kernels.entmax_rowwise import entmax_forward, entmax_r
 
 def _devices() -> list:
     params = []
-    cpu_ok = dispatch.interpreter_requested() and dispatch.kernels_interpreted()
     params.append(pytest.param("cpu", marks=pytest.mark.skipif(
-        not cpu_ok, reason="CPU needs TRITON_INTERPRET=1 set before the kernels were first imported")))
+        not dispatch.interpreter_ready(),
+        reason="CPU needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")))
     cuda_ok = torch.cuda.is_available() and not dispatch.kernels_interpreted()
     params.append(pytest.param("cuda", marks=pytest.mark.skipif(
         not cuda_ok, reason="no CUDA device (or kernels built for the interpreter)")))
@@ -311,19 +311,27 @@ def test_dispatch_reasons_on_cpu():
     assert dispatch.choose_map_backend(z, "softmax", backend="triton")[0] == "torch"
     with pytest.raises(ValueError, match="backend="):
         dispatch.choose_map_backend(z, "entmax", backend="cuda")
-    with pytest.raises(ValueError, match="float64"):
-        dispatch.choose_map_backend(z.double(), "entmax", backend="triton")
     q = torch.randn(1, 2, 8, 16)
     k = torch.randn(1, 2, 600, 16)
+    big = torch.randn(1, 2, 8, 256)
+    if not dispatch.interpreter_ready():
+        # The device is checked first: without the interpreter every CPU request names it.
+        with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+            dispatch.choose_map_backend(z, "entmax", backend="triton")
+        return
+    with pytest.raises(ValueError, match="float64"):
+        dispatch.choose_map_backend(z.double(), "entmax", backend="triton")
     with pytest.raises(ValueError, match="Lk=600"):
         dispatch.choose_attention_backend(q, k, k, backend="triton")
     with pytest.raises(ValueError, match="head dim"):
-        big = torch.randn(1, 2, 8, 256)
         dispatch.choose_attention_backend(big, big, big, backend="triton")
+    with pytest.raises(ValueError, match="shared memory"):
+        wide = torch.randn(1, 2, 300, 128)
+        dispatch.choose_attention_backend(q.new_zeros(1, 2, 8, 128), wide, wide, backend="triton")
 
 
-@pytest.mark.skipif(not (dispatch.interpreter_requested() and dispatch.kernels_interpreted()),
-                    reason="needs the kernels built for the CPU interpreter")
+@pytest.mark.skipif(not (dispatch.interpreter_ready()),
+                    reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
 def test_dispatch_runs_kernels_on_cpu_under_interpreter():
     z = torch.randn(3, 20)
     backend, reason = dispatch.choose_map_backend(z, "entmax", alpha=1.5, backend="triton")
@@ -347,8 +355,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 
 @pytest.mark.property
-@pytest.mark.skipif(not (dispatch.interpreter_requested() and dispatch.kernels_interpreted()),
-                    reason="needs the kernels built for the CPU interpreter")
+@pytest.mark.skipif(not (dispatch.interpreter_ready()),
+                    reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 130), alpha=st.sampled_from([1.5, 2.0, 1.2, 1.7, 2.5]),
        log_scale=st.floats(-5, 4), seed=st.integers(0, 2**31 - 1), n_ties=st.integers(0, 3),
@@ -381,10 +389,11 @@ def _takes_backend(fn) -> bool:
     return "backend" in inspect.signature(fn).parameters
 
 
-_INTERPRETED = dispatch.interpreter_requested() and dispatch.kernels_interpreted()
+_INTERPRETED = dispatch.interpreter_ready()
+_NEEDS_INTERPRETER = "needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)"
 
 
-@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
 def test_public_maps_backend_triton():
     from pladis_analysis import maps
 
@@ -405,7 +414,7 @@ def test_public_maps_backend_triton():
         maps.entmax(z, 1.5, backend="gpu")
 
 
-@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
 def test_public_attention_backend_triton():
     from pladis_analysis import attention as A
 
@@ -428,7 +437,7 @@ def test_public_attention_backend_triton():
     assert torch.equal(A.pladis_attention(q, k, v, backend="auto"), A.pladis_attention(q, k, v, backend="torch"))
 
 
-@pytest.mark.skipif(not _INTERPRETED, reason="needs the kernels built for the CPU interpreter")
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
 def test_diffusion_processor_backend_triton():
     pytest.importorskip("diffusers", reason="diffusers is not installed")
     from pladis_analysis import attention as A

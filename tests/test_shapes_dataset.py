@@ -94,7 +94,8 @@ def test_ground_truth_matches_prompt_words():
 def test_shape_mask_fits_its_box(shape, cx, cy, extent):
     mask = ds.shape_mask(shape, cx, cy, extent)
     ys, xs = np.nonzero(mask)
-    assert len(xs) > 0.35 * extent**2  # the thinnest shape (a cross) fills 7/16 of its box
+    # The thinnest shape, a cross with 1-pixel bars when its centre sits on a pixel centre, fills 13/49 of a 7 px box.
+    assert len(xs) > 0.2 * extent**2
     assert xs.max() + 1 - xs.min() <= extent + 1 and ys.max() + 1 - ys.min() <= extent + 1
 
 

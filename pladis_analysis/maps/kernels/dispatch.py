@@ -73,6 +73,16 @@ def kernels_interpreted() -> bool:
     return type(entmax_rowwise._entmax_fwd_kernel).__name__ == "InterpretedFunction"
 
 
+def interpreter_ready() -> bool:
+    """Whether the kernels can run on CPU tensors now: ``TRITON_INTERPRET=1`` is set and was already set when
+    Triton itself was first imported (its own library functions, ``tl.sum`` and friends, are decorated then;
+    importing diffusers or torch.compile machinery may import Triton early)."""
+    import triton.language.standard as triton_std
+
+    return (interpreter_requested() and kernels_interpreted()
+            and type(triton_std.sum).__name__ == "InterpretedFunction")
+
+
 def _device_reason(tensors: tuple[torch.Tensor, ...], backend: str) -> str | None:
     """Why the kernels cannot take these tensors (``None`` if they can)."""
     error = triton_import_error()
@@ -91,9 +101,9 @@ def _device_reason(tensors: tuple[torch.Tensor, ...], backend: str) -> str | Non
             return "CPU tensors: 'auto' uses the kernels on CUDA only (the Triton interpreter is for tests)"
         if not interpreter_requested():
             return "CPU tensors need TRITON_INTERPRET=1 (the Triton interpreter) and no CUDA device was given"
-        if not kernels_interpreted():
-            return ("TRITON_INTERPRET=1 was set after the kernels were imported; set it before importing "
-                    "pladis_analysis")
+        if not interpreter_ready():
+            return ("TRITON_INTERPRET=1 was set after Triton was imported; set it in the environment before "
+                    "starting Python")
         return None
     return f"device {device.type!r} is not supported by Triton"
 
