@@ -218,6 +218,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "hopfield_retrieval.csv": ("plot_hopfield_retrieval", "hopfield_retrieval.png"),
     "pladis_shapes_alignment_summary.csv": ("plot_pladis_alignment", "pladis_shapes_alignment.png"),
     "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
+    "shapes_eval_summary.csv": ("plot_shapes_eval", "shapes_eval.png"),
+    "bench_probe_overhead.csv": ("plot_probe_overhead", "bench_probe_overhead.png"),
 }
 
 

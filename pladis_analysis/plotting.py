@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # figures are files; never open a window (CI has no screen)
 
@@ -117,4 +118,32 @@ def plot_attention_regime(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     for ax in axes:
         ax.set_xlabel("sampling step")
     fig.tight_layout()
+    return fig
+
+
+def plot_shapes_eval(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Alignment of the bundled model per attribute, split and guidance (``results/shapes_eval_summary.csv``)."""
+    df = _load(table)
+    grid = sns.catplot(data=df, x="attribute", y="accuracy", hue="guidance_scale", col="split", kind="bar",
+                       col_wrap=2, height=2.6, aspect=1.6, palette="deep")
+    grid.set(ylim=(0, 1))
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=45, labelsize=8)
+    grid.figure.suptitle("Bundled shapes model: exact alignment per attribute", y=1.02)
+    return grid.figure
+
+
+def plot_probe_overhead(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Sampling-time overhead over stock of PLADIS and of the probes (``results/bench_probe_overhead.csv``),
+    with each condition's target where the issue sets one."""
+    df = _load(table)
+    df = df[df["condition"] != "stock"]
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    sns.barplot(data=df, y="condition", x="overhead", hue="latent", ax=ax, orient="h", palette="deep")
+    for i, target in enumerate(df.drop_duplicates("condition")["target"]):
+        if pd.notna(target):
+            ax.plot([target, target], [i - 0.4, i + 0.4], color="black", lw=1.5)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel("time over stock (black: target)")
+    ax.set_title("Cost of PLADIS and of attention probes (SD1.5-shaped UNet)")
     return fig

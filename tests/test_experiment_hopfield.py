@@ -1,24 +1,12 @@
 """The Hopfield retrieval study runs, resumes, and its bounds hold on every trial it records."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "hopfield_retrieval.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("hopfield_retrieval", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load_experiment
 
 
 def test_quick_run_writes_a_table_whose_bounds_all_hold_and_resumes(tmp_path):
-    study = _load()
+    study = load_experiment("hopfield_retrieval")
     path = study.main(["--quick", "--out", str(tmp_path)])
     df = pd.read_csv(path)
     cfg = study.Config.quick()

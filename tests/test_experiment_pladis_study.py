@@ -1,26 +1,14 @@
-"""The main study runs end to end on the bundled model (tiny settings), resumes, and its figures draw."""
-
-import importlib.util
-import sys
-from pathlib import Path
+"""The main study runs end to end on the bundled model (tiny settings) and its figures draw."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "pladis_shapes_study.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("pladis_shapes_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from experiment_scripts import load_experiment
 
 
 def test_paired_difference_interval_contains_the_mean_and_is_zero_for_equal_runs():
-    study = _load()
+    study = load_experiment("pladis_shapes_study")
     a = np.array([1, 0, 1, 1, 0, 0, 1, 0], float)
     assert study.paired_difference(a, a, 100) == (0.0, 0.0, 0.0)
     b = np.array([1, 1, 1, 1, 0, 1, 1, 0], float)
@@ -29,7 +17,7 @@ def test_paired_difference_interval_contains_the_mean_and_is_zero_for_equal_runs
 
 
 def test_config_rejects_a_study_without_the_stock_baseline():
-    study = _load()
+    study = load_experiment("pladis_shapes_study")
     with pytest.raises(ValueError, match="stock"):
         study.StudyConfig(variants=(("pladis(2, 1.5)", 2.0, 1.5),))
     with pytest.raises(ValueError, match="splits"):
@@ -38,7 +26,7 @@ def test_config_rejects_a_study_without_the_stock_baseline():
 
 @pytest.mark.slow
 def test_quick_study_writes_tables_and_figures(tmp_path, monkeypatch):
-    study = _load()
+    study = load_experiment("pladis_shapes_study")
     monkeypatch.setattr(study.StudyConfig, "quick_config", classmethod(
         lambda cls, **kw: cls(**{**dict(splits=("single/train",), variants=(study.VARIANTS[0], study.VARIANTS[2]),
                                         n_prompts=2, guidance_scales=(5.0,), num_inference_steps=3, batch_size=2,

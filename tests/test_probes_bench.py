@@ -1,26 +1,13 @@
 """The probe-overhead benchmark's quick mode runs end to end and writes its results with provenance."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pandas as pd
 
+from experiment_scripts import load_experiment
 from pladis_analysis.results import read_meta
-
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "bench_probe_overhead.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_probe_overhead", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_benchmark_writes_summary_and_runs(tmp_path):
-    bench = load_bench()
+    bench = load_experiment("bench_probe_overhead")
     assert bench.main(["--quick", "--repeats", "2", "--out", str(tmp_path)]) == 0
     summary = pd.read_csv(tmp_path / "bench_probe_overhead.csv")
     runs = pd.read_csv(tmp_path / "bench_probe_overhead_runs.csv")
@@ -35,7 +22,7 @@ def test_quick_benchmark_writes_summary_and_runs(tmp_path):
 
 
 def test_config_validates_itself():
-    bench = load_bench()
+    bench = load_experiment("bench_probe_overhead")
     import pytest
 
     for bad in (dict(unet="sdxl"), dict(repeats=0), dict(latent_sizes=(12,)), dict(conditions=("pladis(2, 1.5)",))):
