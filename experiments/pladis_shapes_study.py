@@ -102,17 +102,33 @@ def paired_difference(stock: np.ndarray, other: np.ndarray, n_boot: int, seed: i
     return float(diff.mean()), float(lo), float(hi)
 
 
+ATTRIBUTES = ("all", "count", "colour", "shape", "position", "size", "relation")
+
+
 def summarise(per_image: pd.DataFrame, n_boot: int) -> pd.DataFrame:
-    """Accuracy (all attributes) per split × guidance × variant, and the paired difference to stock."""
+    """Accuracy per split × guidance × variant × attribute, and the paired difference to stock.
+
+    ``all`` is the headline (every attribute the prompt names is right); the per-attribute rows show where a
+    change comes from. Two-object attributes (``colour_0``, ``colour_1`` …) are pooled over both objects.
+    """
+    long = per_image.copy()
+    for base in ("colour", "shape"):
+        parts = [c for c in (f"{base}_0", f"{base}_1") if c in long]
+        if parts:
+            pooled = long[parts].mean(axis=1)  # the fraction of the two objects with the attribute right
+            long[base] = long[base].fillna(pooled) if base in long else pooled
     rows = []
-    for (split, g), grp in per_image.groupby(["split", "guidance_scale"]):
-        wide = grp.pivot(index="index", columns="variant", values="all")
-        for variant in wide.columns:
-            paired = wide[["stock", variant]].dropna()
-            delta, lo, hi = paired_difference(paired["stock"].to_numpy(), paired[variant].to_numpy(), n_boot)
-            rows.append({"split": split, "guidance_scale": g, "variant": variant,
-                         "accuracy": float(wide[variant].mean()), "n": int(wide[variant].notna().sum()),
-                         "delta_vs_stock": delta, "delta_ci_low": lo, "delta_ci_high": hi})
+    for (split, g), grp in long.groupby(["split", "guidance_scale"]):
+        for attribute in ATTRIBUTES:
+            if attribute not in grp or grp[attribute].isna().all():
+                continue
+            wide = grp.pivot(index="index", columns="variant", values=attribute)
+            for variant in wide.columns:
+                paired = wide[["stock", variant]].dropna()
+                delta, lo, hi = paired_difference(paired["stock"].to_numpy(), paired[variant].to_numpy(), n_boot)
+                rows.append({"split": split, "guidance_scale": g, "variant": variant, "attribute": attribute,
+                             "accuracy": float(wide[variant].mean()), "n": int(wide[variant].notna().sum()),
+                             "delta_vs_stock": delta, "delta_ci_low": lo, "delta_ci_high": hi})
     return pd.DataFrame(rows)
 
 
@@ -188,7 +204,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not args.skip_probe:
         run_probe(cfg, pipe, out)
     with pd.option_context("display.width", 160, "display.precision", 3):
-        print(summary.to_string(index=False))
+        print(summary[summary["attribute"] == "all"].to_string(index=False))
     return summary
 
 

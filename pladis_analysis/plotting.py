@@ -76,6 +76,8 @@ def plot_pladis_alignment(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     """All-attributes alignment accuracy per variant, split and guidance, with the paired difference to stock
     and its bootstrap 95% interval (from ``results/pladis_shapes_alignment_summary.csv``)."""
     df = _load(table)
+    if "attribute" in df:
+        df = df[df["attribute"] == "all"]
     splits = list(dict.fromkeys(df["split"]))
     guidances = sorted(df["guidance_scale"].unique(), reverse=True)
     fig, axes = plt.subplots(len(guidances), len(splits), figsize=(3.2 * len(splits), 2.8 * len(guidances)),
