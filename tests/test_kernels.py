@@ -456,8 +456,10 @@ def test_diffusion_processor_backend_triton():
         sample, timestep, text = make_inputs(family, cfg=True)
         padding = torch.ones(text.shape[:2])
         padding[:, 4:] = 0.0                                   # diffusers turns this into the −10000 bias
-        outs = {}
-        for backend in ("torch", "triton"):
-            with apply_pladis(model, scale=2.0, alpha=1.5, layers="cross", backend=backend):
-                outs[backend] = run_model(model, sample, timestep, text, encoder_attention_mask=padding)
-        assert_close(outs["triton"], outs["torch"].double(), name=f"tiny {family} with PLADIS, triton vs torch")
+        # PLADIS, and a plain sparse map: the processor must hand both to the kernel by name
+        for map_name in ("pladis(2, 1.5)", "entmax(1.25)"):
+            outs = {}
+            for backend in ("torch", "triton"):
+                with apply_pladis(model, map=map_name, layers="cross", backend=backend):
+                    outs[backend] = run_model(model, sample, timestep, text, encoder_attention_mask=padding)
+            assert_close(outs["triton"], outs["torch"].double(), name=f"tiny {family} with {map_name}, triton vs torch")

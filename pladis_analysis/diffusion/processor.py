@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import attention as attention_fns
+from .. import maps
 from .tracking import BRANCH_LABELS, SamplingState, parse_layout
 
 MAP_KINDS = ("softmax", "sparsemax", "entmax", "pladis")
@@ -112,8 +114,6 @@ class AttentionMap:
 
     def weights(self, scores: torch.Tensor) -> torch.Tensor:
         """Attention weights over the last dim of ``scores`` (−inf entries get weight 0)."""
-        from .. import maps
-
         if self.kind == "softmax":
             return maps.softmax(scores, dim=-1)
         if self.kind == "sparsemax":
@@ -121,6 +121,16 @@ class AttentionMap:
         if self.kind == "entmax":
             return maps.entmax(scores, self.alpha, dim=-1)
         return maps.pladis_weights(scores, scale=self.scale, alpha=self.alpha, dim=-1)
+
+    @property
+    def attention_name(self) -> str:
+        """The map's name for :func:`pladis_analysis.attention.attention` (a name, not a callable, so the
+        attention function can dispatch it to the fused kernel)."""
+        if self.kind in ("softmax", "sparsemax"):
+            return self.kind
+        if self.kind == "entmax":
+            return f"entmax:{self.alpha!r}"
+        return f"pladis:{self.scale!r}:{self.alpha!r}"
 
     def __str__(self) -> str:
         return self.label
@@ -313,16 +323,12 @@ class PladisAttnProcessor:
             # stock attention, bit for bit what AttnProcessor2_0 / SanaAttnProcessor2_0 compute
             return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
                                                   is_causal=False, scale=scale)
-        from .. import attention as attention_fns
-
-        # the Triton kernels take `backend=`; "auto" is every attention function's default
-        kwargs = {} if self.backend == "auto" else {"backend": self.backend}
         if attention_map.kind == "pladis":
             return attention_fns.pladis_attention(query, key, value, scale=attention_map.scale,
                                                   alpha=attention_map.alpha, attn_mask=mask, score_scale=scale,
-                                                  **kwargs)
-        return attention_fns.attention(query, key, value, map=attention_map.weights, attn_mask=mask, scale=scale,
-                                       **kwargs)
+                                                  backend=self.backend)
+        return attention_fns.attention(query, key, value, map=attention_map.attention_name, attn_mask=mask,
+                                       scale=scale, backend=self.backend)
 
 def is_pladis_processor(processor) -> bool:
     return isinstance(processor, PladisAttnProcessor)

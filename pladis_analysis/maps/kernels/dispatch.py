@@ -119,6 +119,20 @@ def _decide(reason: str | None, backend: str, what: str) -> tuple[str, str]:
     return decision
 
 
+def _decide_without_kernel(map_name: str, backend: str, what: str, softmax_reason: str) -> tuple[str, str] | None:
+    """The decision when no kernel question arises (torch requested, or softmax), else ``None``; rejects unknown
+    backends and map names."""
+    check_backend(backend)
+    if backend == "torch":
+        return _decide("backend='torch' was requested", "torch", what)
+    if map_name == "softmax":
+        # Not an error even under backend='triton': there is simply no better kernel than torch's.
+        return _decide(softmax_reason, "auto", what)
+    if map_name not in _KERNEL_MAPS:
+        raise ValueError(f"map_name={map_name!r}: expected 'softmax' or one of {_KERNEL_MAPS}")
+    return None
+
+
 def choose_map_backend(z: torch.Tensor, map_name: str, *, dim: int = -1, alpha: float = 1.5,
                        backend: str = "auto") -> tuple[str, str]:
     """``("triton" | "torch", reason)`` for a map applied to ``z`` along ``dim``.
@@ -126,15 +140,11 @@ def choose_map_backend(z: torch.Tensor, map_name: str, *, dim: int = -1, alpha: 
     ``map_name``: ``softmax``, ``sparsemax``, ``entmax15``, ``entmax`` or ``pladis``. Raises ValueError for
     ``backend="triton"`` when the kernel cannot run (the message carries the reason).
     """
-    check_backend(backend)
     what = f"{map_name} on {tuple(z.shape)} {z.dtype}"
-    if backend == "torch":
-        return _decide("backend='torch' was requested", "torch", what)
-    if map_name == "softmax":
-        # Not an error even under backend='triton': there is simply no better kernel than torch's.
-        return _decide("softmax has no Triton kernel (torch.softmax is already fused)", "auto", what)
-    if map_name not in _KERNEL_MAPS:
-        raise ValueError(f"map_name={map_name!r}: expected 'softmax' or one of {_KERNEL_MAPS}")
+    decided = _decide_without_kernel(map_name, backend, what, "softmax has no Triton kernel (torch.softmax is "
+                                                                  "already fused)")
+    if decided is not None:
+        return decided
     reason = _device_reason((z,), backend)
     if reason is None:
         reason = _dtype_reason(z.dtype)
@@ -167,14 +177,11 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The fused kernel needs one dtype among float16/bfloat16/float32, Lk ≤ 512 and head dims ≤ 128 (text
     cross-attention); ``map_name="softmax"`` always takes the torch path (SDPA is the fused softmax kernel).
     """
-    check_backend(backend)
     what = f"{map_name} attention q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}"
-    if backend == "torch":
-        return _decide("backend='torch' was requested", "torch", what)
-    if map_name == "softmax":
-        return _decide("softmax attention has no Triton kernel here (SDPA is already fused)", "auto", what)
-    if map_name not in _KERNEL_MAPS:
-        raise ValueError(f"map_name={map_name!r}: expected 'softmax' or one of {_KERNEL_MAPS}")
+    decided = _decide_without_kernel(map_name, backend, what, "softmax attention has no Triton kernel here (SDPA "
+                                                                  "is already fused)")
+    if decided is not None:
+        return decided
     tensors = (q, k, v) if attn_mask is None else (q, k, v, attn_mask)
     reason = _device_reason(tensors, backend)
     if reason is None and not (q.dtype == k.dtype == v.dtype):
