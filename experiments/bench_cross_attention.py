@@ -494,9 +494,10 @@ def run(cfg: BenchConfig) -> Path:
     peak = peak_bandwidth_gbps(device_name) if cfg.device.startswith("cuda") else float("nan")
     table = ResultsTable(cfg.out, keys=["case", "shape", "alpha", "method"], config=cfg.to_dict(),
                          seeds=[cfg.seed], device=cfg.device)
-    attention_rows(cfg, table, device_name, peak)
+    # The end-to-end rows first: one short measurement that a time-limited run must not lose.
     if cfg.unet != "none":
         unet_rows(cfg, table, device_name)
+    attention_rows(cfg, table, device_name, peak)
     summary = summarize(table.dataframe(), on_cuda=cfg.device.startswith("cuda"))
     path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary)
     print(f"wrote {path} ({len(table.rows)} rows) on {device_name}")

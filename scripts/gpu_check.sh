@@ -1,29 +1,38 @@
 #!/usr/bin/env bash
-# One-shot GPU check for the Triton kernels (issue 5), for a bare GPU machine with no network:
-#   1. installs the pure-Python wheels carried in .whl/ (fill it with scripts/fetch_gpu_wheels.sh) into /tmp/site;
-#   2. runs the kernel and GPU tests (pytest -m "triton or gpu") on CUDA, with the interpreter OFF;
-#   3. runs experiments/bench_cross_attention.py (SD1.5/SDXL/SANA shapes, bf16, SDXL-shaped UNet).
-# Everything it writes goes to $OUT (default ./gpu_out), at most 8 files:
-#   env.txt, pytest.txt, junit.xml, bench.log, bench_cross_attention.csv, bench_cross_attention.meta.json, status.txt
+# One-shot GPU run for a bare GPU machine with no network (everything it needs is carried in .whl/, filled by
+# scripts/fetch_gpu_wheels.sh):
+#   1. installs the pure-Python wheels of .whl/ into /tmp/site;
+#   2. (--train-minutes N) trains the bundled shapes model on the GPU in the background (issue 4), with the
+#      fp16 text encoder of .whl/minilm_fp16, while
+#   3. the kernel and GPU tests run (pytest -m "triton or gpu", interpreter OFF, parallel when xdist is there);
+#   4. once training is done (the benchmark must have the GPU to itself), runs experiments/bench_cross_attention.py
+#      (SDXL-shaped UNet end to end first, then SD1.5/SDXL/SANA attention shapes, bf16).
+# It writes at most 6 files to $OUT (default ./gpu_out): status.txt, bench_cross_attention.csv and .meta.json,
+# shapes_train.tar.gz (exported EMA weights + loss table), logs.tar.gz (env, pytest, junit, bench and train logs).
 #
 #   OUT=/some/dir scripts/gpu_check.sh [--skip-tests] [--skip-bench] [--bench-args "..."]
-# Time limits (seconds) per stage: TEST_TIMEOUT (default 200), BENCH_TIMEOUT (default 360): together they fit a
-# 10-minute remote command. With more time, run the stages as two commands (--skip-bench, then --skip-tests).
-# The benchmark flushes its table after every shape, so a timeout keeps the rows measured so far.
+#                                      [--train-minutes N] [--train-args "..."]
+# Time limits (seconds) per stage: TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 240); training stops itself
+# at its time budget (TRAIN_TIMEOUT, default budget + 120 s, is the backstop). Defaults fit a 10-minute command
+# with --train-minutes 4. The benchmark flushes its table after every shape, so a timeout keeps the rows so far.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 PY=${PY:-python3}
-TEST_TIMEOUT=${TEST_TIMEOUT:-200}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-360}
+TEST_TIMEOUT=${TEST_TIMEOUT:-240}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 RUN_TESTS=1
 RUN_BENCH=1
 BENCH_ARGS=""
+TRAIN_MINUTES=""
+TRAIN_ARGS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --skip-tests) RUN_TESTS=0 ;;
         --skip-bench) RUN_BENCH=0 ;;
         --bench-args) BENCH_ARGS="$2"; shift ;;
+        --train-minutes) TRAIN_MINUTES="$2"; shift ;;
+        --train-args) TRAIN_ARGS="$2"; shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
     shift
@@ -52,6 +61,15 @@ if ls .whl/*.whl > /dev/null 2>&1; then
 else
     note "wheels: .whl/ is empty or missing (run scripts/fetch_gpu_wheels.sh before carrying the tree)"
 fi
+# Dependencies of diffusers the machine may lack: installed one by one, only where the module is missing.
+for wheel in .whl/if_missing/*.whl; do
+    [ -e "$wheel" ] || continue
+    module=$(basename "$wheel" | cut -d- -f1 | tr 'A-Z' 'a-z')
+    if ! "$PY" -c "import $module" 2>/dev/null; then
+        "$PY" -m pip install --quiet --no-index --no-deps --target "$SITE" "$wheel" >> "$OUT/env.txt" 2>&1 \
+            && note "wheels: added missing $module" || note "wheels: FAILED to add missing $module"
+    fi
+done
 export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c "import diffusers" >> "$OUT/env.txt" 2>&1; then
     if ls .whl/fallback/*.whl > /dev/null 2>&1; then
@@ -77,17 +95,43 @@ if torch.cuda.is_available():
     print("attention dispatch:", dispatch.choose_attention_backend(q, k, k))
 PYEOF
 
-# 2. tests on CUDA
+# 2. training in the background (GPU shared with the tests, which only check correctness)
+TRAIN_DIR=/tmp/shapes_gpu_run
+TRAIN_PID=""
+if [ -n "$TRAIN_MINUTES" ]; then
+    TRAIN_TIMEOUT=${TRAIN_TIMEOUT:-$(python3 -c "print(int(float('$TRAIN_MINUTES') * 60 + 120))")}
+    rm -rf "$TRAIN_DIR" && mkdir -p "$TRAIN_DIR"
+    # shellcheck disable=SC2086
+    timeout "$TRAIN_TIMEOUT" "$PY" experiments/train_shapes_model.py --device "${TRAIN_DEVICE:-cuda}" --workers 8 \
+        --text-encoder .whl/minilm_fp16 --no-install --run-dir "$TRAIN_DIR" \
+        --loss-log "$TRAIN_DIR/shapes_train_loss.csv" --time-budget-minutes "$TRAIN_MINUTES" $TRAIN_ARGS \
+        > "$OUT/train.log" 2>&1 &
+    TRAIN_PID=$!
+    note "train: started ($TRAIN_MINUTES min budget)"
+fi
+
+# 3. tests on CUDA
 if [ "$RUN_TESTS" = 1 ]; then
+    PARALLEL=""
+    "$PY" -c "import xdist" 2>/dev/null && PARALLEL="-n 6"
     # No autotuning in the tests: every tuned launch would compile four variants of each kernel.
+    # shellcheck disable=SC2086
     PLADIS_TRITON_AUTOTUNE=0 timeout "$TEST_TIMEOUT" "$PY" -m pytest -m "triton or gpu" -q -p no:cacheprovider \
-        --ignore=tests/test_kernels_bench.py --ignore=tests/test_kernels_compile.py \
+        $PARALLEL --ignore=tests/test_kernels_bench.py --ignore=tests/test_kernels_compile.py \
         --junitxml="$OUT/junit.xml" tests > "$OUT/pytest.txt" 2>&1
     rc=$?
     note "tests: exit $rc ($(tail -n 1 "$OUT/pytest.txt"))"
 fi
 
-# 3. benchmark
+if [ -n "$TRAIN_PID" ]; then
+    wait "$TRAIN_PID"
+    note "train: exit $? ($(tail -n 1 "$OUT/train.log"))"
+    grep '"step"' "$OUT/train.log" | tail -n 2 >> "$STATUS"
+    tar czf "$OUT/shapes_train.tar.gz" -C "$TRAIN_DIR" weights shapes_train_loss.csv shapes_train_loss.meta.json \
+        >> "$STATUS" 2>&1 || note "train: nothing to pack"
+fi
+
+# 4. benchmark, alone on the GPU
 if [ "$RUN_BENCH" = 1 ]; then
     # shellcheck disable=SC2086
     timeout "$BENCH_TIMEOUT" "$PY" experiments/bench_cross_attention.py --out "$OUT/bench_cross_attention.csv" \
@@ -96,4 +140,8 @@ if [ "$RUN_BENCH" = 1 ]; then
     note "bench: exit $rc"
     tail -n 12 "$OUT/bench.log" >> "$STATUS"
 fi
+
+# At most 8 files come back: the logs travel as one archive.
+(cd "$OUT" && tar czf logs.tar.gz --ignore-failed-read env.txt pytest.txt junit.xml bench.log train.log 2>/dev/null; \
+    rm -f env.txt pytest.txt junit.xml bench.log train.log)
 cat "$STATUS"

@@ -47,3 +47,12 @@ def test_errors_name_the_problem(tmp_path):
         write_table(pd.DataFrame(), tmp_path / "r.parquet", {})
     with pytest.raises(FileNotFoundError, match="run the experiment"):
         read_table(tmp_path / "missing.csv")
+
+
+def test_git_commit_can_be_given_by_the_environment(monkeypatch):
+    from pladis_analysis.results import git_commit
+
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "abc123")
+    assert git_commit() == "abc123"
+    monkeypatch.delenv("PLADIS_GIT_COMMIT")
+    assert git_commit() != "abc123"

@@ -63,3 +63,34 @@ def test_quick_training_run_writes_weights_and_loss_log(tmp_path):
     assert (weights / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert json.loads((weights / "training.json").read_text())["steps"] == 3
     assert (tmp_path / "loss.csv").is_file() and (tmp_path / "loss.meta.json").is_file()
+
+
+def test_noise_and_timesteps_are_a_pure_function_of_the_step():
+    cfg = tr.TrainConfig(batch_size=8, high_noise_fraction=0.5)
+    (n1, t1), (n2, t2) = tr.noise_at(3, cfg, (8, 3, 32, 32)), tr.noise_at(3, cfg, (8, 3, 32, 32))
+    assert torch.equal(n1, n2) and torch.equal(t1, t2)
+    assert not torch.equal(n1, tr.noise_at(4, cfg, (8, 3, 32, 32))[0])
+    assert (t1[:4] >= cfg.high_noise_from).all() and (t1 < tr.N_TRAIN_TIMESTEPS).all()
+
+
+def test_train_config_rejects_bad_device_and_workers():
+    with pytest.raises(ValueError, match="workers"):
+        tr.TrainConfig(workers=-1)
+    with pytest.raises(ValueError, match="device"):
+        tr.TrainConfig(device="tpu")
+
+
+@pytest.mark.slow
+def test_worker_processes_change_the_speed_not_the_run(tmp_path):
+    """Scenes drawn in worker processes give bit-identical weights to scenes drawn in the training process."""
+    from safetensors.torch import load_file
+
+    weights = []
+    for workers in (0, 2):
+        cfg = dataclasses.replace(tr.TrainConfig.quick_config(), max_steps=3, batch_size=4, device="cpu",
+                                  workers=workers, run_dir=str(tmp_path / f"run{workers}"),
+                                  loss_log=str(tmp_path / f"loss{workers}.csv"))
+        tr.train(cfg, install=False)
+        weights.append(load_file(tmp_path / f"run{workers}" / "weights" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

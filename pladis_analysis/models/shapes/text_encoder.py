@@ -44,7 +44,8 @@ def load_text_encoder(path: str | os.PathLike | None = None, dtype: torch.dtype 
         raise ValueError(f"path={str(path)!r}: not a transformers model folder (no config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype)
-    model.eval().requires_grad_(False)
+    # Older transformers releases take the dtype as ``torch_dtype`` and ignore ``dtype``: cast explicitly.
+    model.to(dtype).eval().requires_grad_(False)
     return tokenizer, model
 
 
@@ -66,22 +67,28 @@ def encode_prompts(prompts: Sequence[str], tokenizer, text_encoder, device: torc
 
 
 class PromptCache:
-    """Memoised :func:`encode_prompts` for the dataset's finite set of prompts (stored fp16 on the CPU)."""
+    """Memoised :func:`encode_prompts` for the dataset's finite set of prompts.
 
-    def __init__(self, tokenizer, text_encoder, max_length: int = MAX_LENGTH, batch_size: int = 256):
+    Contexts are stored fp16 on ``store_device`` (the CPU by default; the GPU when training there, so a batch
+    never crosses the bus) and returned as float32 on that device.
+    """
+
+    def __init__(self, tokenizer, text_encoder, max_length: int = MAX_LENGTH, batch_size: int = 256,
+                 store_device: torch.device | str = "cpu"):
         self.tokenizer, self.text_encoder, self.max_length, self.batch_size = (
             tokenizer, text_encoder, max_length, batch_size)
+        self.store_device = torch.device(store_device)
         self._cache: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return len(self._cache)
 
     def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, max_length, 384) float32 context for ``prompts``."""
+        """(B, max_length, 384) float32 context for ``prompts``, on ``store_device``."""
         missing = sorted({p for p in prompts if p not in self._cache})
         for i in range(0, len(missing), self.batch_size):
             chunk = missing[i:i + self.batch_size]
             emb = encode_prompts(chunk, self.tokenizer, self.text_encoder, max_length=self.max_length)
-            for p, e in zip(chunk, emb.to("cpu", torch.float16)):
+            for p, e in zip(chunk, emb.to(self.store_device, torch.float16)):
                 self._cache[p] = e
         return torch.stack([self._cache[p] for p in prompts]).float()
