@@ -1,14 +1,17 @@
 """Train the bundled shapes text-to-image model (pixel-space UNet cross-attending to all-MiniLM-L6-v2).
 
     python experiments/train_shapes_model.py                       # full run (CPU: ~1 h), resumes if a checkpoint exists
+    python experiments/train_shapes_model.py --device cuda --workers 8 --batch-size 256 --learning-rate 8e-4 \
+        --time-budget-minutes 3.5                                  # the bundled model's recipe, on a GPU
     python experiments/train_shapes_model.py --quick               # a few steps, for CI
     python experiments/train_shapes_model.py --export-only         # copy the latest checkpoint's EMA weights into the package
 
 Data are generated on the fly: step ``s`` uses scenes ``s·B … (s+1)·B − 1`` of the ``"mixed"`` training stream
 (60% one object, 40% two objects; held-out colour–shape pairs never occur). Text contexts are cached per prompt
 (the prompt set is finite). 10% of the prompts are replaced by the empty prompt so the model learns the
-unconditional score that classifier-free guidance needs. Loss: v-prediction MSE with min-SNR-5 weighting on a
-cosine schedule. An EMA copy of the weights is kept and is what gets exported.
+unconditional score that classifier-free guidance needs. Loss: v-prediction MSE on a cosine schedule (min-SNR-5
+weighting optional), with half of each batch at high noise (t ≥ 400), where the layout (where objects go) is
+decided. An EMA copy of the weights is kept and is what gets exported.
 
 Every ``checkpoint_minutes`` the run writes ``<run_dir>/checkpoint.pt`` (model, EMA, optimiser, step, wall time:
 a rerun resumes from it), exports the EMA weights (fp16 safetensors) to ``<run_dir>/weights`` and rewrites the
@@ -64,8 +67,8 @@ class TrainConfig:
     time_budget_minutes: float = 80.0
     empty_prompt_fraction: float = 0.1
     min_snr_gamma: float = 5.0
-    loss_weighting: str = "min_snr"  # "min_snr" (min-SNR-γ for v) or "v" (plain v-prediction MSE)
-    high_noise_fraction: float = 0.0  # share of each batch with t drawn from [high_noise_from, T) instead of [0, T)
+    loss_weighting: str = "v"  # "v" (plain v-prediction MSE) or "min_snr" (min-SNR-γ for v)
+    high_noise_fraction: float = 0.5  # share of each batch with t drawn from [high_noise_from, T) instead of [0, T)
     high_noise_from: int = 400
     ema_decay: float = 0.999
     checkpoint_minutes: float = 4.0

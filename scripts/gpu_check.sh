@@ -45,6 +45,8 @@ note() { echo "$*" >> "$STATUS"; }
 # The kernels must be compiled for the GPU: the interpreter is decided at import time.
 unset TRITON_INTERPRET
 export PYTHONDONTWRITEBYTECODE=1 HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+# No network there: never let a library wait on a download.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
 {
     date -u
