@@ -31,7 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from pladis_analysis.models.shapes.dataset import make_dataset  # noqa: E402
 from pladis_analysis.models.shapes.model_card import write_model_card  # noqa: E402
-from pladis_analysis.models.shapes.pipeline import WEIGHTS_DIR, load_bundled, to_uint8  # noqa: E402
+from pladis_analysis.models.shapes.pipeline import (WEIGHTS_DIR, load_bundled, to_uint8,  # noqa: E402
+                                                    weights_fingerprint)
 from pladis_analysis.models.shapes.scorer import score_image  # noqa: E402
 from pladis_analysis.results import ResultsTable, provenance, write_table  # noqa: E402
 
@@ -120,7 +121,8 @@ def evaluate(cfg: EvalConfig, pipe=None, write_card: bool = True) -> pd.DataFram
     if pipe is None:
         pipe = load_bundled(weights_dir, scheduler=cfg.scheduler)
     out = ROOT / cfg.out if not Path(cfg.out).is_absolute() else Path(cfg.out)
-    table = ResultsTable(out, keys=["split", "guidance_scale", "index"], config=cfg.to_dict(),
+    table = ResultsTable(out, keys=["split", "guidance_scale", "index"],
+                         config={**cfg.to_dict(), "unet_sha256": weights_fingerprint(pipe.unet)},
                          seeds=[cfg.prompt_seed, cfg.sample_seed])
     timing = {} if cfg.quick else {"sampling_16_images_25_steps_cfg_s": round(time_sampling(pipe), 2)}
     jobs = [(s, g) for s in cfg.splits for g in cfg.guidance_scales]

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pladis_analysis.diffusion import apply_pladis  # noqa: E402
 from pladis_analysis.models.shapes import load_bundled, make_dataset  # noqa: E402
-from pladis_analysis.models.shapes.pipeline import to_uint8  # noqa: E402
+from pladis_analysis.models.shapes.pipeline import to_uint8, weights_fingerprint  # noqa: E402
 from pladis_analysis.models.shapes.scorer import score_image  # noqa: E402
 from pladis_analysis.probes import record_attention  # noqa: E402
 from pladis_analysis.results import ResultsTable, provenance, write_table  # noqa: E402
@@ -140,7 +140,8 @@ def _variant_context(pipe, lam: float, alpha: float, layers: str):
 
 def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
     table = ResultsTable(out / "pladis_shapes_alignment.csv", keys=["split", "guidance_scale", "variant", "index"],
-                         config=cfg.to_dict(), seeds=[cfg.prompt_seed, cfg.sample_seed])
+                         config={**cfg.to_dict(), "unet_sha256": weights_fingerprint(pipe.unet)},
+                         seeds=[cfg.prompt_seed, cfg.sample_seed])
     jobs = [(s, g, v) for s in cfg.splits for g in cfg.guidance_scales for v in cfg.variants]
     bar = tqdm(total=len(jobs) * cfg.n_prompts, desc="alignment", disable=None)
     for split, g, (label, lam, alpha) in jobs:
@@ -179,7 +180,8 @@ def run_probe(cfg: StudyConfig, pipe, out: Path) -> Path:
             pipe(batch, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scales[0],
                  generator=torch.Generator().manual_seed(cfg.sample_seed), output_type="pt")
     df = rec.to_dataframe()
-    write_table(df, path, provenance({**cfg.to_dict(), "recorder": rec.config()},
+    write_table(df, path, provenance({**cfg.to_dict(), "recorder": rec.config(),
+                                      "unet_sha256": weights_fingerprint(pipe.unet)},
                                      seeds=[cfg.prompt_seed + 1, cfg.sample_seed], prompts=len(prompts)))
     return path
 

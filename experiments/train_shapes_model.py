@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT))
 
 from pladis_analysis.models.shapes import dataset as ds  # noqa: E402
 from pladis_analysis.models.shapes.model_card import write_model_card  # noqa: E402
-from pladis_analysis.models.shapes.pipeline import (WEIGHTS_DIR, add_coordinate_channels, save_unet,  # noqa: E402
-                                                    scheduler_config, unet_config)
+from pladis_analysis.models.shapes.pipeline import (WEIGHTS_DIR, add_coordinate_channels, load_unet,  # noqa: E402
+                                                    save_unet, scheduler_config, unet_config)
 from pladis_analysis.models.shapes.text_encoder import PromptCache, load_text_encoder  # noqa: E402
 from pladis_analysis.results import device_description, provenance, write_table  # noqa: E402
 
@@ -77,6 +77,7 @@ class TrainConfig:
     device: str = "auto"  # "auto": CUDA when available, else the CPU
     workers: int = 0  # data-generating processes (0: scenes are drawn in the training process)
     text_encoder: str | None = None  # model folder (e.g. an fp16 copy); None: the packaged all-MiniLM-L6-v2
+    init_from: str | None = None  # weights folder to start from (a fresh run only): e.g. the bundled weights
     run_dir: str = "tmp/shapes_run"
     loss_log: str = "results/shapes_train_loss.csv"
     quick: bool = False
@@ -207,12 +208,27 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
     cache = PromptCache(tokenizer, text_encoder.to(device), store_device=device)
 
     step, elapsed, log_rows, phases = 0, 0.0, [], []
+    earlier_runs: list[dict] = []
+    if cfg.init_from and not ckpt_path.exists():
+        # A continuation of an earlier run: its (EMA) weights start both the model and the EMA; the optimiser
+        # starts fresh, with the warm-up. The earlier runs are listed in training.json and the model card.
+        start = load_unet(Path(cfg.init_from))
+        unet.load_state_dict(start.state_dict())
+        ema.load_state_dict(start.state_dict())
+        info_path = Path(cfg.init_from) / "training.json"
+        if info_path.is_file():
+            info = json.loads(info_path.read_text())
+            earlier_runs = info.get("earlier_runs", []) + [
+                {k: info.get(k) for k in ("steps", "samples_seen", "wall_time_s", "hardware", "samples_per_s",
+                                          "config")}]
+        print(f"initialised from {cfg.init_from}", flush=True)
     if ckpt_path.exists() and not cfg.quick:
         state = torch.load(ckpt_path, map_location=device, weights_only=False)
         unet.load_state_dict(state["unet"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         step, elapsed, log_rows = state["step"], state["elapsed"], state["log_rows"]
+        earlier_runs = state.get("earlier_runs", [])
         phases = state.get("phases") or [{"from_step": 0, "config": state["config"]}]
         print(f"resumed from {ckpt_path} at step {step} ({elapsed / 60:.1f} min)", flush=True)
 
@@ -226,7 +242,7 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
     def checkpoint(final: bool = False) -> None:
         _atomic_torch_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                             "step": step, "elapsed": elapsed, "log_rows": log_rows, "config": cfg.to_dict(),
-                            "phases": phases},
+                            "phases": phases, "earlier_runs": earlier_runs},
                            ckpt_path)
         export(run_dir / "weights", final)
         meta = provenance(cfg.to_dict(), seeds=[cfg.seed], device=str(device), steps_done=step, wall_time_s=elapsed,
@@ -237,7 +253,7 @@ def train(cfg: TrainConfig, install: bool = True) -> dict:
         save_unet(ema, directory)
         info = {"steps": step, "samples_seen": step * cfg.batch_size, "wall_time_s": round(elapsed, 1),
                 "hardware": hardware, "threads": cfg.threads, "unet_parameters": n_params,
-                "config": cfg.to_dict(), "final": final, "phases": phases,
+                "config": cfg.to_dict(), "final": final, "phases": phases, "earlier_runs": earlier_runs,
                 "samples_per_s": round(step * cfg.batch_size / max(elapsed, 1e-9), 2)}
         (directory / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
@@ -348,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="'auto' (default: CUDA when available), 'cpu' or 'cuda[:N]'")
     parser.add_argument("--workers", type=int, help="processes drawing the training scenes (default 0)")
     parser.add_argument("--text-encoder", help="text encoder model folder (default: the packaged MiniLM)")
+    parser.add_argument("--init-from", help="start a fresh run from this weights folder (e.g. the bundled one)")
     parser.add_argument("--run-dir", help="checkpoint and exported weights (default tmp/shapes_run)")
     parser.add_argument("--loss-log", help="loss table (default results/shapes_train_loss.csv)")
     parser.add_argument("--no-install", action="store_true", help="do not copy the weights into the package")
@@ -362,7 +379,8 @@ def main(argv: list[str] | None = None) -> None:
                                    ("high_noise_fraction", args.high_noise_fraction),
                                    ("learning_rate", args.learning_rate), ("device", args.device),
                                    ("workers", args.workers), ("text_encoder", args.text_encoder),
-                                   ("run_dir", args.run_dir), ("loss_log", args.loss_log)) if v is not None}
+                                   ("run_dir", args.run_dir), ("loss_log", args.loss_log),
+                                   ("init_from", args.init_from)) if v is not None}
     cfg = dataclasses.replace(cfg, **overrides)
     if args.export_only:
         src = ROOT / cfg.run_dir / "weights"

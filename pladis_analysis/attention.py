@@ -50,6 +50,7 @@ from typing import Callable, Union
 import torch
 
 from . import maps
+from .maps._shapes import broadcast_shapes
 from .maps.kernels import dispatch as _dispatch
 
 __all__ = ["attention", "pladis_attention", "resolve_map", "parse_map_name", "NamedMap", "AttentionMap"]
@@ -107,7 +108,7 @@ def _check_qkv(q, k, v) -> tuple[int, ...]:
         raise ValueError(f"k and v must have the same number of keys Lk: k.shape={tuple(k.shape)}, "
                          f"v.shape={tuple(v.shape)}")
     try:
-        return tuple(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+        return broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     except RuntimeError:
         raise ValueError(f"the leading (batch, heads) dims of q, k, v do not broadcast: q.shape={tuple(q.shape)}, "
                          f"k.shape={tuple(k.shape)}, v.shape={tuple(v.shape)}") from None
@@ -190,10 +191,10 @@ def _masked_scores(q, k, attn_mask, scale: float, work: torch.dtype) -> torch.Te
         if attn_mask.device != q.device:
             raise ValueError(f"attn_mask is on {attn_mask.device}, q on {q.device}")
         try:
-            broadcast = torch.broadcast_shapes(attn_mask.shape, scores.shape)
+            broadcast = broadcast_shapes(attn_mask.shape, scores.shape)
         except RuntimeError:
             broadcast = None
-        if broadcast != scores.shape:
+        if broadcast != tuple(scores.shape):
             raise ValueError(f"attn_mask.shape={tuple(attn_mask.shape)} does not broadcast to the scores' shape "
                              f"[..., Lq, Lk] = {tuple(scores.shape)}")
         if attn_mask.dtype == torch.bool:

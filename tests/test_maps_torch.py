@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pladis_analysis import maps
 from pladis_analysis.maps import _threshold
 from pladis_analysis.maps import reference as R
-from pladis_analysis.testing import assert_close
+from pladis_analysis.testing import assert_close, tolerance
 
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
@@ -51,6 +51,32 @@ def _reference(ref_map, z: torch.Tensor, axis: int = -1) -> np.ndarray:
     return ref_map(z.detach().to(torch.float64).numpy(), axis=axis)
 
 
+def _assert_matches_reference(p: torch.Tensor, z: torch.Tensor, name: str, label: str) -> None:
+    """``p`` = MAPS[name] of ``z`` against the reference at the tolerance table, widened only where the
+    mathematics forces it: for α > 2 a weight p = t^k (k = 1/(α−1) < 1) is not Lipschitz in the threshold
+    gap t near the support edge, so the float32 rounding η of t (≈ u·(α−1)·max|z| per operation) moves p by up
+    to min(η^k, k·η·t^{k−1}) — ~1e-5 for a weight of 0.01 at α = 3, much more right at the edge. Elsewhere
+    (α ≤ 2, or float64) the table alone applies."""
+    _, ref_map, alpha = MAPS[name]
+    expected = _reference(ref_map, z)
+    if alpha is None or alpha <= 2.0 or p.dtype == torch.float64:
+        assert_close(p, expected, name=label)
+        return
+    k = 1.0 / (alpha - 1.0)
+    zf = z.detach().to(torch.float64).numpy()
+    finite = np.where(np.isfinite(zf), np.abs(zf), 0.0)
+    eta = 8 * np.finfo(np.float32).eps * (alpha - 1.0) * (1.0 + finite.max(axis=-1, keepdims=True))
+    t = np.clip(expected, 0.0, None) ** (alpha - 1.0)
+    with np.errstate(divide="ignore"):
+        linear = np.where(t > 0, k * eta * t ** (k - 1.0), np.inf)
+    widening = np.minimum(eta ** k, linear)
+    tol = tolerance(p.dtype)
+    allowed = tol["atol"] + tol["rtol"] * np.abs(expected) + widening
+    err = np.abs(p.detach().to(torch.float64).cpu().numpy() - expected)
+    assert (err <= allowed).all(), (f"{label}: {int((err > allowed).sum())} elements exceed the Hölder-widened "
+                                    f"tolerance; worst excess {float((err - allowed).max()):.3g}")
+
+
 # --------------------------------------------------------------------------------------------------
 # values against the reference
 # --------------------------------------------------------------------------------------------------
@@ -64,7 +90,7 @@ def test_matches_reference(name, dtype, scale):
         z = _scores((3, 5, d), scale=scale, seed=d, dtype=dtype)
         p = fn(z)
         assert p.dtype == dtype and p.shape == z.shape
-        assert_close(p, _reference(ref, z), name=f"{name} d={d} scale={scale}")
+        _assert_matches_reference(p, z, name, f"{name} d={d} scale={scale}")
 
 
 @pytest.mark.parametrize("name", list(MAPS))
@@ -253,7 +279,7 @@ def test_property_matches_reference(d, log_scale, ties, name, dtype, seed):
         z[:, idx] = z.max(dim=-1, keepdim=True).values
     z = z.to(dtype)
     p = fn(z)
-    assert_close(p, _reference(ref, z), name=name)
+    _assert_matches_reference(p, z, name, name)
     assert_close(p.to(torch.float64).sum(-1), torch.ones(3, dtype=torch.float64), dtype=dtype, name="sum")
 
 
@@ -343,7 +369,7 @@ def test_cuda_matches_reference(name):
         z_cuda = z.cuda().requires_grad_(True)
         p = fn(z_cuda)
         assert p.device.type == "cuda" and p.dtype == dtype
-        assert_close(p.cpu(), _reference(ref, z), name=f"{name} cuda {dtype}")
+        _assert_matches_reference(p.cpu(), z, name, f"{name} cuda {dtype}")
         p.float().pow(2).sum().backward()
         assert torch.isfinite(z_cuda.grad).all()
 

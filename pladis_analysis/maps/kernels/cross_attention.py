@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .entmax_rowwise import (KIND_GENERAL, MAX_ITER_EXACT, MAX_ITER_GENERAL, alpha_kind, entmax_rows)
+from .._shapes import broadcast_shapes, cdiv, next_power_of_2
+from .entmax_rowwise import KIND_GENERAL, alpha_kind, entmax_rows, max_iterations
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -230,7 +231,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if lk > MAX_KEYS or d > MAX_HEAD_DIM or dv > MAX_HEAD_DIM:
         raise ValueError(f"Lk={lk}, d={d}, dv={dv}: the kernel holds at most {MAX_KEYS} keys and head dims "
                          f"≤ {MAX_HEAD_DIM} in registers")
-    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     q4 = _to_4d(q.expand(*lead, lq, d), "q")                                                 # (B, H, Lq, d)
     k4 = _to_4d(k.expand(*lead, lk, d), "k")                                                 # (B, H, Lk, d)
     v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                                # (B, H, Lk, dv)
@@ -253,27 +254,27 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if score_scale is None:
         score_scale = 1.0 / math.sqrt(d)
     kind = alpha_kind(alpha) if need_entmax else KIND_GENERAL
-    block_n = max(16, triton.next_power_of_2(lk))
-    block_d = max(16, triton.next_power_of_2(d))
-    block_dv = max(16, triton.next_power_of_2(dv))
+    block_n = max(16, next_power_of_2(lk))
+    block_d = max(16, next_power_of_2(d))
+    block_dv = max(16, next_power_of_2(dv))
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
-                    KIND=kind, MAX_ITER=MAX_ITER_GENERAL if kind == KIND_GENERAL else MAX_ITER_EXACT,
+                    KIND=kind, MAX_ITER=max_iterations(kind),
                     WITH_STATS=return_stats, IEEE_FP32=q.dtype == torch.float32,
                     # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
                     # tensor cores).
                     UPCAST_DOT=not q.is_cuda,
                     BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv)
         if _use_autotune(q.device):
-            grid = lambda meta_: (triton.cdiv(lq, meta_["BLOCK_M"]), nb * nh)  # noqa: E731
+            grid = lambda meta_: (cdiv(lq, meta_["BLOCK_M"]), nb * nh)  # noqa: E731
             _autotuned_kernel(block_n)[grid](*args, **meta)
         else:
             block_m = _block_m(block_n, max(block_d, block_dv))
-            grid = (triton.cdiv(lq, block_m), nb * nh)
+            grid = (cdiv(lq, block_m), nb * nh)
             _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=_num_warps(block_m, block_n))
     return (out, stats) if return_stats else out
 

@@ -29,6 +29,8 @@ from functools import lru_cache
 
 import torch
 
+from .._shapes import broadcast_shapes
+
 logger = logging.getLogger("pladis_analysis.kernels")
 
 BACKENDS = ("auto", "triton", "torch")
@@ -62,11 +64,12 @@ def interpreter_requested() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
+@lru_cache(maxsize=None)
 def kernels_interpreted() -> bool:
     """Whether the kernels were built for the interpreter (``TRITON_INTERPRET=1`` at their first import).
 
     Triton decides at decoration time, so setting the variable after the kernel modules were imported has
-    no effect on them.
+    no effect on them (hence the answer is cached: it cannot change within a process).
     """
     from . import entmax_rowwise
 
@@ -177,6 +180,16 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     The fused kernel needs one dtype among float16/bfloat16/float32, Lk ≤ 512 and head dims ≤ 128 (text
     cross-attention); ``map_name="softmax"`` always takes the torch path (SDPA is the fused softmax kernel).
     """
+    # CUDA decisions depend only on shapes, dtypes, devices and arguments: remember them, so that a diffusion
+    # model's thousands of identical calls skip the checks (CPU decisions also read the environment: not cached).
+    key = None
+    if q.is_cuda and backend != "torch":
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               None if attn_mask is None else (attn_mask.shape, attn_mask.dtype, attn_mask.device),
+               map_name, alpha, backend)
+        cached = _ATTENTION_DECISIONS.get(key)
+        if cached is not None:
+            return cached
     what = f"{map_name} attention q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}"
     decided = _decide_without_kernel(map_name, backend, what, "softmax attention has no Triton kernel here (SDPA "
                                                                   "is already fused)")
@@ -210,12 +223,20 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             reason = f"attn_mask dtype {attn_mask.dtype} (bool or floating masks only)"
         else:
             try:
-                lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+                lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
                 if attn_mask is not None:
-                    torch.broadcast_shapes(attn_mask.shape, (*lead, q.shape[-2], k.shape[-2]))
+                    broadcast_shapes(attn_mask.shape, (*lead, q.shape[-2], k.shape[-2]))
             except RuntimeError:
                 reason = "shapes of q/k/v/attn_mask do not broadcast"
-    return _decide(reason, backend, what)
+    decision = _decide(reason, backend, what)
+    if key is not None:
+        if len(_ATTENTION_DECISIONS) >= 4096:  # a bound, not a policy: shapes in one session are few
+            _ATTENTION_DECISIONS.clear()
+        _ATTENTION_DECISIONS[key] = decision
+    return decision
+
+
+_ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 
 
 # Shared memory one program of the fused kernel needs for its K/V tiles (padded to powers of two), and the
@@ -227,7 +248,7 @@ def shared_memory_bytes(lk: int, d: int, dv: int, dtype: torch.dtype) -> int:
     """Bytes of the K (or V) tile the compiler stages in shared memory (the two are staged one at a time)."""
     def pow2(n: int) -> int:
         return max(16, 1 << max(0, (n - 1).bit_length()))
-    return pow2(lk) * max(pow2(d), pow2(dv)) * torch.empty((), dtype=dtype).element_size()
+    return pow2(lk) * max(pow2(d), pow2(dv)) * dtype.itemsize
 
 
 # --------------------------------------------------------------------------------------------------

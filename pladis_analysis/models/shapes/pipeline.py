@@ -15,6 +15,7 @@ callers see a plain 3-channel image model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -202,6 +203,19 @@ def save_unet(unet: UNet2DConditionModel, directory: str | os.PathLike, dtype: t
     sched.mkdir(parents=True, exist_ok=True)
     (sched / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=2, sort_keys=True) + "\n")
     return out
+
+
+def weights_fingerprint(unet: torch.nn.Module) -> str:
+    """First 16 hex digits of a SHA-256 over the UNet's parameters and buffers (names, shapes, fp16 bytes).
+
+    Results tables put it in their config, so a rerun after retraining recomputes instead of resuming rows
+    that another set of weights produced.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(unet.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().to("cpu", torch.float16).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def load_unet(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) -> UNet2DConditionModel:

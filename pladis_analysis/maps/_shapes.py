@@ -1,0 +1,38 @@
+"""Shape broadcasting in plain Python, for hot paths.
+
+``torch.broadcast_shapes`` goes through torch's reference implementation (symbolic-shape guards included) and
+costs tens of microseconds; the diffusion processor checks shapes on every attention call of every layer and
+step, where that overhead is comparable to a whole cross-attention kernel. Same semantics, same error type.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """The broadcast of ``shapes`` (NumPy rules), or a RuntimeError as ``torch.broadcast_shapes`` raises."""
+    first = tuple(shapes[0]) if shapes else ()
+    if all(tuple(s) == first for s in shapes[1:]):  # the common case: nothing to broadcast
+        return first
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for shape in shapes:
+        for i, size in enumerate(shape, start=ndim - len(shape)):
+            if size == out[i] or size == 1:
+                continue
+            if out[i] != 1:
+                raise RuntimeError(f"shapes {[tuple(s) for s in shapes]} do not broadcast "
+                                   f"(size {size} against {out[i]} at dim {i})")
+            out[i] = size
+    return tuple(out)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two ≥ ``n`` (1 for n ≤ 1); ``triton.next_power_of_2`` is a JIT function, slow on the host."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for positive ``b``."""
+    return -(-int(a) // int(b))
