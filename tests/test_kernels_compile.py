@@ -36,7 +36,6 @@ def _compile(fn, types: dict, consts: dict, num_warps: int):
     ("bf16", 0, 128, 64, 2, True),     # SDXL: Lk 77, d 64, −10000 bias, general α, statistics
     ("bf16", 1, 512, 128, 1, False),   # SANA: Lk 300, d 112, boolean mask, α = 1.5
     ("fp32", 2, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax
-    ("fp16", 4, 128, 64, 0, False),    # α = 1.25: Halley with integer powers (q = 4)
 ])
 def test_fused_kernel_compiles_for_sm90(dtype, kind, block_n, block_d, mask_kind, stats):
     from pladis_analysis.maps.kernels import cross_attention as ca
@@ -53,7 +52,7 @@ def test_fused_kernel_compiles_for_sm90(dtype, kind, block_n, block_d, mask_kind
     assert kernel.metadata.shared <= 227 * 1024
 
 
-@pytest.mark.parametrize("kind", [0, 1, 2, 3])
+@pytest.mark.parametrize("kind", [0, 1, 2])
 def test_rowwise_kernels_compile_for_sm90(kind):
     from pladis_analysis.maps.kernels import entmax_rowwise as er
 

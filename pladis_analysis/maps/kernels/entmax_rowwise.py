@@ -36,13 +36,10 @@ import triton.language as tl
 
 from .._shapes import cdiv, next_power_of_2
 
-# Kernel flavours of the threshold search, chosen from α on the host (constexpr in the kernel). A flavour
-# q ∈ {3, …, 8} is the Halley path for α = 1 + 1/q (α = 1.25 is q = 4): p = x^q, f' and f'' come from
-# multiplications instead of a log2/exp2 pair and two divisions per entry and step.
+# Kernel flavours of the threshold search, chosen from α on the host (constexpr in the kernel).
 KIND_GENERAL = 0
 KIND_ENTMAX15 = 1
 KIND_SPARSEMAX = 2
-INTEGER_POWERS = range(3, 9)
 
 # Longest row the row-wise kernel keeps in registers; longer rows go to the torch path.
 MAX_ROW_LENGTH = 4096
@@ -53,15 +50,11 @@ MAX_ITER_EXACT = 64
 
 
 def alpha_kind(alpha: float) -> int:
-    """The kernel flavour for ``alpha``: exact paths for 1.5 and 2, the safeguarded Halley path otherwise (with
-    integer powers when 1/(α−1) is an integer q in 3…8, i.e. α = 1.125 … 4/3)."""
+    """The kernel flavour for ``alpha``: exact paths for 1.5 and 2, the safeguarded Halley path otherwise."""
     if alpha == 2.0:
         return KIND_SPARSEMAX
     if alpha == 1.5:
         return KIND_ENTMAX15
-    q = 1.0 / (alpha - 1.0)
-    if round(q) in INTEGER_POWERS and abs(q - round(q)) <= 1e-12 * q:
-        return int(round(q))
     return KIND_GENERAL
 
 
@@ -72,16 +65,11 @@ def max_iterations(kind: int) -> int:
 
 @triton.jit
 def _powq(x, pos, q, KIND: tl.constexpr):
-    """[x]_+^q for each flavour (q = 1/(α−1); KIND ≥ 3 is the integer q = KIND); ``pos`` is x > 0."""
+    """[x]_+^q for the three flavours (q = 1/(α−1)); ``pos`` is x > 0."""
     if KIND == 2:
         p = tl.where(pos, x, 0.0)
     elif KIND == 1:
         p = tl.where(pos, x * x, 0.0)
-    elif KIND >= 3:
-        xp = tl.where(pos, x, 0.0)
-        p = xp
-        for _ in tl.static_range(KIND - 1):
-            p = p * xp
     else:
         xs = tl.where(pos, x, 1.0)  # keep log2 away from non-positive values
         p = tl.where(pos, tl.exp2(q * tl.log2(xs)), 0.0)
@@ -123,18 +111,10 @@ def entmax_rows(z, valid, alpha, KIND: tl.constexpr, MAX_ITER: tl.constexpr):
             # f' = −2 Σ_S x; Newton from the left never overshoots because f is convex.
             cand = tau + f / tl.maximum(2.0 * tl.sum(tl.where(pos, x, 0.0), axis=1), 1e-30)
         else:
-            if KIND >= 3:
-                xp = tl.where(pos, x, 0.0)
-                x_q2 = xp                                       # x^{q−2} (q ≥ 3), zero off the support
-                for _ in tl.static_range(KIND - 3):
-                    x_q2 = x_q2 * xp
-                fp = -q * tl.sum(x_q2 * xp, axis=1)
-                fpp = q * (q - 1.0) * tl.sum(x_q2, axis=1)
-            else:
-                xs = tl.where(pos, x, 1.0)
-                p_over_x = tl.where(pos, p / xs, 0.0)
-                fp = -q * tl.sum(p_over_x, axis=1)
-                fpp = q * (q - 1.0) * tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
+            xs = tl.where(pos, x, 1.0)
+            p_over_x = tl.where(pos, p / xs, 0.0)
+            fp = -q * tl.sum(p_over_x, axis=1)
+            fpp = q * (q - 1.0) * tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
             # Halley: τ − 2 f f' / (2 f'² − f f''); a step outside the bracket becomes a bisection.
             lo = tl.where(f > 0.0, tau, lo)
             hi = tl.where(f < 0.0, tau, hi)
