@@ -32,9 +32,10 @@ import os
 import statistics
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -201,16 +202,20 @@ def _time_ms(fn: Callable[[], object], device: str, calls: int) -> float:
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int,
-                        min_sample_ms: float) -> dict[str, dict[str, float]]:
+                        min_sample_ms: float,
+                        contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, dict[str, float]]:
     """Time every function ``repeats`` times, rotating the order each round; per function: median, q25, q75.
 
-    A function that raises is reported with ``error`` and NaN times instead of stopping the run.
+    ``contexts[name]()`` (if given) is entered around each of ``name``'s samples, outside the timed region: this
+    is how model variants that differ by a processor swap are interleaved. A function that raises is reported
+    with ``error`` and NaN times instead of stopping the run.
     """
+    contexts = contexts or {}
     errors: dict[str, str] = {}
     calls: dict[str, int] = {}
     for name, fn in fns.items():
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contexts.get(name, nullcontext)():
                 for _ in range(warmup):
                     fn()
                 calls[name] = _calls_per_sample(fn, device, min_sample_ms)
@@ -224,7 +229,8 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, repea
         for r in range(repeats):
             order = alive[r % max(len(alive), 1):] + alive[:r % max(len(alive), 1)]
             for name in order:
-                samples[name].append(_time_ms(fns[name], device, calls[name]))
+                with contexts.get(name, nullcontext)():
+                    samples[name].append(_time_ms(fns[name], device, calls[name]))
     result = {}
     for name in fns:
         if name in errors:
@@ -431,25 +437,26 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
     def forward():
         return unet(**inputs).sample
 
-    for variant in variants:
-        backend = {"stock": None, "pladis_torch": "torch", "pladis_triton": "triton"}[variant]
+    backends = {"stock": None, "pladis_torch": "torch", "pladis_triton": "triton"}
+
+    def context(variant: str) -> Callable[[], ContextManager]:
+        backend = backends[variant]
+        if backend is None:
+            return nullcontext
+        return lambda: apply_pladis(unet, scale=cfg.pladis_scale, alpha=alpha, backend=backend)
+
+    contexts = {variant: context(variant) for variant in variants}
+    for variant in variants:  # outputs for the correctness column; a variant that fails here is timed as failed
         try:
-            if backend is None:
-                with torch.no_grad():
-                    outputs[variant] = forward().float().cpu()
-                t = interleaved_medians({variant: forward}, cfg.device, cfg.repeats, cfg.warmup, cfg.min_sample_ms)
-            else:
-                with apply_pladis(unet, scale=cfg.pladis_scale, alpha=alpha, backend=backend):
-                    with torch.no_grad():
-                        outputs[variant] = forward().float().cpu()
-                    t = interleaved_medians({variant: forward}, cfg.device, cfg.repeats, cfg.warmup,
-                                            cfg.min_sample_ms)
-            timings.update(t)
-        except Exception as exc:
-            timings[variant] = {"median_ms": float("nan"), "q25_ms": float("nan"), "q75_ms": float("nan"),
-                                "calls_per_sample": 0, "error": f"{type(exc).__name__}: {exc}"[:300]}
-    # Processor swaps cannot interleave within one timing loop, so the variants are timed in turn; a second
-    # round of the stock model checks that the machine did not drift in between.
+            with torch.no_grad(), contexts[variant]():
+                outputs[variant] = forward().float().cpu()
+        except Exception:  # recorded by interleaved_medians below with its error message
+            pass
+    # Variants differ by a processor swap, made outside the timed region before each sample, so the rounds
+    # interleave them like the attention rows (the first variant would otherwise also pay the warm-up).
+    timings.update(interleaved_medians({v: forward for v in variants}, cfg.device, cfg.repeats, cfg.warmup,
+                                       cfg.min_sample_ms, contexts=contexts))
+    # A last round of the stock model alone: a check that the machine did not drift during the run.
     drift = interleaved_medians({"stock": forward}, cfg.device, cfg.repeats, 1, cfg.min_sample_ms)["stock"]
     stock_ms = timings["stock"]["median_ms"]
     for variant in variants:
