@@ -220,6 +220,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
     "shapes_eval_summary.csv": ("plot_shapes_eval", "shapes_eval.png"),
     "bench_probe_overhead.csv": ("plot_probe_overhead", "bench_probe_overhead.png"),
+    "bench_cross_attention.csv": ("plot_bench_cross_attention", "bench_cross_attention.png"),
 }
 
 

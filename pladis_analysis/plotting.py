@@ -72,6 +72,32 @@ def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+def plot_bench_cross_attention(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Cross-attention benchmark (``experiments/bench_cross_attention.py``): time relative to SDPA softmax
+    attention per model shape and method, one panel per α; log scale, the issue's 1.3× target dashed. The
+    kernel is drawn twice: eager (host launch included) and CUDA-graph replay (device time)."""
+    df = _load(table)
+    df = df[df["case"] == "attention"].copy()
+    graph = df[(df["method"] == "triton") & df["graph_ratio_vs_sdpa"].notna()].copy()
+    graph["method"] = "triton (graph)"
+    graph["ratio_vs_baseline"] = graph["graph_ratio_vs_sdpa"]
+    df = pd.concat([df[df["method"] != "sdpa"], graph], ignore_index=True)
+    order = list(dict.fromkeys(df["shape"]))
+    methods = [m for m in ("naive", "torch", "triton", "triton (graph)") if m in set(df["method"])]
+    grid = sns.catplot(data=df, x="shape", y="ratio_vs_baseline", hue="method", col="alpha", kind="bar",
+                       order=order, hue_order=methods, height=3.2, aspect=1.6, sharey=True)
+    for ax in grid.axes.flat:
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.axhline(1.3, color="red", lw=0.8, ls="--")
+        ax.tick_params(axis="x", rotation=30)
+    device = df["device_name"].iloc[0] if "device_name" in df and len(df) else "?"
+    grid.set_axis_labels("", "median time / SDPA")
+    grid.set_titles("α = {col_name}")
+    grid.figure.suptitle(f"PLADIS cross-attention on {device}, bf16 (lower is faster; dashed: 1.3× SDPA)", y=1.03)
+    return grid.figure
+
+
 def plot_pladis_alignment(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """All-attributes alignment accuracy per variant, split and guidance, with the paired difference to stock
     and its bootstrap 95% interval (from ``results/pladis_shapes_alignment_summary.csv``)."""

@@ -20,10 +20,9 @@ from pladis_analysis.models.shapes.text_encoder import MAX_LENGTH  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle in the top left", "a blue square to the left of a yellow triangle"]
 #: Floors for the 16-prompt quick evaluation (single-object prompts, guidance 5, 25 steps), set well below what
-#: the full evaluation measured (results/shapes_eval_summary.csv, single/train at guidance 5: colour 1.00,
-#: shape ≈ 0.9, all ≈ 0.26; the same 16 prompts there score colour 1.0, shape 1.0, all 0.5), so only a broken
-#: model or pipeline fails them. "all" is low because the model has not learnt positions (see the model card).
-QUICK_EVAL_FLOORS = {"colour": 0.75, "shape": 0.6, "all": 0.2}
+#: the full evaluation measured (results/shapes_eval_summary.csv, single/train at guidance 5, 256 prompts: all
+#: 0.996, colour/shape/position 1.00), so that only a broken model or pipeline fails them.
+QUICK_EVAL_FLOORS = {"colour": 0.9, "shape": 0.9, "position": 0.75, "all": 0.75}
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +165,19 @@ def test_record_attention_runs_on_the_bundled_pipeline(pipe):
     df = rec.to_dataframe()
     assert len(df) > 0
     assert df.select_dtypes("number").notna().any().any()
+
+
+def test_weights_fingerprint_tells_weights_apart(pipe):
+    from pladis_analysis.models.shapes.pipeline import weights_fingerprint
+
+    first = weights_fingerprint(pipe.unet)
+    assert first == weights_fingerprint(pipe.unet) and len(first) == 16
+    param = next(pipe.unet.parameters())
+    saved = param.detach().clone()
+    with torch.no_grad():
+        param.add_(1.0)
+        try:
+            assert weights_fingerprint(pipe.unet) != first
+        finally:
+            param.copy_(saved)
+    assert weights_fingerprint(pipe.unet) == first
