@@ -112,6 +112,10 @@ def write_model_card(weights_dir: str | Path, eval_summary_csv: str | Path | Non
            else "") + f": {info['samples_per_s']} scenes/s.",
         "- Loss log: `results/shapes_train_loss.csv`.",
     ]
+    if cfg.get("text_encoder"):
+        lines.append(f"- Prompt contexts during training came from `{cfg['text_encoder']}`, an fp16 copy of the text "
+                     "encoder (what a GPU machine without the package could carry); sampling and the evaluation "
+                     "below use the packaged float32 encoder, so the numbers include that small mismatch.")
     if not info.get("final", True):
         lines.append(f"- The run was stopped before its time budget ran out, to leave time for the evaluation; the "
                      f"checkpoint of step {info['steps']} is shipped.")
