@@ -18,6 +18,8 @@ difference to stock and its interval) and ``results/pladis_shapes_attention.csv`
 
     python experiments/pladis_shapes_study.py            # full: 64 prompts per split
     python experiments/pladis_shapes_study.py --quick    # 8 single-object prompts, 10 steps (demo, tests)
+    python experiments/pladis_shapes_study.py --branches --skip-probe   # PLADIS on all guidance branches vs the
+                                                         # conditional one only (results/pladis_branches/)
 """
 
 from __future__ import annotations
@@ -43,9 +45,18 @@ from pladis_analysis.probes import record_attention  # noqa: E402
 from pladis_analysis.results import ResultsTable, provenance, write_table  # noqa: E402
 
 SPLITS = ("single/train", "pair/train", "single/heldout", "pair/heldout")
-# (label, λ, α); λ = 0 is the stock model and does not install any processor.
+# (label, λ, α[, branches]); λ = 0 is the stock model and does not install any processor. ``branches`` (default
+# "all", as the public implementation) picks the guidance chunks PLADIS acts on (see ``apply_pladis``).
 VARIANTS = (("stock", 0.0, 1.5), ("entmax(1.5)", 1.0, 1.5), ("pladis(2, 1.5)", 2.0, 1.5),
             ("pladis(3, 1.5)", 3.0, 1.5), ("pladis(2, 2)", 2.0, 2.0))
+# ``--branches``: does PLADIS on the unconditional branch cause the losses seen with guidance?
+BRANCH_VARIANTS = (("stock", 0.0, 1.5), ("pladis(2, 1.5)", 2.0, 1.5), ("pladis(2, 1.5) cond only", 2.0, 1.5, "cond"))
+
+
+def unpack_variant(variant: tuple) -> tuple[str, float, float, str]:
+    """(label, λ, α, branches) of a variant tuple, ``branches`` defaulting to ``"all"``."""
+    label, lam, alpha, *rest = variant
+    return label, float(lam), float(alpha), rest[0] if rest else "all"
 
 
 @dataclass
@@ -76,7 +87,7 @@ class StudyConfig:
             raise ValueError(f"splits: {bad} not in {SPLITS}")
         if not any(lam == 0.0 for _, lam, _ in self.variants):
             raise ValueError("variants must include the stock model (λ = 0): differences are paired against it")
-        for label, lam, alpha in self.variants:
+        for label, lam, alpha, _ in map(unpack_variant, self.variants):
             if lam < 0 or alpha <= 1:
                 raise ValueError(f"variant {label!r}: need λ >= 0 and α > 1, got λ={lam}, α={alpha}")
         if min(self.n_prompts, self.num_inference_steps, self.batch_size, self.probe_prompts) < 1:
@@ -132,10 +143,11 @@ def summarise(per_image: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _variant_context(pipe, lam: float, alpha: float, layers: str):
+def _variant_context(pipe, lam: float, alpha: float, layers: str, branches: str = "all"):
     from contextlib import nullcontext
 
-    return nullcontext() if lam == 0.0 else apply_pladis(pipe, scale=lam, alpha=alpha, layers=layers)
+    return nullcontext() if lam == 0.0 else apply_pladis(pipe, scale=lam, alpha=alpha, layers=layers,
+                                                          branches=branches)
 
 
 def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
@@ -144,7 +156,8 @@ def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
                          seeds=[cfg.prompt_seed, cfg.sample_seed])
     jobs = [(s, g, v) for s in cfg.splits for g in cfg.guidance_scales for v in cfg.variants]
     bar = tqdm(total=len(jobs) * cfg.n_prompts, desc="alignment", disable=None)
-    for split, g, (label, lam, alpha) in jobs:
+    for split, g, variant in jobs:
+        label, lam, alpha, branches = unpack_variant(variant)
         kind, which = split.split("/")
         samples = make_dataset(cfg.n_prompts, seed=cfg.prompt_seed, kind=kind, split=which)
         todo = [i for i in range(cfg.n_prompts) if not table.has(split=split, guidance_scale=g, variant=label, index=i)]
@@ -153,12 +166,12 @@ def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
             idx = todo[b:b + cfg.batch_size]
             # Same generator seed per prompt index for every variant: the comparison is paired.
             gens = [torch.Generator().manual_seed(cfg.sample_seed * 1_000_003 + i) for i in idx]
-            with _variant_context(pipe, lam, alpha, cfg.layers):
+            with _variant_context(pipe, lam, alpha, cfg.layers, branches):
                 images = pipe([samples[i].prompt for i in idx], num_inference_steps=cfg.num_inference_steps,
                               guidance_scale=g, generator=gens, output_type="pt").images
             for i, img in zip(idx, to_uint8(images)):
                 row = {"split": split, "guidance_scale": g, "variant": label, "pladis_scale": lam, "alpha": alpha,
-                       "index": i, "prompt": samples[i].prompt}
+                       "branches": branches, "index": i, "prompt": samples[i].prompt}
                 row.update({k: float(v) for k, v in score_image(img, samples[i].truth).items()})
                 table.add(row)
             table.flush()
@@ -172,8 +185,9 @@ def run_probe(cfg: StudyConfig, pipe, out: Path) -> Path:
     path = out / "pladis_shapes_attention.csv"
     prompts = [s.prompt for kind in ("single", "pair")
                for s in make_dataset(cfg.probe_prompts, seed=cfg.prompt_seed + 1, kind=kind)]
-    variants = ["softmax"] + sorted({f"entmax({a:g})" for _, lam, a in cfg.variants if lam > 0}) + \
-               [label for label, lam, _ in cfg.variants if lam > 1]
+    parsed = [unpack_variant(v) for v in cfg.variants]
+    variants = ["softmax"] + sorted({f"entmax({a:g})" for _, lam, a, _ in parsed if lam > 0}) + \
+               list(dict.fromkeys(f"pladis({lam:g}, {a:g})" for _, lam, a, _ in parsed if lam > 1))
     with record_attention(pipe, stats="basic", variants=variants, layers="cross") as rec:
         for b in tqdm(range(0, len(prompts), cfg.batch_size), desc="probe", disable=None):
             batch = prompts[b:b + cfg.batch_size]
@@ -193,8 +207,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--n-prompts", type=int, help="prompts per split")
     parser.add_argument("--weights-dir", default=None, help="weights folder (default: the bundled weights)")
     parser.add_argument("--skip-probe", action="store_true", help="alignment only")
+    parser.add_argument("--branches", action="store_true",
+                        help="PLADIS on all guidance branches vs the conditional branch only, guidance 5 "
+                             "(default results folder results/pladis_branches)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("out", args.out), ("n_prompts", args.n_prompts)) if v is not None}
+    if args.branches:
+        overrides = {"out": "results/pladis_branches", "variants": BRANCH_VARIANTS, "guidance_scales": (5.0,),
+                     **overrides}
     cfg = StudyConfig.quick_config(**overrides) if args.quick else StudyConfig(**overrides)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

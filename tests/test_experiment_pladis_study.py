@@ -42,3 +42,12 @@ def test_quick_study_writes_tables_and_figures(tmp_path, monkeypatch):
 
     assert cli(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "pladis_shapes_alignment.png").exists()
+
+
+def test_variants_name_their_guidance_branches():
+    study = load_experiment("pladis_shapes_study")
+    assert study.unpack_variant(("stock", 0, 1.5)) == ("stock", 0.0, 1.5, "all")
+    assert study.unpack_variant(("p", 2, 1.5, "cond")) == ("p", 2.0, 1.5, "cond")
+    cfg = study.StudyConfig(variants=study.BRANCH_VARIANTS)
+    assert {study.unpack_variant(v)[3] for v in cfg.variants} == {"all", "cond"}
+    assert [tuple(v) for v in study.StudyConfig().to_dict()["variants"]] == list(study.VARIANTS)  # main unchanged
