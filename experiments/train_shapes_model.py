@@ -1,6 +1,6 @@
 """Train the bundled shapes text-to-image model (pixel-space UNet cross-attending to all-MiniLM-L6-v2).
 
-    python experiments/train_shapes_model.py                       # full run (CPU: ~1 h), resumes if a checkpoint exists
+    python experiments/train_shapes_model.py                       # full run (80 min budget; resumes from a checkpoint)
     python experiments/train_shapes_model.py --device cuda --workers 8 --batch-size 256 --learning-rate 8e-4 \
         --time-budget-minutes 3.5                                  # the bundled model's recipe, on a GPU
     python experiments/train_shapes_model.py --quick               # a few steps, for CI

@@ -6,7 +6,7 @@ Sampling follows ``StableDiffusionPipeline``: classifier-free guidance runs the 
 conditional halves as one batch ``[uncond, cond]`` through one UNet call, so anything installed on the UNet's
 attention processors (``apply_pladis``, ``record_attention``) sees both halves, like in Stable Diffusion.
 
-One departure from Stable Diffusion, for a model trained in an hour on a CPU: the UNet's input has two extra
+One departure from Stable Diffusion, for a model trained in minutes: the UNet's input has two extra
 constant channels holding the pixel's x and y coordinate in [-1, 1] ("CoordConv"). Prompts name absolute
 positions ("in the top left"); a convolutional network can only infer where it is from its zero padding, which
 takes far longer to learn. The channels are added inside the pipeline (:func:`add_coordinate_channels`), so
