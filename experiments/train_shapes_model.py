@@ -1,8 +1,11 @@
 """Train the bundled shapes text-to-image model (pixel-space UNet cross-attending to all-MiniLM-L6-v2).
 
     python experiments/train_shapes_model.py                       # full run (80 min budget; resumes from a checkpoint)
+    # the bundled model's recipe, on a GPU (scripts/gpu_check.sh --train-minutes N --train-args "..." runs it there):
     python experiments/train_shapes_model.py --device cuda --workers 8 --batch-size 256 --learning-rate 8e-4 \
-        --time-budget-minutes 3.5                                  # the bundled model's recipe, on a GPU
+        --time-budget-minutes 3.5 --run-dir tmp/run1
+    python experiments/train_shapes_model.py --device cuda --workers 8 --batch-size 512 --learning-rate 5e-4 \
+        --time-budget-minutes 3 --init-from tmp/run1/weights --run-dir tmp/run2
     python experiments/train_shapes_model.py --quick               # a few steps, for CI
     python experiments/train_shapes_model.py --export-only         # copy the latest checkpoint's EMA weights into the package
 
