@@ -20,6 +20,8 @@ difference to stock and its interval) and ``results/pladis_shapes_attention.csv`
     python experiments/pladis_shapes_study.py --quick    # 8 single-object prompts, 10 steps (demo, tests)
     python experiments/pladis_shapes_study.py --branches --skip-probe   # PLADIS on all guidance branches vs the
                                                          # conditional one only (results/pladis_branches/)
+    python experiments/pladis_shapes_study.py --splits pair/train pair/heldout --variants stock "pladis(2, 1.5)" \
+        --guidance-scales 2 3 --skip-probe --out results/pladis_guidance   # a guidance sweep
 """
 
 from __future__ import annotations
@@ -207,11 +209,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--n-prompts", type=int, help="prompts per split")
     parser.add_argument("--weights-dir", default=None, help="weights folder (default: the bundled weights)")
     parser.add_argument("--skip-probe", action="store_true", help="alignment only")
+    parser.add_argument("--guidance-scales", type=float, nargs="+", help="guidance scales (default 5 and 1)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, help="splits (default: all four)")
+    parser.add_argument("--variants", nargs="+", help="variant labels to keep, from the default set")
     parser.add_argument("--branches", action="store_true",
                         help="PLADIS on all guidance branches vs the conditional branch only, guidance 5 "
                              "(default results folder results/pladis_branches)")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in (("out", args.out), ("n_prompts", args.n_prompts)) if v is not None}
+    overrides = {k: v for k, v in (("out", args.out), ("n_prompts", args.n_prompts),
+                                   ("guidance_scales", args.guidance_scales), ("splits", args.splits)) if v is not None}
+    if args.variants:
+        unknown = sorted(set(args.variants) - {v[0] for v in VARIANTS})
+        if unknown:
+            parser.error(f"--variants {unknown}: not among {[v[0] for v in VARIANTS]}")
+        overrides["variants"] = tuple(v for v in VARIANTS if v[0] in args.variants)
     if args.branches:
         overrides = {"out": "results/pladis_branches", "variants": BRANCH_VARIANTS, "guidance_scales": (5.0,),
                      **overrides}

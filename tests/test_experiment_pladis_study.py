@@ -51,3 +51,10 @@ def test_variants_name_their_guidance_branches():
     cfg = study.StudyConfig(variants=study.BRANCH_VARIANTS)
     assert {study.unpack_variant(v)[3] for v in cfg.variants} == {"all", "cond"}
     assert [tuple(v) for v in study.StudyConfig().to_dict()["variants"]] == list(study.VARIANTS)  # main unchanged
+
+
+def test_cli_rejects_unknown_variant_labels(capsys):
+    study = load_experiment("pladis_shapes_study")
+    with pytest.raises(SystemExit):
+        study.main(["--quick", "--variants", "pladis(9, 9)"])
+    assert "not among" in capsys.readouterr().err
