@@ -152,9 +152,14 @@ def _variant_context(pipe, lam: float, alpha: float, layers: str, branches: str 
                                                           branches=branches)
 
 
+def results_config(cfg: StudyConfig, pipe) -> dict:
+    """The config every table of the study records: the study's settings and the UNet weights' fingerprint."""
+    return {**cfg.to_dict(), "unet_sha256": weights_fingerprint(pipe.unet)}
+
+
 def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
     table = ResultsTable(out / "pladis_shapes_alignment.csv", keys=["split", "guidance_scale", "variant", "index"],
-                         config={**cfg.to_dict(), "unet_sha256": weights_fingerprint(pipe.unet)},
+                         config=results_config(cfg, pipe),
                          seeds=[cfg.prompt_seed, cfg.sample_seed])
     jobs = [(s, g, v) for s in cfg.splits for g in cfg.guidance_scales for v in cfg.variants]
     bar = tqdm(total=len(jobs) * cfg.n_prompts, desc="alignment", disable=None)
@@ -196,8 +201,7 @@ def run_probe(cfg: StudyConfig, pipe, out: Path) -> Path:
             pipe(batch, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scales[0],
                  generator=torch.Generator().manual_seed(cfg.sample_seed), output_type="pt")
     df = rec.to_dataframe()
-    write_table(df, path, provenance({**cfg.to_dict(), "recorder": rec.config(),
-                                      "unet_sha256": weights_fingerprint(pipe.unet)},
+    write_table(df, path, provenance({**results_config(cfg, pipe), "recorder": rec.config()},
                                      seeds=[cfg.prompt_seed + 1, cfg.sample_seed], prompts=len(prompts)))
     return path
 
@@ -233,7 +237,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     per_image = run_alignment(cfg, pipe, out)
     summary = summarise(per_image, cfg.bootstrap)
     write_table(summary, out / "pladis_shapes_alignment_summary.csv",
-                provenance(cfg.to_dict(), seeds=[cfg.prompt_seed, cfg.sample_seed]))
+                provenance(results_config(cfg, pipe), seeds=[cfg.prompt_seed, cfg.sample_seed]))
     if not args.skip_probe:
         run_probe(cfg, pipe, out)
     with pd.option_context("display.width", 160, "display.precision", 3):

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pladis_analysis.maps._shapes import broadcast_shapes, cdiv, next_power_of_2
+from pladis_analysis.maps._shapes import block_size, broadcast_shapes, cdiv, next_power_of_2
 
 shape = st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple)
 
@@ -30,3 +30,4 @@ def test_next_power_of_2_and_cdiv(n, b):
     p = next_power_of_2(n)
     assert p >= n and p & (p - 1) == 0 and (p == 1 or p // 2 < n)
     assert cdiv(n, b) == -(-n // b) and (cdiv(n, b) - 1) * b < n <= cdiv(n, b) * b
+    assert block_size(n) == max(16, p)

@@ -33,6 +33,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def block_size(n: int) -> int:
+    """The Triton block that holds ``n`` elements: the next power of two, at least 16 (``tl.dot``'s minimum)."""
+    return max(16, next_power_of_2(n))
+
+
 def cdiv(a: int, b: int) -> int:
     """⌈a / b⌉ for positive ``b``."""
     return -(-int(a) // int(b))

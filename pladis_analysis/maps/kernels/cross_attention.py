@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._shapes import broadcast_shapes, cdiv, next_power_of_2
+from .._shapes import block_size, broadcast_shapes, cdiv
 from .entmax_rowwise import KIND_GENERAL, alpha_kind, entmax_rows, max_iterations
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
@@ -254,9 +254,9 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if score_scale is None:
         score_scale = 1.0 / math.sqrt(d)
     kind = alpha_kind(alpha) if need_entmax else KIND_GENERAL
-    block_n = max(16, next_power_of_2(lk))
-    block_d = max(16, next_power_of_2(d))
-    block_dv = max(16, next_power_of_2(dv))
+    block_n = block_size(lk)
+    block_d = block_size(d)
+    block_dv = block_size(dv)
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),

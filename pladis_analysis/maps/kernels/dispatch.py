@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import torch
 
-from .._shapes import broadcast_shapes
+from .._shapes import block_size, broadcast_shapes
 
 logger = logging.getLogger("pladis_analysis.kernels")
 
@@ -246,9 +246,7 @@ MAX_SHARED_BYTES = 160 * 1024
 
 def shared_memory_bytes(lk: int, d: int, dv: int, dtype: torch.dtype) -> int:
     """Bytes of the K (or V) tile the compiler stages in shared memory (the two are staged one at a time)."""
-    def pow2(n: int) -> int:
-        return max(16, 1 << max(0, (n - 1).bit_length()))
-    return pow2(lk) * max(pow2(d), pow2(dv)) * dtype.itemsize
+    return block_size(lk) * max(block_size(d), block_size(dv)) * dtype.itemsize
 
 
 # --------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._shapes import cdiv, next_power_of_2
+from .._shapes import block_size, cdiv
 
 # Kernel flavours of the threshold search, chosen from α on the host (constexpr in the kernel).
 KIND_GENERAL = 0
@@ -195,7 +195,7 @@ def _entmax_bwd_kernel(P, G, DZ, n_rows, n_cols, stride_p, stride_g, stride_dz, 
 
 def _launch_shape(n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_ROWS, BLOCK_COLS, num_warps): about 4k row elements per program keeps the tile in registers."""
-    block_cols = max(16, next_power_of_2(n_cols))
+    block_cols = block_size(n_cols)
     block_rows = max(1, min(64, 4096 // block_cols))
     num_warps = 4 if block_cols * block_rows <= 2048 else 8
     return block_rows, block_cols, num_warps

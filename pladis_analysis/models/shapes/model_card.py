@@ -60,12 +60,17 @@ def _quality_bar(df: pd.DataFrame) -> str:
             + "; ".join(parts) + ", all-attributes accuracy at guidance 5.")
 
 
+def _loss_name(config: dict) -> str:
+    """The loss of a training config, as the card words it."""
+    if config.get("loss_weighting", "min_snr") == "min_snr":
+        return "min-SNR-%g" % config.get("min_snr_gamma", 5.0)
+    return "plain v-prediction MSE"
+
+
 def _run_line(run: dict) -> str:
     c = run.get("config") or {}
-    weighting = ("min-SNR-%g" % c.get("min_snr_gamma", 5.0)) if c.get("loss_weighting", "min_snr") == "min_snr" \
-        else "plain v-prediction MSE"
     return (f"{run.get('steps')} steps × batch {c.get('batch_size')} = {run.get('samples_seen')} scenes, "
-            f"lr {c.get('learning_rate', 0):g}, {weighting} loss with {c.get('high_noise_fraction', 0.0):.0%} of each "
+            f"lr {c.get('learning_rate', 0):g}, {_loss_name(c)} loss with {c.get('high_noise_fraction', 0.0):.0%} of each "
             f"batch at t ≥ {c.get('high_noise_from', 400)}; {(run.get('wall_time_s') or 0) / 60:.1f} min on "
             f"{run.get('hardware')} ({run.get('samples_per_s')} scenes/s)")
 
@@ -108,8 +113,7 @@ def write_model_card(weights_dir: str | Path, eval_summary_csv: str | Path | Non
         f"quarter), weight decay {cfg['weight_decay']}, gradient clip {cfg['grad_clip']}, "
         f"EMA decay {cfg['ema_decay']}; seed {cfg['seed']}.",
         f"- Wall time {info['wall_time_s'] / 60:.1f} min on {info['hardware']}"
-        + (f" ({info['threads']} threads)" if "GPU" not in info["hardware"] and "NVIDIA" not in info["hardware"]
-           else "") + f": {info['samples_per_s']} scenes/s.",
+        + (f" ({info['threads']} threads)" if info["hardware"].startswith("CPU") else "") + f": {info['samples_per_s']} scenes/s.",
         "- Loss log: `results/shapes_train_loss.csv`.",
     ]
     if cfg.get("text_encoder"):
@@ -132,9 +136,7 @@ def write_model_card(weights_dir: str | Path, eval_summary_csv: str | Path | Non
         for k, ph in enumerate(phases):
             end = phases[k + 1]["from_step"] if k + 1 < len(phases) else info["steps"]
             c = ph["config"]
-            weighting = ("min-SNR-%g" % c.get("min_snr_gamma", 5.0)) if c.get("loss_weighting", "min_snr") == "min_snr" \
-                else "plain v-prediction MSE"
-            lines.append(f"  - steps {ph['from_step']}–{end}: {weighting} loss, "
+            lines.append(f"  - steps {ph['from_step']}–{end}: {_loss_name(c)} loss, "
                          f"{c.get('high_noise_fraction', 0.0):.0%} of each batch at t ≥ {c.get('high_noise_from', 400)}, "
                          f"time budget {c.get('time_budget_minutes')} min.")
     lines.append("")
