@@ -10,7 +10,10 @@ Methods (one row each per shape and α, all timed in the same run, interleaved, 
 * ``naive``  — PLADIS as the public ports compute it: materialised scores, ``softmax`` and the ``entmax``
   package (``entmax15`` / ``sparsemax`` / ``entmax_bisect``), A = S + λ(E − S), A·V;
 * ``torch``  — our torch path (:func:`pladis_analysis.attention.pladis_attention` with ``backend="torch"``);
-* ``triton`` — the fused kernel (:func:`pladis_analysis.maps.kernels.cross_attention.fused_pladis_attention`).
+* ``triton`` — the fused kernel (:func:`pladis_analysis.maps.kernels.cross_attention.fused_pladis_attention`);
+* ``triton_softmax`` — the same kernel with λ = 0 (softmax only, no threshold search): the cost of the kernel's
+  skeleton (loads, both products, padding to a power of two, launch) against SDPA, so that the rest of the
+  ``triton`` time is the α-entmax search.
 
 Each row also has the achieved memory bandwidth (the minimal traffic: read Q, K, V once, write O) against the
 device's peak, and the largest absolute difference from the torch path's output (a correctness check at
@@ -61,7 +64,7 @@ FULL_SHAPES = (
     ("sana_4k", 2, 20, 16384, 300, 128),
 )
 QUICK_SHAPES = (("tiny", 1, 2, 64, 77, 32), ("tiny_lk300", 1, 2, 32, 300, 16))
-METHODS = ("sdpa", "naive", "torch", "triton")
+METHODS = ("sdpa", "naive", "torch", "triton", "triton_softmax")
 
 # Peak DRAM bandwidth in GB/s by (a substring of) torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH_GBPS = (
@@ -338,6 +341,7 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
             "naive": lambda: naive_pladis(q, k, v, lam, alpha, scale),
             "torch": lambda: torch_path(q, k, v, lam, alpha),
             "triton": lambda: triton_kernel(q, k, v, lam, alpha),
+            "triton_softmax": lambda: triton_kernel(q, k, v, 0.0, alpha),
         }
         fns = {m: candidates[m] for m in cfg.methods}
         # Correctness at benchmark shapes: every PLADIS method against the torch path, in float32.
@@ -472,6 +476,15 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
     del unet
 
 
+def _tuned_configs() -> list[dict]:
+    """The autotuner's choices for the fused kernel in this run (empty when it never ran on CUDA)."""
+    try:
+        from pladis_analysis.maps.kernels.cross_attention import tuned_launch_configs
+    except ImportError:  # no Triton
+        return []
+    return tuned_launch_configs()
+
+
 def summarize(df, on_cuda: bool = True) -> dict:
     """The issue's targets, checked on this run's rows (NaN-safe). They are GPU targets: off CUDA the kernel
     runs in the Triton interpreter and the checks are reported but flagged as not applicable."""
@@ -480,6 +493,9 @@ def summarize(df, on_cuda: bool = True) -> dict:
         out["note"] = "CPU run: the kernel (if timed) ran in the Triton interpreter; ratios say nothing about GPUs"
     att = df[df["case"] == "attention"] if "case" in df else df.iloc[0:0]
     tri = att[att["method"] == "triton"]
+    skeleton = att[att["method"] == "triton_softmax"]
+    if len(skeleton) and "graph_ratio_vs_sdpa" in skeleton and skeleton["graph_ratio_vs_sdpa"].notna().any():
+        out["worst_triton_softmax_graph_ratio_vs_sdpa"] = float(skeleton["graph_ratio_vs_sdpa"].max())
     if len(tri):
         out["worst_triton_ratio_vs_sdpa"] = float(tri["ratio_vs_baseline"].max())
         out["min_triton_speedup_vs_naive"] = float(tri["speedup_vs_naive"].min())
@@ -506,7 +522,8 @@ def run(cfg: BenchConfig) -> Path:
         unet_rows(cfg, table, device_name)
     attention_rows(cfg, table, device_name, peak)
     summary = summarize(table.dataframe(), on_cuda=cfg.device.startswith("cuda"))
-    path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary)
+    path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary,
+                       kernel_launch_configs=_tuned_configs())
     print(f"wrote {path} ({len(table.rows)} rows) on {device_name}")
     for key, value in summary.items():
         print(f"  {key}: {value}")

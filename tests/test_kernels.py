@@ -45,7 +45,7 @@ def _devices() -> list:
 
 DEVICES = _devices()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-ALPHAS = [1.5, 2.0, 1.25, 1.1, 3.0]
+ALPHAS = [1.5, 2.0, 1.25, 4.0 / 3.0, 1.1, 3.0]
 
 
 def _special_rows(n: int, gen: torch.Generator) -> torch.Tensor:
@@ -94,6 +94,31 @@ def test_rowwise_entmax_low_precision(device, dtype, alpha):
     p = entmax_rowwise(z, alpha)
     assert p.dtype == dtype
     assert_close(p, R.entmax(_as_reference(z), alpha), name=f"entmax(alpha={alpha}) {dtype}")
+
+
+def test_alpha_flavour_picks_the_search_and_integer_powers():
+    from pladis_analysis.maps.kernels.entmax_rowwise import KIND_HALLEY, KIND_NEWTON, alpha_flavour
+
+    assert alpha_flavour(2.0) == (KIND_NEWTON, 1)
+    assert alpha_flavour(1.5) == (KIND_NEWTON, 2)
+    assert alpha_flavour(4.0 / 3.0) == (KIND_NEWTON, 3)
+    assert alpha_flavour(1.25) == (KIND_NEWTON, 4)
+    assert alpha_flavour(1.2) == (KIND_NEWTON, 0)        # q = 5: beyond the multiplication cases
+    assert alpha_flavour(1.25 + 1e-6) == (KIND_NEWTON, 0)
+    assert alpha_flavour(2.0 + 1e-9) == (KIND_HALLEY, 0)
+    assert alpha_flavour(3.0) == (KIND_HALLEY, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 4.0 / 3.0, 1.25])
+def test_rowwise_integer_powers_agree_with_log_exp_powers(device, alpha):
+    """The multiplication path (integer q) and the log2/exp2 path give the same weights at α and α + 1e-7
+    (the nudge changes the weights by ~1e-6 relative, far inside the float32 tolerance)."""
+    gen = torch.Generator().manual_seed(9)
+    z = _special_rows(77, gen).to(device)
+    p_int = entmax_forward(z, alpha)
+    p_gen = entmax_forward(z, alpha + 1e-7)
+    assert_close(p_int, p_gen.double(), name=f"integer vs log/exp powers alpha={alpha}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -219,6 +244,20 @@ def test_fused_attention_broadcasting(device):
     out = fused_pladis_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), attn_mask=bias)
     expected = _reference_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), 2.0, 1.5, bias)
     assert_close(out, expected[0], name="(B·H, 1, Lk) bias")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_head_split_views_keep_their_layout(device):
+    """q, k, v as attention processors make them, head-split views of (B, L, H·d): the output comes back in the
+    same (B, Lq, H, d) memory layout, so merging the heads again is a view; the values are unchanged."""
+    q, k, v = _qkv((2, 3, 13, 9, 16), torch.float32, device, seed=11)
+    q_split = q.transpose(1, 2).contiguous().transpose(1, 2)                            # (B, H, Lq, d) view
+    k_split, v_split = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    out = fused_pladis_attention(q_split, k_split, v_split, alpha=1.5)
+    assert out.shape == (2, 3, 13, 16)
+    assert out.transpose(1, 2).is_contiguous()
+    assert torch.equal(out, fused_pladis_attention(q, k, v, alpha=1.5))
+    assert fused_pladis_attention(q, k, v, alpha=1.5).is_contiguous()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -358,7 +397,7 @@ from hypothesis import strategies as st  # noqa: E402
 @pytest.mark.skipif(not (dispatch.interpreter_ready()),
                     reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 130), alpha=st.sampled_from([1.5, 2.0, 1.2, 1.7, 2.5]),
+@given(n=st.integers(1, 130), alpha=st.sampled_from([1.5, 2.0, 1.25, 4.0 / 3.0, 1.2, 1.7, 2.5]),
        log_scale=st.floats(-5, 4), seed=st.integers(0, 2**31 - 1), n_ties=st.integers(0, 3),
        n_masked=st.integers(0, 5))
 def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):

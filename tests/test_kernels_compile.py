@@ -32,15 +32,17 @@ def _compile(fn, types: dict, consts: dict, num_warps: int):
                           options={"num_warps": num_warps})
 
 
-@pytest.mark.parametrize("dtype,kind,block_n,block_d,mask_kind,stats", [
-    ("bf16", 0, 128, 64, 2, True),     # SDXL: Lk 77, d 64, −10000 bias, general α, statistics
-    ("bf16", 1, 512, 128, 1, False),   # SANA: Lk 300, d 112, boolean mask, α = 1.5
-    ("fp32", 2, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax
+@pytest.mark.parametrize("dtype,kind,q_int,block_n,block_d,mask_kind,stats", [
+    ("bf16", 0, 0, 128, 64, 2, True),     # SDXL: Lk 77, d 64, −10000 bias, Newton with log/exp powers, statistics
+    ("bf16", 0, 2, 512, 128, 1, False),   # SANA: Lk 300, d 112, boolean mask, α = 1.5
+    ("bf16", 0, 4, 128, 64, 0, False),    # α = 1.25: integer powers
+    ("bf16", 1, 0, 128, 64, 0, False),    # α > 2: safeguarded Halley
+    ("fp32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax
 ])
-def test_fused_kernel_compiles_for_sm90(dtype, kind, block_n, block_d, mask_kind, stats):
+def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, block_n, block_d, mask_kind, stats):
     from pladis_analysis.maps.kernels import cross_attention as ca
 
-    consts = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=True, NEED_ENTMAX=True, KIND=kind, MAX_ITER=40,
+    consts = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=True, NEED_ENTMAX=True, KIND=kind, Q_INT=q_int, MAX_ITER=40,
                   WITH_STATS=stats, IEEE_FP32=dtype == "fp32", UPCAST_DOT=False,
                   BLOCK_M=max(16, 4096 // block_n), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_d)
     pointer = f"*{dtype}"
@@ -52,12 +54,12 @@ def test_fused_kernel_compiles_for_sm90(dtype, kind, block_n, block_d, mask_kind
     assert kernel.metadata.shared <= 227 * 1024
 
 
-@pytest.mark.parametrize("kind", [0, 1, 2])
-def test_rowwise_kernels_compile_for_sm90(kind):
+@pytest.mark.parametrize("kind,q_int", [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0)])
+def test_rowwise_kernels_compile_for_sm90(kind, q_int):
     from pladis_analysis.maps.kernels import entmax_rowwise as er
 
     fwd = _compile(er._entmax_fwd_kernel, {"Z": "*bf16", "P": "*fp32", "alpha": "fp32"},
-                   dict(KIND=kind, MAX_ITER=40, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
+                   dict(KIND=kind, Q_INT=q_int, MAX_ITER=40, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
     bwd = _compile(er._entmax_bwd_kernel, {"P": "*fp32", "G": "*fp32", "DZ": "*fp32", "alpha": "fp32"},
-                   dict(KIND=kind, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
+                   dict(Q_INT=q_int, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
     assert fwd.asm["cubin"] and bwd.asm["cubin"]

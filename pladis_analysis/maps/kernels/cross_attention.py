@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv
-from .entmax_rowwise import KIND_GENERAL, alpha_kind, entmax_rows, max_iterations
+from .entmax_rowwise import KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -60,8 +60,8 @@ def _fused_pladis_fwd_kernel(
         sob, soh, som, sod,
         ssb, ssh, ssm,
         MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
-        KIND: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr, IEEE_FP32: tl.constexpr,
-        UPCAST_DOT: tl.constexpr,
+        KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
+        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -94,22 +94,29 @@ def _fused_pladis_fwd_kernel(
         bias = tl.load(MASK + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
         z = z + bias.to(tl.float32)
     valid = col_in[None, :] & (z > float("-inf"))
-    n_valid = tl.sum(valid.to(tl.float32), axis=1)
-    row_ok = n_valid > 0.0
-    zmax = tl.max(tl.where(valid, z, float("-inf")), axis=1)
-    zmax = tl.where(row_ok, zmax, 0.0)
+    log2e = 1.4426950408889634
 
-    if NEED_SOFTMAX:
-        e = tl.where(valid, tl.exp2((z - zmax[:, None]) * 1.4426950408889634), 0.0)               # exp via exp2(x·log2 e)
-        s_w = e / tl.maximum(tl.sum(e, axis=1), 1e-30)[:, None]                            # zero on empty rows
     if NEED_ENTMAX:
-        e_w, tau, n_valid_e = entmax_rows(z, valid, alpha, KIND, MAX_ITER)
+        # zp = (α−1)(z − max z), −inf off the valid entries; z itself is dead from here (fewer live registers
+        # through the threshold search), and softmax comes from zp: exp(z − max z) = exp2(zp · log2(e)/(α−1)).
+        e_w, zp = entmax_rows(z, valid, alpha, KIND, Q_INT, MAX_ITER)
+        shifted = zp
+        to_log2 = log2e / (alpha - 1.0)
+    else:
+        zmax = tl.max(tl.where(valid, z, float("-inf")), axis=1)
+        zmax = tl.where(zmax > float("-inf"), zmax, 0.0)                                     # all-masked rows
+        shifted = tl.where(valid, z - zmax[:, None], float("-inf"))
+        to_log2 = log2e
+    if NEED_SOFTMAX:
+        expo = tl.exp2(shifted * to_log2)                                                    # 0 off the valid entries
+        inv_sum = 1.0 / tl.maximum(tl.sum(expo, axis=1), 1e-30)                              # zero rows stay zero
     if NEED_SOFTMAX and NEED_ENTMAX:
-        a = s_w + lam * (e_w - s_w)
+        # A = S + λ(E − S) = (1 − λ) S + λ E, with S = expo / Σ expo folded into one per-row coefficient.
+        a = expo * ((1.0 - lam) * inv_sum)[:, None] + lam * e_w
     elif NEED_ENTMAX:
         a = e_w
     else:
-        a = s_w
+        a = expo * inv_sum[:, None]
 
     v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_dv[None, :] * svd,
                 mask=col_in[:, None] & (offs_dv[None, :] < DV), other=0.0)                   # (BLOCK_N, BLOCK_DV)
@@ -125,16 +132,18 @@ def _fused_pladis_fwd_kernel(
 
     if WITH_STATS:
         # WITH_STATS implies both maps were computed (the host sets NEED_SOFTMAX = NEED_ENTMAX = True).
+        s_w = expo * inv_sum[:, None]
         log_s = tl.where(s_w > 0.0, tl.log(tl.where(s_w > 0.0, s_w, 1.0)), 0.0)
         ent_s = -tl.sum(s_w * log_s, axis=1)
         log_e = tl.where(e_w > 0.0, tl.log(tl.where(e_w > 0.0, e_w, 1.0)), 0.0)
         ent_e = -tl.sum(e_w * log_e, axis=1)
         support = tl.sum((e_w > 0.0).to(tl.float32), axis=1)
-        at_max = valid & (z == zmax[:, None])
+        # The top gap in score units from zp (max zp = 0 on every row with a valid entry).
+        at_max = valid & (shifted == 0.0)
         n_at_max = tl.sum(at_max.to(tl.float32), axis=1)
-        second = tl.max(tl.where(valid & (z < zmax[:, None]), z, float("-inf")), axis=1)
-        gap = tl.where(n_at_max > 1.0, 0.0, zmax - second)     # a tie at the top is a zero gap
-        gap = tl.where(n_valid > 1.0, gap, float("inf"))
+        second = tl.max(tl.where(valid & (shifted < 0.0), shifted, float("-inf")), axis=1)
+        gap = tl.where(n_at_max > 1.0, 0.0, -second / (alpha - 1.0))    # a tie at the top is a zero gap
+        gap = tl.where(tl.sum(valid.to(tl.float32), axis=1) > 1.0, gap, float("inf"))
         neg = tl.sum(tl.where(a < 0.0, -a, 0.0), axis=1)
         base = STATS + b * ssb + h * ssh + rows * ssm
         tl.store(base + 0, ent_s, mask=row_in)
@@ -145,6 +154,9 @@ def _fused_pladis_fwd_kernel(
 
 
 _AUTOTUNED: dict[int, object] = {}
+# (BLOCK_M, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly with it,
+# since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion shapes.
+_TUNED: dict[tuple, tuple[int, int]] = {}
 
 
 def _autotuned_kernel(block_n: int):
@@ -160,9 +172,19 @@ def _autotuned_kernel(block_n: int):
         configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm in sizes for w in (4, 8)]
         _AUTOTUNED[block_n] = triton.autotune(
             configs=configs,
-            key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "WITH_STATS"],
+            key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
+                 "WITH_STATS"],
         )(_fused_pladis_fwd_kernel)
     return _AUTOTUNED[block_n]
+
+
+def tuned_launch_configs() -> list[dict]:
+    """The launch configurations the autotuner chose in this process, one dict per launch key (for benchmark
+    provenance: which query-block size and warp count each shape ran with)."""
+    names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
+             "WITH_STATS")
+    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w}
+            for key, (bm, w) in _TUNED.items()]
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -236,7 +258,12 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     k4 = _to_4d(k.expand(*lead, lk, d), "k")                                                 # (B, H, Lk, d)
     v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                                # (B, H, Lk, dv)
     nb, nh = q4.shape[:2]
-    out = torch.empty(*lead, lq, dv, dtype=q.dtype, device=q.device)
+    if q.dim() == 4 and q.stride(1) < q.stride(2):
+        # q is a head-split view of (B, Lq, H·d), as attention processors make it: write the output in that
+        # layout too, so that merging the heads back (transpose + reshape) is a view, not a copy (SDPA does so).
+        out = torch.empty(nb, lq, nh, dv, dtype=q.dtype, device=q.device).transpose(1, 2)   # (B, H, Lq, dv)
+    else:
+        out = torch.empty(*lead, lq, dv, dtype=q.dtype, device=q.device)
     o4 = _to_4d(out, "out")
     if attn_mask is not None:
         m4, mask_kind = _mask_4d(attn_mask.to(q.device), tuple(lead), lq, lk)
@@ -253,7 +280,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         stats, s4, stats_strides = None, o4, (0, 0, 0)
     if score_scale is None:
         score_scale = 1.0 / math.sqrt(d)
-    kind = alpha_kind(alpha) if need_entmax else KIND_GENERAL
+    kind, q_int = alpha_flavour(alpha) if need_entmax else (KIND_NEWTON, 2)
     block_n = block_size(lk)
     block_d = block_size(d)
     block_dv = block_size(dv)
@@ -263,19 +290,27 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
-                    KIND=kind, MAX_ITER=max_iterations(kind),
+                    KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
                     WITH_STATS=return_stats, IEEE_FP32=q.dtype == torch.float32,
                     # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
                     # tensor cores).
                     UPCAST_DOT=not q.is_cuda,
                     BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv)
+        block_m = _block_m(block_n, max(block_d, block_dv))
+        num_warps = _num_warps(block_m, block_n)
         if _use_autotune(q.device):
-            grid = lambda meta_: (cdiv(lq, meta_["BLOCK_M"]), nb * nh)  # noqa: E731
-            _autotuned_kernel(block_n)[grid](*args, **meta)
-        else:
-            block_m = _block_m(block_n, max(block_d, block_dv))
-            grid = (cdiv(lq, block_m), nb * nh)
-            _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=_num_warps(block_m, block_n))
+            key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, kind, q_int, return_stats)
+            tuned = _TUNED.get(key)
+            if tuned is None:
+                tuner = _autotuned_kernel(block_n)
+                tuner[lambda meta_: (cdiv(lq, meta_["BLOCK_M"]), nb * nh)](*args, **meta)
+                best = getattr(tuner, "best_config", None)
+                if best is not None:
+                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps)
+                return (out, stats) if return_stats else out
+            block_m, num_warps = tuned
+        grid = (cdiv(lq, block_m), nb * nh)
+        _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps, num_stages=1)
     return (out, stats) if return_stats else out
 
 

@@ -1,20 +1,26 @@
 """Row-wise α-entmax as Triton kernels: the whole row lives in registers.
 
 α-entmax solves  p = argmax_{p ∈ Δ} ⟨p, z⟩ + H^T_α(p)  (Peters, Niculae & Martins 2019); its solution is
-p_i = [z'_i − τ]_+^{1/(α−1)} with z' = (α−1) z and τ the unique root of f(τ) = Σ_i [z'_i − τ]_+^{1/(α−1)} − 1.
+p_i = [z'_i − τ]_+^q with q = 1/(α−1), z' = (α−1) z and τ the unique root of f(τ) = Σ_i [z'_i − τ]_+^q − 1.
 After shifting the row so that max z' = 0, τ lies in the bracket [−1, −n^{1−α}] (n = number of finite
 entries): at τ = −1 the largest entry alone has weight 1, at τ = −n^{1−α} every entry has weight ≤ 1/n.
 
 Cross-attention rows are short (77–300 text tokens), so a whole row fits in registers and τ can be found
 without sorting:
 
-* any α > 1: Halley steps on f, safeguarded by the bracket (a step that leaves the current bracket is
-  replaced by bisection), then the weights are renormalised to sum to one, like ``entmax_bisect`` does;
-* α = 2 (sparsemax) and α = 1.5: Newton steps from the left end of the bracket. f is convex and
-  decreasing, so these never overshoot: every iterate's support contains the true support, and for
-  sparsemax Newton's step *is* the closed form on the current support (Michelot's algorithm). Once the
-  iterates stop moving, the closed form on the support {z' > τ} gives τ exactly (up to rounding):
-  τ = (Σ_S z' − 1)/|S| for α = 2 and τ = M − sqrt((1 − Σ_S (z' − M)²)/|S|), M = mean_S z', for α = 1.5.
+* 1 < α ≤ 2 (q ≥ 1, sparsemax and 1.5-entmax included): Newton's method on the norm
+  h(τ) = ‖[z' − τ]_+‖_q − 1, started at the left end τ = −1. h is convex (a norm of componentwise convex,
+  non-negative functions) and decreasing, so the iterates increase monotonically to the root and never
+  overshoot: no bracket, no bisection. The step is  τ ← τ + (F − F^{1−1/q}) / G  with F = Σ [x]_+^q and
+  G = Σ [x]_+^{q−1}, x = z' − τ. For sparsemax (q = 1) this is Michelot's algorithm, exact once the support
+  stops changing; h is nearly linear in τ for any q, so 4–5 steps reach float32 resolution on diffusion-shaped
+  rows (plain Newton on f needs 6–8, safeguarded Halley on f up to ~20 because of its bisection fallbacks).
+  For q ∈ {1, 2, 3, 4} (α = 2, 1.5, 4/3, 1.25) the powers are multiplications; other q use one log2/exp2
+  pair per entry and step.
+* α > 2 (q < 1, h is no longer convex): Halley steps on f, safeguarded by the bracket (a step that leaves the
+  current bracket is replaced by bisection).
+
+Except for sparsemax (exact), the weights are renormalised to sum to one, like ``entmax_bisect`` does.
 
 The backward kernel is the closed-form Jacobian–vector product  ∂z = s ⊙ g − s (⟨s, g⟩ / Σ s)  with
 s_i = p_i^{2−α} on the support and 0 off it (s = 1 on the support for sparsemax, √p for α = 1.5).
@@ -36,53 +42,131 @@ import triton.language as tl
 
 from .._shapes import block_size, cdiv
 
-# Kernel flavours of the threshold search, chosen from α on the host (constexpr in the kernel).
-KIND_GENERAL = 0
-KIND_ENTMAX15 = 1
-KIND_SPARSEMAX = 2
+# Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
+# safeguarded Halley for α > 2. With Newton, an integer q = 1/(α−1) up to INTEGER_Q_MAX is passed as Q_INT so
+# that powers become multiplications (0: any other q).
+KIND_NEWTON = 0
+KIND_HALLEY = 1
+INTEGER_Q_MAX = 4
 
 # Longest row the row-wise kernel keeps in registers; longer rows go to the torch path.
 MAX_ROW_LENGTH = 4096
-# Iteration caps. Newton/Halley converge in a handful of steps; the caps only bound pathological rows
+# Iteration caps. Both searches converge in a handful of steps; the caps only bound pathological rows
 # (bisection alone would reach float32 resolution of a unit bracket in ~24 steps).
-MAX_ITER_GENERAL = 40
-MAX_ITER_EXACT = 64
+MAX_ITER_NEWTON = 32
+MAX_ITER_HALLEY = 40
+# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (a literal in the kernels).
 
 
-def alpha_kind(alpha: float) -> int:
-    """The kernel flavour for ``alpha``: exact paths for 1.5 and 2, the safeguarded Halley path otherwise."""
-    if alpha == 2.0:
-        return KIND_SPARSEMAX
-    if alpha == 1.5:
-        return KIND_ENTMAX15
-    return KIND_GENERAL
+def alpha_flavour(alpha: float) -> tuple[int, int]:
+    """``(KIND, Q_INT)`` for ``alpha``: Newton for α ≤ 2, with Q_INT = q when q = 1/(α−1) is an integer
+    ≤ :data:`INTEGER_Q_MAX` (α = 2, 1.5, 4/3, 1.25) and 0 otherwise; Halley for α > 2."""
+    if alpha > 2.0:
+        return KIND_HALLEY, 0
+    q = 1.0 / (alpha - 1.0)
+    q_int = round(q)
+    if 1 <= q_int <= INTEGER_Q_MAX and abs(q - q_int) <= 1e-12 * q:
+        return KIND_NEWTON, q_int
+    return KIND_NEWTON, 0
 
 
 def max_iterations(kind: int) -> int:
-    """The iteration cap of a flavour: Newton with the exact finish (1.5, 2) or safeguarded Halley."""
-    return MAX_ITER_EXACT if kind in (KIND_ENTMAX15, KIND_SPARSEMAX) else MAX_ITER_GENERAL
+    """The iteration cap of a threshold search."""
+    return MAX_ITER_NEWTON if kind == KIND_NEWTON else MAX_ITER_HALLEY
 
 
 @triton.jit
-def _powq(x, pos, q, KIND: tl.constexpr):
-    """[x]_+^q for the three flavours (q = 1/(α−1)); ``pos`` is x > 0."""
-    if KIND == 2:
-        p = tl.where(pos, x, 0.0)
-    elif KIND == 1:
-        p = tl.where(pos, x * x, 0.0)
+def _pow_q_minus_1(x, pos, q, Q_INT: tl.constexpr):
+    """[x]_+^{q−1} (zero where ``pos`` = x > 0 is False), for q ≥ 1; Q_INT > 0 is q as a small integer."""
+    if Q_INT == 1:
+        r = pos.to(tl.float32)
+    elif Q_INT == 2:
+        r = tl.where(pos, x, 0.0)
+    elif Q_INT == 3:
+        xp = tl.where(pos, x, 0.0)
+        r = xp * xp
+    elif Q_INT == 4:
+        xp = tl.where(pos, x, 0.0)
+        r = xp * xp * xp
     else:
-        xs = tl.where(pos, x, 1.0)  # keep log2 away from non-positive values
-        p = tl.where(pos, tl.exp2(q * tl.log2(xs)), 0.0)
-    return p
+        r = tl.where(pos, tl.exp2((q - 1.0) * tl.log2(tl.where(pos, x, 1.0))), 0.0)
+    return r
 
 
 @triton.jit
-def entmax_rows(z, valid, alpha, KIND: tl.constexpr, MAX_ITER: tl.constexpr):
+def _newton_tau(zp, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr):
+    """τ per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module docstring)."""
+    tau = tl.full(row_ok.shape, -1.0, tl.float32)
+    active = row_ok
+    it = 0
+    while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
+        x = zp - tau[:, None]
+        pos = x > 0.0
+        g_q1 = _pow_q_minus_1(x, pos, q, Q_INT)                                 # [x]_+^{q−1}
+        g = tl.sum(g_q1, axis=1)                                                  # G = −f'(τ)/q
+        f = tl.sum(g_q1 * tl.where(pos, x, 0.0), axis=1)                          # F = Σ [x]_+^q
+        # F^{1−1/q}: 1 for sparsemax, √F for 1.5-entmax.
+        if Q_INT == 1:
+            f_pow = 1.0
+        elif Q_INT == 2:
+            f_pow = tl.sqrt(f)
+        else:
+            f_pow = tl.exp2((1.0 - 1.0 / q) * tl.log2(tl.maximum(f, 1e-30)))
+        cand = tau + (f - f_pow) / tl.maximum(g, 1e-30)
+        moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
+        tau = tl.where(active, cand, tau)
+        active = active & moved
+        it += 1
+    return tau
+
+
+@triton.jit
+def _powq_general(x, pos, q):
+    """[x]_+^q by log2/exp2 for any q > 0; ``pos`` is x > 0."""
+    xs = tl.where(pos, x, 1.0)  # keep log2 away from non-positive values
+    return tl.where(pos, tl.exp2(q * tl.log2(xs)), 0.0)
+
+
+@triton.jit
+def _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr):
+    """τ per row by Halley steps on f, safeguarded by the bracket [−1, −n^{1−α}] (any α; used for α > 2)."""
+    lo = tl.full(row_ok.shape, -1.0, tl.float32)
+    # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
+    hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
+    tau = lo
+    active = row_ok & (hi > lo)
+    it = 0
+    while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
+        x = zp - tau[:, None]
+        pos = x > 0.0
+        p = _powq_general(x, pos, q)
+        f = tl.sum(p, axis=1) - 1.0
+        xs = tl.where(pos, x, 1.0)
+        p_over_x = tl.where(pos, p / xs, 0.0)
+        fp = -q * tl.sum(p_over_x, axis=1)
+        fpp = q * (q - 1.0) * tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
+        # Halley: τ − 2 f f' / (2 f'² − f f''); a step outside the bracket becomes a bisection.
+        lo = tl.where(f > 0.0, tau, lo)
+        hi = tl.where(f < 0.0, tau, hi)
+        den = 2.0 * fp * fp - f * fpp
+        cand = tau - 2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
+        inside = (cand > lo) & (cand < hi)  # False for NaN/inf candidates too
+        cand = tl.where(inside, cand, 0.5 * (lo + hi))
+        cand = tl.where(f == 0.0, tau, cand)
+        moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
+        tau = tl.where(active, cand, tau)
+        active = active & moved
+        it += 1
+    return tau
+
+
+@triton.jit
+def entmax_rows(z, valid, alpha, KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr):
     """α-entmax of each row of a [R, C] float32 tile held in registers.
 
-    ``valid`` marks real entries (False for padding columns and −inf scores). Returns ``(p, tau, n_valid)``:
-    the weights (0 on invalid entries and on rows with no valid entry), the threshold τ in the shifted,
-    scaled space (max z' = 0), and the number of valid entries per row.
+    ``valid`` marks real entries (False for padding columns and −inf scores). Returns ``(p, zp)``: the
+    weights (0 on invalid entries and on rows with no valid entry) and the shifted, scaled scores
+    zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get softmax.
     """
     neg_inf = float("-inf")
     n_valid = tl.sum(valid.to(tl.float32), axis=1)
@@ -92,73 +176,30 @@ def entmax_rows(z, valid, alpha, KIND: tl.constexpr, MAX_ITER: tl.constexpr):
     # z' = (α−1)(z − max z): max z' = 0, invalid entries at −inf so that z' − τ < 0 for every τ.
     zp = tl.where(valid, (z - m[:, None]) * (alpha - 1.0), neg_inf)
     q = 1.0 / (alpha - 1.0)
-
-    lo = tl.full(m.shape, -1.0, tl.float32)
-    # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
-    hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
-    tau = lo
-    active = row_ok & (hi > lo)
-    it = 0
-    while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
+    if KIND == 0:
+        tau = _newton_tau(zp, row_ok, q, Q_INT, MAX_ITER)
         x = zp - tau[:, None]
         pos = x > 0.0
-        p = _powq(x, pos, q, KIND)
-        f = tl.sum(p, axis=1) - 1.0
-        if KIND == 2:
-            # f' = −|S|; Newton from the left = closed form on the current support (Michelot).
-            cand = tau + f / tl.maximum(tl.sum(pos.to(tl.float32), axis=1), 1.0)
-        elif KIND == 1:
-            # f' = −2 Σ_S x; Newton from the left never overshoots because f is convex.
-            cand = tau + f / tl.maximum(2.0 * tl.sum(tl.where(pos, x, 0.0), axis=1), 1e-30)
-        else:
-            xs = tl.where(pos, x, 1.0)
-            p_over_x = tl.where(pos, p / xs, 0.0)
-            fp = -q * tl.sum(p_over_x, axis=1)
-            fpp = q * (q - 1.0) * tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
-            # Halley: τ − 2 f f' / (2 f'² − f f''); a step outside the bracket becomes a bisection.
-            lo = tl.where(f > 0.0, tau, lo)
-            hi = tl.where(f < 0.0, tau, hi)
-            den = 2.0 * fp * fp - f * fpp
-            cand = tau - 2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
-            inside = (cand > lo) & (cand < hi)  # False for NaN/inf candidates too
-            cand = tl.where(inside, cand, 0.5 * (lo + hi))
-            cand = tl.where(f == 0.0, tau, cand)
-        moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
-        tau = tl.where(active, cand, tau)
-        active = active & moved
-        it += 1
-
-    if KIND == 2:
-        # Closed form on the support the iteration settled on: exact up to rounding.
-        pos = zp > tau[:, None]
-        k = tl.maximum(tl.sum(pos.to(tl.float32), axis=1), 1.0)
-        tau = (tl.sum(tl.where(pos, zp, 0.0), axis=1) - 1.0) / k
-        p = tl.where(zp > tau[:, None], zp - tau[:, None], 0.0)
-    elif KIND == 1:
-        pos = zp > tau[:, None]
-        k = tl.maximum(tl.sum(pos.to(tl.float32), axis=1), 1.0)
-        mean = tl.sum(tl.where(pos, zp, 0.0), axis=1) / k
-        dev = tl.where(pos, zp - mean[:, None], 0.0)
-        delta = (1.0 - tl.sum(dev * dev, axis=1)) / k
-        tau = mean - tl.sqrt(tl.maximum(delta, 0.0))
-        x = zp - tau[:, None]
-        p = tl.where(x > 0.0, x * x, 0.0)
+        p = _pow_q_minus_1(x, pos, q, Q_INT) * tl.where(pos, x, 0.0)
     else:
+        tau = _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER)
         x = zp - tau[:, None]
-        p = _powq(x, x > 0.0, q, KIND)
-        # Renormalise: removes the residual of the stopping rule so that Σ p = 1 to rounding.
+        p = _powq_general(x, x > 0.0, q)
+    if Q_INT != 1:
+        # Renormalise: removes the residual of the stopping rule so that Σ p = 1 to rounding (sparsemax's
+        # closed form on its final support already sums to one).
         p = p / tl.maximum(tl.sum(p, axis=1), 1e-30)[:, None]
     p = tl.where(row_ok[:, None], p, 0.0)
-    return p, tau, n_valid
+    return p, zp
 
 
 @triton.jit
-def entmax_rows_jvp(p, g, alpha, KIND: tl.constexpr):
+def entmax_rows_jvp(p, g, alpha, Q_INT: tl.constexpr):
     """Closed-form (J g) for rows of α-entmax weights ``p``: s ⊙ g − s ⟨s, g⟩ / Σ s, s = p^{2−α} on the support."""
     pos = p > 0.0
-    if KIND == 2:
+    if Q_INT == 1:
         s = pos.to(tl.float32)
-    elif KIND == 1:
+    elif Q_INT == 2:
         s = tl.sqrt(p)
     else:
         s = tl.where(pos, tl.exp2((2.0 - alpha) * tl.log2(tl.where(pos, p, 1.0))), 0.0)
@@ -170,26 +211,26 @@ def entmax_rows_jvp(p, g, alpha, KIND: tl.constexpr):
 
 @triton.jit
 def _entmax_fwd_kernel(Z, P, n_rows, n_cols, stride_z, stride_p, alpha,
-                       KIND: tl.constexpr, MAX_ITER: tl.constexpr,
+                       KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)   # 64-bit: rows·stride may pass 2³¹
     cols = tl.arange(0, BLOCK_COLS)
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=inb, other=float("-inf")).to(tl.float32)
     valid = inb & (z > float("-inf"))
-    p, tau, n_valid = entmax_rows(z, valid, alpha, KIND, MAX_ITER)
+    p, _ = entmax_rows(z, valid, alpha, KIND, Q_INT, MAX_ITER)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
 
 
 @triton.jit
 def _entmax_bwd_kernel(P, G, DZ, n_rows, n_cols, stride_p, stride_g, stride_dz, alpha,
-                       KIND: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+                       Q_INT: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     cols = tl.arange(0, BLOCK_COLS)
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     p = tl.load(P + rows[:, None] * stride_p + cols[None, :], mask=inb, other=0.0).to(tl.float32)
     g = tl.load(G + rows[:, None] * stride_g + cols[None, :], mask=inb, other=0.0).to(tl.float32)
-    dz = entmax_rows_jvp(p, g, alpha, KIND)
+    dz = entmax_rows_jvp(p, g, alpha, Q_INT)
     tl.store(DZ + rows[:, None] * stride_dz + cols[None, :], dz.to(DZ.dtype.element_ty), mask=inb)
 
 
@@ -226,11 +267,11 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
         raise ValueError(f"row length {n_cols} > {MAX_ROW_LENGTH}: too long for the register-resident kernel")
     out = torch.empty(rows.shape, dtype=out_dtype or z.dtype, device=rows.device)
     if rows.numel() > 0:
-        kind = alpha_kind(alpha)
+        kind, q_int = alpha_flavour(alpha)
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
         _entmax_fwd_kernel[grid](rows, out, n_rows, n_cols, rows.stride(0), out.stride(0), alpha,
-                                 KIND=kind, MAX_ITER=max_iterations(kind),
+                                 KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
                                  BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
     return out.reshape(moved_shape).movedim(-1, dim)
 
@@ -246,7 +287,7 @@ def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int 
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
         _entmax_bwd_kernel[grid](p_rows, g_rows, dz, n_rows, n_cols, p_rows.stride(0), g_rows.stride(0),
-                                 dz.stride(0), alpha, KIND=alpha_kind(alpha),
+                                 dz.stride(0), alpha, Q_INT=alpha_flavour(alpha)[1],
                                  BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
     return dz.reshape(moved_shape).movedim(-1, dim)
 
