@@ -143,7 +143,37 @@ if [ "$RUN_BENCH" = 1 ]; then
     tail -n 12 "$OUT/bench.log" >> "$STATUS"
 fi
 
+# 5. where the host time of one kernel call goes (a diagnostic for the logs: a cProfile of 2000 calls at an
+#    SDXL cross-attention shape, and the host time per call without the profiler)
+if [ "$RUN_BENCH" = 1 ]; then
+    timeout 120 "$PY" - > "$OUT/launch_profile.txt" 2>&1 <<'PYEOF'
+import cProfile, pstats, time, torch
+from pladis_analysis.maps.kernels.cross_attention import fused_pladis_attention
+q = torch.randn(2, 20, 1024, 64, device="cuda", dtype=torch.bfloat16)
+k = torch.randn(2, 20, 77, 64, device="cuda", dtype=torch.bfloat16)
+call = lambda: fused_pladis_attention(q, k, k, pladis_scale=2.0, alpha=1.5)
+with torch.no_grad():
+    for _ in range(50):
+        call()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(2000):
+        call()
+    host_us = (time.perf_counter() - start) / 2000 * 1e6
+    torch.cuda.synchronize()
+    print(f"host time per call, no profiler (queue not full at this shape?): {host_us:.1f} us")
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(2000):
+        call()
+    profile.disable()
+    torch.cuda.synchronize()
+pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+PYEOF
+    note "launch profile: exit $? ($(head -n 1 "$OUT/launch_profile.txt"))"
+fi
+
 # At most 8 files come back: the logs travel as one archive.
-(cd "$OUT" && tar czf logs.tar.gz --ignore-failed-read env.txt pytest.txt junit.xml bench.log train.log 2>/dev/null; \
-    rm -f env.txt pytest.txt junit.xml bench.log train.log)
+(cd "$OUT" && tar czf logs.tar.gz --ignore-failed-read env.txt pytest.txt junit.xml bench.log train.log \
+    launch_profile.txt 2>/dev/null; rm -f env.txt pytest.txt junit.xml bench.log train.log launch_profile.txt)
 cat "$STATUS"

@@ -43,6 +43,17 @@ def test_restores_after_an_exception(unet):
     assert not unet._forward_pre_hooks  # the step-tracking hook is gone too
 
 
+def test_sampling_hook_only_for_branch_selective_pladis(unet):
+    """PLADIS on every branch needs no guidance layout, so it installs no forward hook (the hook syncs a GPU once
+    per model call); on the conditional branch only it does, and removes it again."""
+    with apply_pladis(unet, layers="cross"):
+        assert not unet._forward_pre_hooks
+    with apply_pladis(unet, layers="cross", branches="cond") as handle:
+        assert len(unet._forward_pre_hooks) == 1
+        assert all(handle.processors[name].state is not None for name in handle.layers)
+    assert not unet._forward_pre_hooks
+
+
 def test_handle_remove_without_context_and_twice(unet):
     before = current_processors(unet)
     handle = apply_pladis(unet, scale=3.0, alpha=1.25)

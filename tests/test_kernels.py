@@ -287,9 +287,27 @@ def test_fused_attention_masks(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 3.0])
+def test_fused_attention_300_keys_in_two_blocks(device, alpha):
+    """SANA's 300 text tokens run as 256 + 64 key columns: the largest scores sit in the tail block, a float
+    bias masks keys in both blocks, one query has every key masked."""
+    q, k, v = _qkv((1, 2, 9, 300, 16), torch.float32, device, seed=12)
+    k[..., 290:, :] = k[..., 290:, :] * 3.0                                             # tail keys dominate
+    bias = torch.zeros(1, 2, 9, 300)
+    bias[..., 100:120] = -10000.0
+    bias[..., 295:] = -10000.0
+    bias[:, :, 4] = float("-inf")
+    bias = bias.to(device)
+    out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=bias)
+    assert torch.all(out[:, :, 4] == 0)
+    assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fused_attention_statistics(device):
     q, k, v = _qkv((1, 2, 23, 45, 32), torch.float32, device, seed=7)
     k[0, 1, 3] = k[0, 1, 4]                                                             # duplicate key: exact ties
+    k[0, 0, 40] = k[0, 0, 2]                                        # ...and one across the 32 + 16 key blocks
     mask = torch.ones(1, 1, 23, 45, dtype=torch.bool)
     mask[..., 5, :] = False                                                             # one all-masked query
     mask[..., 6, 1:] = False                                                            # one query with one key
@@ -365,7 +383,7 @@ def test_dispatch_reasons_on_cpu():
     with pytest.raises(ValueError, match="head dim"):
         dispatch.choose_attention_backend(big, big, big, backend="triton")
     with pytest.raises(ValueError, match="shared memory"):
-        wide = torch.randn(1, 2, 300, 128)
+        wide = torch.randn(1, 2, 500, 128)                                              # 512 key columns
         dispatch.choose_attention_backend(q.new_zeros(1, 2, 8, 128), wide, wide, backend="triton")
 
 

@@ -32,19 +32,23 @@ def _compile(fn, types: dict, consts: dict, num_warps: int):
                           options={"num_warps": num_warps})
 
 
-@pytest.mark.parametrize("dtype,kind,q_int,block_n,block_d,mask_kind,stats", [
-    ("bf16", 0, 0, 128, 64, 2, True),     # SDXL: Lk 77, d 64, −10000 bias, Newton with log/exp powers, statistics
-    ("bf16", 0, 2, 512, 128, 1, False),   # SANA: Lk 300, d 112, boolean mask, α = 1.5
-    ("bf16", 0, 4, 128, 64, 0, False),    # α = 1.25: integer powers
-    ("bf16", 1, 0, 128, 64, 0, False),    # α > 2: safeguarded Halley
-    ("fp32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax
+@pytest.mark.parametrize("dtype,kind,q_int,lk,block_d,mask_kind,stats", [
+    ("bf16", 0, 0, 77, 64, 2, True),      # SDXL: Lk 77, d 64, −10000 bias, Newton with log/exp powers, statistics
+    ("bf16", 0, 2, 300, 128, 1, False),   # SANA: Lk 300 (256 + 64 key columns), d 112, boolean mask, α = 1.5
+    ("bf16", 0, 4, 77, 64, 0, False),     # α = 1.25: integer powers
+    ("bf16", 1, 0, 77, 64, 0, False),     # α > 2: safeguarded Halley
+    ("fp32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax, one key block
 ])
-def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, block_n, block_d, mask_kind, stats):
+def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_kind, stats):
+    from pladis_analysis.maps._shapes import split_blocks
     from pladis_analysis.maps.kernels import cross_attention as ca
+
+    block_n, block_t = split_blocks(lk)
 
     consts = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=True, NEED_ENTMAX=True, KIND=kind, Q_INT=q_int, MAX_ITER=40,
                   WITH_STATS=stats, IEEE_FP32=dtype == "fp32", UPCAST_DOT=False,
-                  BLOCK_M=max(16, 4096 // block_n), BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_d)
+                  BLOCK_M=ca._block_m(block_n + block_t, block_d), BLOCK_N=block_n, HAS_TAIL=block_t > 0,
+                  BLOCK_T=max(block_t, 16), BLOCK_D=block_d, BLOCK_DV=block_d)
     pointer = f"*{dtype}"
     types = dict(_KERNEL_TYPES, Q=pointer, K=pointer, V=pointer, OUT=pointer, STATS="*fp32",
                  MASK="*u8" if mask_kind == 1 else pointer)

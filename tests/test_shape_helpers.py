@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pladis_analysis.maps._shapes import block_size, broadcast_shapes, cdiv, next_power_of_2
+from pladis_analysis.maps._shapes import block_size, broadcast_shapes, cdiv, next_power_of_2, split_blocks
 
 shape = st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple)
 
@@ -31,3 +31,24 @@ def test_next_power_of_2_and_cdiv(n, b):
     assert p >= n and p & (p - 1) == 0 and (p == 1 or p // 2 < n)
     assert cdiv(n, b) == -(-n // b) and (cdiv(n, b) - 1) * b < n <= cdiv(n, b) * b
     assert block_size(n) == max(16, p)
+
+
+@pytest.mark.property
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4096))
+def test_split_blocks_cover_with_less_padding(n):
+    head, tail = split_blocks(n)
+    assert head >= 16 and head & (head - 1) == 0
+    if tail == 0:
+        assert head == block_size(n)
+    else:
+        assert tail >= 16 and tail & (tail - 1) == 0
+        assert head < n <= head + tail < block_size(n)
+
+
+def test_split_blocks_for_text_encoders():
+    assert split_blocks(77) == (64, 16)        # CLIP
+    assert split_blocks(300) == (256, 64)      # Gemma in SANA
+    assert split_blocks(120) == (128, 0)
+    assert split_blocks(64) == (64, 0)
+    assert split_blocks(5) == (16, 0)

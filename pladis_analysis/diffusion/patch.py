@@ -106,18 +106,19 @@ def processor_for(layer: AttentionLayer, **changes) -> PladisAttnProcessor:
 
 
 def swap_processors(model_or_pipeline, layers: LayerSpec,
-                    make: Callable[[AttentionLayer, object], PladisAttnProcessor]) -> ProcessorSwap:
+                    make: Callable[[AttentionLayer, object], PladisAttnProcessor], track: bool = True) -> ProcessorSwap:
     """Select ``layers``, build ``make(layer, state)`` for each and install them; returns the undo handle.
 
     ``state`` is the model's shared :class:`~.tracking.SamplingState`, kept alive (with its forward hook) until
-    the handle is removed.
+    the handle is removed; with ``track=False`` no hook is installed and ``state`` is ``None`` (the hook reads
+    the timestep and compares latent chunks, which synchronises a GPU once per model call).
     """
     model = resolve_model(model_or_pipeline)
     chosen = select_layers(model_or_pipeline, layers)
     check_replaceable(chosen)
     stack = contextlib.ExitStack()
     try:
-        state = stack.enter_context(track_sampling(model, pipeline=model_or_pipeline))
+        state = stack.enter_context(track_sampling(model, pipeline=model_or_pipeline)) if track else None
         new = {layer.name: make(layer, state) for layer in chosen}
     except BaseException:
         stack.close()
@@ -149,14 +150,18 @@ def apply_pladis(model_or_pipeline, scale: float = 2.0, alpha: float = 1.5, laye
         a :class:`ProcessorSwap`: use it as a context manager or call ``.remove()``.
     """
     attention_map = AttentionMap.parse(map) if map is not None else AttentionMap.pladis(scale, alpha)
-    resolve_branches(branches)  # validate before touching the model
+    # Validate before touching the model. Only a branch-selective PLADIS needs the guidance layout of each model
+    # call, hence the sampling-state hook (which syncs a GPU once per call); on every branch it runs without.
+    branch_selective = resolve_branches(branches) is not None
     layout = parse_layout(batch_layout)
 
     def make(layer: AttentionLayer, state) -> PladisAttnProcessor:
-        return processor_for(layer, map=attention_map, branches=branches, batch_layout=layout, state=state,
-                             backend=backend)
+        changes = dict(map=attention_map, branches=branches, batch_layout=layout, backend=backend)
+        if state is not None:  # otherwise a recorder's processor keeps the state it has
+            changes["state"] = state
+        return processor_for(layer, **changes)
 
-    return swap_processors(model_or_pipeline, layers, make)
+    return swap_processors(model_or_pipeline, layers, make, track=branch_selective)
 
 
 def current_processors(model_or_pipeline) -> dict[str, object]:

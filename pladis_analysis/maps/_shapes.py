@@ -38,6 +38,17 @@ def block_size(n: int) -> int:
     return max(16, next_power_of_2(n))
 
 
+def split_blocks(n: int) -> tuple[int, int]:
+    """Two power-of-two blocks (head, tail) that cover ``n`` elements with less padding than one block, or
+    ``(block_size(n), 0)`` when a split saves nothing: 77 → (64, 16), 300 → (256, 64), 100 → (128, 0)."""
+    whole = block_size(n)
+    head = max(16, whole // 2)
+    if n <= head:
+        return whole, 0
+    tail = block_size(n - head)
+    return (head, tail) if head + tail < whole else (whole, 0)
+
+
 def cdiv(a: int, b: int) -> int:
     """⌈a / b⌉ for positive ``b``."""
     return -(-int(a) // int(b))

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._shapes import block_size, broadcast_shapes, cdiv
+from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
 from .entmax_rowwise import KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
@@ -49,6 +49,62 @@ _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
 
 
 @triton.jit
+def _scores(q, K, MASK, k_base, m_base, rows, row_in, cols, Lk, D, skn, skd, smm, smn, score_scale,
+            MASK_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The masked, scaled scores of a block of queries against the keys ``cols``; returns ``(z, valid)``."""
+    offs_d = tl.arange(0, BLOCK_D)
+    col_in = cols < Lk
+    k = tl.load(K + k_base + cols[:, None] * skn + offs_d[None, :] * skd,
+                mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (cols, BLOCK_D)
+    if IEEE_FP32:
+        z = tl.dot(q, tl.trans(k), input_precision="ieee")
+    elif UPCAST_DOT:
+        z = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+    else:
+        z = tl.dot(q, tl.trans(k))                                                           # (BLOCK_M, cols) fp32
+    z = z * score_scale
+    tile_in = row_in[:, None] & col_in[None, :]
+    if MASK_KIND == 1:
+        keep = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0)
+        z = tl.where(keep != 0, z, float("-inf"))
+    elif MASK_KIND == 2:
+        bias = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
+        z = z + bias.to(tl.float32)
+    return z, col_in[None, :] & (z > float("-inf"))
+
+
+@triton.jit
+def _times_values(a, V, v_base, cols, Lk, DV, svn, svd, acc,
+                  IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """acc + a · V[cols] (a: attention weights of a block of queries over the keys ``cols``)."""
+    offs_dv = tl.arange(0, BLOCK_DV)
+    v = tl.load(V + v_base + cols[:, None] * svn + offs_dv[None, :] * svd,
+                mask=(cols < Lk)[:, None] & (offs_dv[None, :] < DV), other=0.0)              # (cols, BLOCK_DV)
+    if IEEE_FP32:
+        acc = tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
+    elif UPCAST_DOT:
+        # Round A to the input dtype first, as the tensor-core path below does, so the CPU tests see GPU rounding.
+        acc = tl.dot(a.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
+    else:
+        acc = tl.dot(a.to(v.dtype), v, acc)                                                  # fp32 accumulation
+    return acc
+
+
+@triton.jit
+def _row_sum(x, x_t, HAS_TAIL: tl.constexpr):
+    total = tl.sum(x, axis=1)
+    if HAS_TAIL:
+        total += tl.sum(x_t, axis=1)
+    return total
+
+
+@triton.jit
+def _entropy_terms(w):
+    """−w log w elementwise (0 where w = 0)."""
+    return -w * tl.where(w > 0.0, tl.log(tl.where(w > 0.0, w, 1.0)), 0.0)
+
+
+@triton.jit
 def _fused_pladis_fwd_kernel(
         Q, K, V, MASK, OUT, STATS,
         score_scale, alpha, lam,
@@ -62,89 +118,88 @@ def _fused_pladis_fwd_kernel(
         MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
         KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
         IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    # Keys: a head block of BLOCK_N and, with HAS_TAIL, a tail block of BLOCK_T after it (powers of two: 77 keys
+    # are 64 + 16 columns instead of 128, 300 keys 256 + 64 instead of 512).
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_in = rows < Lq
-    col_in = cols < Lk
+    cols = tl.arange(0, BLOCK_N)
+    cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
+    k_base = b * skb + h * skh
+    v_base = b * svb + h * svh
+    m_base = b * smb + h * smh
 
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_M, BLOCK_D)
-    k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + offs_d[None, :] * skd,
-                mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_N, BLOCK_D)
-    if IEEE_FP32:
-        z = tl.dot(q, tl.trans(k), input_precision="ieee")
-    elif UPCAST_DOT:
-        z = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        z = tl.dot(q, tl.trans(k))                                                           # (BLOCK_M, BLOCK_N) fp32
-    z = z * score_scale
-    tile_in = row_in[:, None] & col_in[None, :]
-    if MASK_KIND == 1:
-        keep = tl.load(MASK + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0)
-        z = tl.where(keep != 0, z, float("-inf"))
-    elif MASK_KIND == 2:
-        bias = tl.load(MASK + b * smb + h * smh + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
-        z = z + bias.to(tl.float32)
-    valid = col_in[None, :] & (z > float("-inf"))
+    z, valid = _scores(q, K, MASK, k_base, m_base, rows, row_in, cols, Lk, D, skn, skd, smm, smn, score_scale,
+                       MASK_KIND, IEEE_FP32, UPCAST_DOT, BLOCK_D)                            # (BLOCK_M, BLOCK_N)
+    z_t = z
+    valid_t = valid
+    if HAS_TAIL:
+        z_t, valid_t = _scores(q, K, MASK, k_base, m_base, rows, row_in, cols_t, Lk, D, skn, skd, smm, smn,
+                               score_scale, MASK_KIND, IEEE_FP32, UPCAST_DOT, BLOCK_D)       # (BLOCK_M, BLOCK_T)
     log2e = 1.4426950408889634
 
     if NEED_ENTMAX:
         # zp = (α−1)(z − max z), −inf off the valid entries; z itself is dead from here (fewer live registers
         # through the threshold search), and softmax comes from zp: exp(z − max z) = exp2(zp · log2(e)/(α−1)).
-        e_w, zp = entmax_rows(z, valid, alpha, KIND, Q_INT, MAX_ITER)
-        shifted = zp
+        e_w, shifted, e_w_t, shifted_t = entmax_rows(z, valid, z_t, valid_t, alpha, KIND, Q_INT, MAX_ITER, HAS_TAIL)
         to_log2 = log2e / (alpha - 1.0)
     else:
         zmax = tl.max(tl.where(valid, z, float("-inf")), axis=1)
+        if HAS_TAIL:
+            zmax = tl.maximum(zmax, tl.max(tl.where(valid_t, z_t, float("-inf")), axis=1))
         zmax = tl.where(zmax > float("-inf"), zmax, 0.0)                                     # all-masked rows
         shifted = tl.where(valid, z - zmax[:, None], float("-inf"))
+        shifted_t = tl.where(valid_t, z_t - zmax[:, None], float("-inf"))
         to_log2 = log2e
     if NEED_SOFTMAX:
         expo = tl.exp2(shifted * to_log2)                                                    # 0 off the valid entries
-        inv_sum = 1.0 / tl.maximum(tl.sum(expo, axis=1), 1e-30)                              # zero rows stay zero
+        expo_t = tl.exp2(shifted_t * to_log2)
+        inv_sum = 1.0 / tl.maximum(_row_sum(expo, expo_t, HAS_TAIL), 1e-30)                 # zero rows stay zero
     if NEED_SOFTMAX and NEED_ENTMAX:
         # A = S + λ(E − S) = (1 − λ) S + λ E, with S = expo / Σ expo folded into one per-row coefficient.
-        a = expo * ((1.0 - lam) * inv_sum)[:, None] + lam * e_w
+        coef = (1.0 - lam) * inv_sum
+        a = expo * coef[:, None] + lam * e_w
+        a_t = expo_t * coef[:, None] + lam * e_w_t
     elif NEED_ENTMAX:
         a = e_w
+        a_t = e_w_t
     else:
         a = expo * inv_sum[:, None]
+        a_t = expo_t * inv_sum[:, None]
 
-    v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + offs_dv[None, :] * svd,
-                mask=col_in[:, None] & (offs_dv[None, :] < DV), other=0.0)                   # (BLOCK_N, BLOCK_DV)
-    if IEEE_FP32:
-        out = tl.dot(a, v.to(tl.float32), input_precision="ieee")
-    elif UPCAST_DOT:
-        # Round A to the input dtype first, as the tensor-core path below does, so the CPU tests see GPU rounding.
-        out = tl.dot(a.to(v.dtype).to(tl.float32), v.to(tl.float32))
-    else:
-        out = tl.dot(a.to(v.dtype), v)                                                       # fp32 accumulation
+    out = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    out = _times_values(a, V, v_base, cols, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_DV)
+    if HAS_TAIL:
+        out = _times_values(a_t, V, v_base, cols_t, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_DV)
     tl.store(OUT + b * sob + h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
              out.to(OUT.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < DV))
 
     if WITH_STATS:
         # WITH_STATS implies both maps were computed (the host sets NEED_SOFTMAX = NEED_ENTMAX = True).
-        s_w = expo * inv_sum[:, None]
-        log_s = tl.where(s_w > 0.0, tl.log(tl.where(s_w > 0.0, s_w, 1.0)), 0.0)
-        ent_s = -tl.sum(s_w * log_s, axis=1)
-        log_e = tl.where(e_w > 0.0, tl.log(tl.where(e_w > 0.0, e_w, 1.0)), 0.0)
-        ent_e = -tl.sum(e_w * log_e, axis=1)
-        support = tl.sum((e_w > 0.0).to(tl.float32), axis=1)
-        # The top gap in score units from zp (max zp = 0 on every row with a valid entry).
-        at_max = valid & (shifted == 0.0)
-        n_at_max = tl.sum(at_max.to(tl.float32), axis=1)
+        ent_s = _row_sum(_entropy_terms(expo * inv_sum[:, None]), _entropy_terms(expo_t * inv_sum[:, None]),
+                         HAS_TAIL)
+        ent_e = _row_sum(_entropy_terms(e_w), _entropy_terms(e_w_t), HAS_TAIL)
+        support = _row_sum((e_w > 0.0).to(tl.float32), (e_w_t > 0.0).to(tl.float32), HAS_TAIL)
+        # The top gap in score units from the shifted scores (max = 0 on every row with a valid entry).
+        n_at_max = _row_sum((valid & (shifted == 0.0)).to(tl.float32), (valid_t & (shifted_t == 0.0)).to(tl.float32),
+                            HAS_TAIL)
         second = tl.max(tl.where(valid & (shifted < 0.0), shifted, float("-inf")), axis=1)
+        if HAS_TAIL:
+            second = tl.maximum(second, tl.max(tl.where(valid_t & (shifted_t < 0.0), shifted_t, float("-inf")), axis=1))
         gap = tl.where(n_at_max > 1.0, 0.0, -second / (alpha - 1.0))    # a tie at the top is a zero gap
-        gap = tl.where(tl.sum(valid.to(tl.float32), axis=1) > 1.0, gap, float("inf"))
-        neg = tl.sum(tl.where(a < 0.0, -a, 0.0), axis=1)
+        n_valid = _row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
+        gap = tl.where(n_valid > 1.0, gap, float("inf"))
+        neg = _row_sum(tl.where(a < 0.0, -a, 0.0), tl.where(a_t < 0.0, -a_t, 0.0), HAS_TAIL)
         base = STATS + b * ssb + h * ssh + rows * ssm
         tl.store(base + 0, ent_s, mask=row_in)
         tl.store(base + 1, ent_e, mask=row_in)
@@ -159,23 +214,23 @@ _AUTOTUNED: dict[int, object] = {}
 _TUNED: dict[tuple, tuple[int, int]] = {}
 
 
-def _autotuned_kernel(block_n: int):
-    """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one key-block size.
+def _autotuned_kernel(n_cols: int):
+    """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one padded key count.
 
     Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Four candidates
     (each one compile, a few seconds): two query-block sizes that keep the (BLOCK_M, BLOCK_N) score tile at
     4k–8k floats, times 4 or 8 warps. The kernel only writes its outputs, so re-running it while tuning is
     harmless.
     """
-    if block_n not in _AUTOTUNED:
-        sizes = (32, 64) if block_n <= 128 else (16, 32)
+    if n_cols not in _AUTOTUNED:
+        sizes = (32, 64) if n_cols <= 128 else (16, 32)
         configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm in sizes for w in (4, 8)]
-        _AUTOTUNED[block_n] = triton.autotune(
+        _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
                  "WITH_STATS"],
         )(_fused_pladis_fwd_kernel)
-    return _AUTOTUNED[block_n]
+    return _AUTOTUNED[n_cols]
 
 
 def tuned_launch_configs() -> list[dict]:
@@ -191,14 +246,15 @@ def _use_autotune(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("PLADIS_TRITON_AUTOTUNE", "1") != "0"
 
 
-def _block_m(block_n: int, block_d: int) -> int:
-    """Queries per program: the (BLOCK_M, BLOCK_N) score tile and its temporaries must stay in registers."""
+def _block_m(n_cols: int, block_d: int) -> int:
+    """Queries per program: the (BLOCK_M, n_cols) score tiles and their temporaries must stay in registers."""
     budget = 8192 if block_d <= 64 else 4096
-    return max(16, min(64, budget // block_n))
+    rows = budget // n_cols
+    return max(16, min(64, 1 << (rows.bit_length() - 1) if rows > 0 else 1))   # a power of two
 
 
-def _num_warps(block_m: int, block_n: int) -> int:
-    return 4 if block_m * block_n <= 4096 else 8
+def _num_warps(block_m: int, n_cols: int) -> int:
+    return 4 if block_m * n_cols <= 4096 else 8
 
 
 def _to_4d(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -281,7 +337,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if score_scale is None:
         score_scale = 1.0 / math.sqrt(d)
     kind, q_int = alpha_flavour(alpha) if need_entmax else (KIND_NEWTON, 2)
-    block_n = block_size(lk)
+    block_n, block_t = split_blocks(lk)
     block_d = block_size(d)
     block_dv = block_size(dv)
     if lq * nb * nh > 0:
@@ -295,14 +351,16 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                     # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
                     # tensor cores).
                     UPCAST_DOT=not q.is_cuda,
-                    BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv)
-        block_m = _block_m(block_n, max(block_d, block_dv))
-        num_warps = _num_warps(block_m, block_n)
+                    BLOCK_N=block_n, HAS_TAIL=block_t > 0, BLOCK_T=max(block_t, 16),
+                    BLOCK_D=block_d, BLOCK_DV=block_dv)
+        n_cols = block_n + block_t
+        block_m = _block_m(n_cols, max(block_d, block_dv))
+        num_warps = _num_warps(block_m, n_cols)
         if _use_autotune(q.device):
             key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, kind, q_int, return_stats)
             tuned = _TUNED.get(key)
             if tuned is None:
-                tuner = _autotuned_kernel(block_n)
+                tuner = _autotuned_kernel(n_cols)
                 tuner[lambda meta_: (cdiv(lq, meta_["BLOCK_M"]), nb * nh)](*args, **meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:

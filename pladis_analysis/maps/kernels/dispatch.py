@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import torch
 
-from .._shapes import block_size, broadcast_shapes
+from .._shapes import block_size, broadcast_shapes, split_blocks
 
 logger = logging.getLogger("pladis_analysis.kernels")
 
@@ -239,14 +239,15 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 
 
-# Shared memory one program of the fused kernel needs for its K/V tiles (padded to powers of two), and the
-# most we allow: 160 KiB leaves headroom under the 227 KiB an H100/H200 SM offers one block (A100: 163 KiB).
+# Shared memory one program of the fused kernel needs for its K/V tiles (padded to one or two power-of-two key
+# blocks), and the most we allow: 160 KiB leaves headroom under the 227 KiB an H100/H200 SM offers one block
+# (A100: 163 KiB).
 MAX_SHARED_BYTES = 160 * 1024
 
 
 def shared_memory_bytes(lk: int, d: int, dv: int, dtype: torch.dtype) -> int:
     """Bytes of the K (or V) tile the compiler stages in shared memory (the two are staged one at a time)."""
-    return block_size(lk) * max(block_size(d), block_size(dv)) * dtype.itemsize
+    return sum(split_blocks(lk)) * max(block_size(d), block_size(dv)) * dtype.itemsize
 
 
 # --------------------------------------------------------------------------------------------------

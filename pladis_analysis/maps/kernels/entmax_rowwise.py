@@ -94,17 +94,29 @@ def _pow_q_minus_1(x, pos, q, Q_INT: tl.constexpr):
 
 
 @triton.jit
-def _newton_tau(zp, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr):
-    """τ per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module docstring)."""
+def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
+    """Per-row G = Σ [x]_+^{q−1} and F = Σ [x]_+^q of a tile, x = zp − τ."""
+    x = zp - tau[:, None]
+    pos = x > 0.0
+    g_q1 = _pow_q_minus_1(x, pos, q, Q_INT)
+    return tl.sum(g_q1, axis=1), tl.sum(g_q1 * tl.where(pos, x, 0.0), axis=1)
+
+
+@triton.jit
+def _newton_tau(zp, zp_t, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
+    """τ per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module docstring).
+
+    A row is the tile ``zp`` followed, when ``HAS_TAIL``, by the tile ``zp_t`` (the same rows, more columns).
+    """
     tau = tl.full(row_ok.shape, -1.0, tl.float32)
     active = row_ok
     it = 0
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
-        x = zp - tau[:, None]
-        pos = x > 0.0
-        g_q1 = _pow_q_minus_1(x, pos, q, Q_INT)                                 # [x]_+^{q−1}
-        g = tl.sum(g_q1, axis=1)                                                  # G = −f'(τ)/q
-        f = tl.sum(g_q1 * tl.where(pos, x, 0.0), axis=1)                          # F = Σ [x]_+^q
+        g, f = _newton_sums(zp, tau, q, Q_INT)                                    # G = −f'(τ)/q, F = Σ [x]_+^q
+        if HAS_TAIL:
+            g_t, f_t = _newton_sums(zp_t, tau, q, Q_INT)
+            g += g_t
+            f += f_t
         # F^{1−1/q}: 1 for sparsemax, √F for 1.5-entmax.
         if Q_INT == 1:
             f_pow = 1.0
@@ -128,7 +140,18 @@ def _powq_general(x, pos, q):
 
 
 @triton.jit
-def _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr):
+def _halley_sums(zp, tau, q):
+    """Per-row Σ [x]_+^q, Σ [x]_+^{q−1} and Σ [x]_+^{q−2} of a tile, x = zp − τ."""
+    x = zp - tau[:, None]
+    pos = x > 0.0
+    p = _powq_general(x, pos, q)
+    xs = tl.where(pos, x, 1.0)
+    p_over_x = tl.where(pos, p / xs, 0.0)
+    return tl.sum(p, axis=1), tl.sum(p_over_x, axis=1), tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
+
+
+@triton.jit
+def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
     """τ per row by Halley steps on f, safeguarded by the bracket [−1, −n^{1−α}] (any α; used for α > 2)."""
     lo = tl.full(row_ok.shape, -1.0, tl.float32)
     # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
@@ -137,14 +160,15 @@ def _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr):
     active = row_ok & (hi > lo)
     it = 0
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
-        x = zp - tau[:, None]
-        pos = x > 0.0
-        p = _powq_general(x, pos, q)
-        f = tl.sum(p, axis=1) - 1.0
-        xs = tl.where(pos, x, 1.0)
-        p_over_x = tl.where(pos, p / xs, 0.0)
-        fp = -q * tl.sum(p_over_x, axis=1)
-        fpp = q * (q - 1.0) * tl.sum(tl.where(pos, p_over_x / xs, 0.0), axis=1)
+        s0, s1, s2 = _halley_sums(zp, tau, q)
+        if HAS_TAIL:
+            t0, t1, t2 = _halley_sums(zp_t, tau, q)
+            s0 += t0
+            s1 += t1
+            s2 += t2
+        f = s0 - 1.0
+        fp = -q * s1
+        fpp = q * (q - 1.0) * s2
         # Halley: τ − 2 f f' / (2 f'² − f f''); a step outside the bracket becomes a bisection.
         lo = tl.where(f > 0.0, tau, lo)
         hi = tl.where(f < 0.0, tau, hi)
@@ -161,36 +185,69 @@ def _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr):
 
 
 @triton.jit
-def entmax_rows(z, valid, alpha, KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr):
-    """α-entmax of each row of a [R, C] float32 tile held in registers.
-
-    ``valid`` marks real entries (False for padding columns and −inf scores). Returns ``(p, zp)``: the
-    weights (0 on invalid entries and on rows with no valid entry) and the shifted, scaled scores
-    zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get softmax.
-    """
-    neg_inf = float("-inf")
-    n_valid = tl.sum(valid.to(tl.float32), axis=1)
-    row_ok = n_valid > 0.0
-    m = tl.max(tl.where(valid, z, neg_inf), axis=1)
-    m = tl.where(row_ok, m, 0.0)
-    # z' = (α−1)(z − max z): max z' = 0, invalid entries at −inf so that z' − τ < 0 for every τ.
-    zp = tl.where(valid, (z - m[:, None]) * (alpha - 1.0), neg_inf)
-    q = 1.0 / (alpha - 1.0)
+def _weights(zp, tau, q, KIND: tl.constexpr, Q_INT: tl.constexpr):
+    """[zp − τ]_+^q of a tile (unnormalised)."""
+    x = zp - tau[:, None]
+    pos = x > 0.0
     if KIND == 0:
-        tau = _newton_tau(zp, row_ok, q, Q_INT, MAX_ITER)
-        x = zp - tau[:, None]
-        pos = x > 0.0
         p = _pow_q_minus_1(x, pos, q, Q_INT) * tl.where(pos, x, 0.0)
     else:
-        tau = _halley_tau(zp, row_ok, n_valid, alpha, q, MAX_ITER)
-        x = zp - tau[:, None]
-        p = _powq_general(x, x > 0.0, q)
+        p = _powq_general(x, pos, q)
+    return p
+
+
+@triton.jit
+def _shifted(z, valid, m, alpha):
+    """z' = (α−1)(z − max z): max z' = 0, invalid entries at −inf so that z' − τ < 0 for every τ."""
+    return tl.where(valid, (z - m[:, None]) * (alpha - 1.0), float("-inf"))
+
+
+@triton.jit
+def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
+                HAS_TAIL: tl.constexpr):
+    """α-entmax of each row of float32 tiles held in registers: a row is ``z`` [R, C] followed, when
+    ``HAS_TAIL``, by ``z_t`` [R, C_t] (two power-of-two tiles cover 77 keys as 64 + 16 instead of 128).
+
+    ``valid``/``valid_t`` mark real entries (False for padding columns and −inf scores). Returns
+    ``(p, zp, p_t, zp_t)``: the weights (0 on invalid entries and on rows with no valid entry) and the shifted,
+    scaled scores zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get softmax.
+    Without a tail, ``z_t``/``valid_t`` are ignored and ``p_t``/``zp_t`` repeat ``p``/``zp``.
+    """
+    n_valid = tl.sum(valid.to(tl.float32), axis=1)
+    m = tl.max(tl.where(valid, z, float("-inf")), axis=1)
+    if HAS_TAIL:
+        n_valid += tl.sum(valid_t.to(tl.float32), axis=1)
+        m = tl.maximum(m, tl.max(tl.where(valid_t, z_t, float("-inf")), axis=1))
+    row_ok = n_valid > 0.0
+    m = tl.where(row_ok, m, 0.0)
+    zp = _shifted(z, valid, m, alpha)
+    zp_t = zp
+    if HAS_TAIL:
+        zp_t = _shifted(z_t, valid_t, m, alpha)
+    q = 1.0 / (alpha - 1.0)
+    if KIND == 0:
+        tau = _newton_tau(zp, zp_t, row_ok, q, Q_INT, MAX_ITER, HAS_TAIL)
+    else:
+        tau = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER, HAS_TAIL)
+    p = _weights(zp, tau, q, KIND, Q_INT)
+    p_t = p
+    if HAS_TAIL:
+        p_t = _weights(zp_t, tau, q, KIND, Q_INT)
     if Q_INT != 1:
         # Renormalise: removes the residual of the stopping rule so that Σ p = 1 to rounding (sparsemax's
         # closed form on its final support already sums to one).
-        p = p / tl.maximum(tl.sum(p, axis=1), 1e-30)[:, None]
-    p = tl.where(row_ok[:, None], p, 0.0)
-    return p, zp
+        total = tl.sum(p, axis=1)
+        if HAS_TAIL:
+            total += tl.sum(p_t, axis=1)
+        scale = tl.where(row_ok, 1.0 / tl.maximum(total, 1e-30), 0.0)
+    else:
+        scale = tl.where(row_ok, 1.0, 0.0)
+    p = p * scale[:, None]
+    if HAS_TAIL:
+        p_t = p_t * scale[:, None]
+    else:
+        p_t = p
+    return p, zp, p_t, zp_t
 
 
 @triton.jit
@@ -218,7 +275,7 @@ def _entmax_fwd_kernel(Z, P, n_rows, n_cols, stride_z, stride_p, alpha,
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=inb, other=float("-inf")).to(tl.float32)
     valid = inb & (z > float("-inf"))
-    p, _ = entmax_rows(z, valid, alpha, KIND, Q_INT, MAX_ITER)
+    p, _, _, _ = entmax_rows(z, valid, z, valid, alpha, KIND, Q_INT, MAX_ITER, False)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
 
 
