@@ -217,14 +217,16 @@ _TUNED: dict[tuple, tuple[int, int]] = {}
 def _autotuned_kernel(n_cols: int):
     """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one padded key count.
 
-    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Four candidates
-    (each one compile, a few seconds): two query-block sizes that keep the (BLOCK_M, BLOCK_N) score tile at
-    4k–8k floats, times 4 or 8 warps. The kernel only writes its outputs, so re-running it while tuning is
-    harmless.
+    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Four or five
+    candidates (each one compile, a few seconds): two query-block sizes that keep the score tiles at 4k–8k
+    floats, times 4 or 8 warps, plus 128 queries on 8 warps for ≤ 96 key columns. The kernel only writes its
+    outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
         sizes = (32, 64) if n_cols <= 128 else (16, 32)
         configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm in sizes for w in (4, 8)]
+        if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
+            configs.append(triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=1))
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
