@@ -19,7 +19,8 @@ Each row also has the achieved memory bandwidth (the minimal traffic: read Q, K,
 device's peak, and the largest absolute difference from the torch path's output (a correctness check at
 benchmark shapes). The ``unet`` rows time one forward of an SDXL-shaped ``UNet2DConditionModel`` (random
 weights, built from a config dict; CFG batch 2, 128×128 latents) stock vs with PLADIS on its default layers,
-through the torch path and through the kernel.
+through the torch path and through the kernel: eager (host Python included) and, on CUDA, as a CUDA graph
+replay (device time only; for these rows ``graph_ratio_vs_sdpa`` is relative to the stock UNet's graph).
 
 Targets on an H100/H200 (issue 5): triton ≤ 1.3× sdpa for α ∈ {1.25, 1.5, 2}; triton ≥ 5× faster than naive;
 end-to-end PLADIS overhead ≤ 3%. The summary of these checks goes into the results' ``.meta.json``.
@@ -246,26 +247,30 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: str, repea
     return result
 
 
-def graph_medians(fns: dict[str, Callable[[], object]], repeats: int, calls: int = 20) -> dict[str, dict]:
+def graph_medians(fns: dict[str, Callable[[], object]], repeats: int, calls: int = 20,
+                  contexts: dict[str, Callable[[], ContextManager]] | None = None) -> dict[str, dict]:
     """CUDA only: device time per call with the Python and launch overhead removed (CUDA graph replay).
 
     Each function is captured ``calls`` times into one graph (after warming up on a side stream, which also
     finishes Triton's autotuning), then the graphs are replayed interleaved, ``repeats`` rounds. A function that
-    cannot be captured (e.g. it synchronises to validate its input) gets NaN and the reason.
+    cannot be captured (e.g. it synchronises to validate its input) gets NaN and the reason. ``contexts[name]()``
+    is entered around the warm-up and the capture (a processor swap is recorded into the graph).
     """
+    contexts = contexts or {}
     graphs, out = {}, {}
     for name, fn in fns.items():
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(2):
-                    fn()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.no_grad():
-                for _ in range(calls):
-                    fn()
+            with contexts.get(name, nullcontext)():
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side), torch.no_grad():
+                    for _ in range(2):
+                        fn()
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.no_grad():
+                    for _ in range(calls):
+                        fn()
             graphs[name] = graph
         except Exception as exc:
             out[name] = {"graph_median_ms": float("nan"), "graph_error": f"{type(exc).__name__}: {exc}"[:200]}
@@ -344,7 +349,9 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
             "triton_softmax": lambda: triton_kernel(q, k, v, 0.0, alpha),
         }
         fns = {m: candidates[m] for m in cfg.methods}
-        # Correctness at benchmark shapes: every PLADIS method against the torch path, in float32.
+        timings = interleaved_medians(fns, cfg.device, cfg.repeats, cfg.warmup, cfg.min_sample_ms)
+        # Correctness at benchmark shapes, after the timing so that the kernel runs as it was timed (tuned, from
+        # its launch plan): every PLADIS method against the torch path, in float32.
         diffs: dict[str, float] = {}
         with torch.no_grad():
             try:
@@ -358,7 +365,6 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
                     except Exception:
                         diffs[m] = float("nan")
             del ref
-        timings = interleaved_medians(fns, cfg.device, cfg.repeats, cfg.warmup, cfg.min_sample_ms)
         if cfg.device.startswith("cuda"):
             # Our torch path validates its scores (a host sync), which graph capture forbids: eager time only.
             ok = {m: f for m, f in fns.items() if m != "torch" and not timings[m]["error"]}
@@ -458,11 +464,22 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
             pass
     # Variants differ by a processor swap, made outside the timed region before each sample, so the rounds
     # interleave them like the attention rows (the first variant would otherwise also pay the warm-up).
-    timings.update(interleaved_medians({v: forward for v in variants}, cfg.device, cfg.repeats, cfg.warmup,
+    # One forward is one sample (tens of ms); eager forwards of a large UNet are partly bound by the host's
+    # Python, whose jitter needs more samples than the kernel rows.
+    unet_repeats = max(cfg.repeats, 15)
+    timings.update(interleaved_medians({v: forward for v in variants}, cfg.device, unet_repeats, cfg.warmup,
                                        cfg.min_sample_ms, contexts=contexts))
     # A last round of the stock model alone: a check that the machine did not drift during the run.
-    drift = interleaved_medians({"stock": forward}, cfg.device, cfg.repeats, 1, cfg.min_sample_ms)["stock"]
+    drift = interleaved_medians({"stock": forward}, cfg.device, unet_repeats, 1, cfg.min_sample_ms)["stock"]
+    if cfg.device.startswith("cuda"):
+        # Device time of one forward (CUDA graph replay): what the GPU spends, without the host's Python, as
+        # a compiled or graph-captured pipeline would see it.
+        # (Not the torch path: it validates its scores with a host sync, which graph capture forbids.)
+        alive = {v: forward for v in variants if not timings[v]["error"] and v != "pladis_torch"}
+        for v, g in graph_medians(alive, unet_repeats, calls=1, contexts=contexts).items():
+            timings[v].update(g)
     stock_ms = timings["stock"]["median_ms"]
+    stock_graph_ms = timings["stock"].get("graph_median_ms", float("nan"))
     for variant in variants:
         t = timings[variant]
         diff = ((outputs[variant] - outputs["pladis_torch"]).abs().max().item()
@@ -470,6 +487,7 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
         table.add({"case": "unet", "shape": cfg.unet, "alpha": alpha, "method": variant, "dtype": cfg.dtype,
                    "pladis_scale": cfg.pladis_scale, "B": cfg.unet_batch, "Lk": cfg.text_tokens, **t,
                    "ratio_vs_baseline": t["median_ms"] / stock_ms,
+                   "graph_ratio_vs_sdpa": t.get("graph_median_ms", float("nan")) / stock_graph_ms,
                    "stock_rerun_ms": drift["median_ms"],
                    "max_abs_diff_vs_torch": diff, "device_name": device_name})
     table.flush()
@@ -483,6 +501,15 @@ def _tuned_configs() -> list[dict]:
     except ImportError:  # no Triton
         return []
     return tuned_launch_configs()
+
+
+def _plan_status() -> dict:
+    """Whether the kernel's launch plans were in use (see ``cross_attention``), for the provenance."""
+    try:
+        from pladis_analysis.maps.kernels.cross_attention import launch_plan_status
+    except ImportError:
+        return {}
+    return launch_plan_status()
 
 
 def summarize(df, on_cuda: bool = True) -> dict:
@@ -509,6 +536,8 @@ def summarize(df, on_cuda: bool = True) -> dict:
     if len(tri_unet):
         out["unet_overhead_triton"] = float(tri_unet["ratio_vs_baseline"].iloc[0] - 1.0)
         out["target_unet_overhead_le_3pct"] = bool(out["unet_overhead_triton"] <= 0.03)
+        if "graph_ratio_vs_sdpa" in tri_unet and tri_unet["graph_ratio_vs_sdpa"].notna().any():
+            out["unet_overhead_triton_graph"] = float(tri_unet["graph_ratio_vs_sdpa"].iloc[0] - 1.0)
     return out
 
 
@@ -523,7 +552,7 @@ def run(cfg: BenchConfig) -> Path:
     attention_rows(cfg, table, device_name, peak)
     summary = summarize(table.dataframe(), on_cuda=cfg.device.startswith("cuda"))
     path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary,
-                       kernel_launch_configs=_tuned_configs())
+                       kernel_launch_configs=_tuned_configs(), kernel_launch_plans=_plan_status())
     print(f"wrote {path} ({len(table.rows)} rows) on {device_name}")
     for key, value in summary.items():
         print(f"  {key}: {value}")

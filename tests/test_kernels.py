@@ -247,6 +247,26 @@ def test_fused_attention_broadcasting(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_several_query_blocks_per_program(device, monkeypatch):
+    """A program may loop over several query blocks with the keys and values it loaded once (the autotuner's
+    option for 300 keys): 3 blocks of 16 over Lq = 19 leave one block wholly past the end, which must write
+    nothing; masks and statistics as usual."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    monkeypatch.setattr(ca, "_query_blocks", lambda n_cols: 3)
+    monkeypatch.setattr(ca, "_block_m", lambda n_cols, block_d: 16)
+    monkeypatch.setenv("PLADIS_TRITON_AUTOTUNE", "0")
+    q, k, v = _qkv((2, 2, 19, 45, 16), torch.float32, device, seed=15)
+    mask = torch.rand(2, 1, 19, 45, generator=torch.Generator().manual_seed(16)) > 0.3
+    mask[0, 0, 3] = False
+    mask = mask.to(device)
+    out, stats = fused_pladis_attention(q, k, v, alpha=1.5, attn_mask=mask, return_stats=True)
+    assert out.shape == (2, 2, 19, 16) and stats.shape == (2, 2, 19, len(STAT_NAMES))
+    assert torch.all(out[0, :, 3] == 0)
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name="3 query blocks per program")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fused_attention_head_split_views_keep_their_layout(device):
     """q, k, v as attention processors make them, head-split views of (B, L, H·d): the output comes back in the
     same (B, Lq, H, d) memory layout, so merging the heads again is a view; the values are unchanged."""
@@ -301,6 +321,65 @@ def test_fused_attention_300_keys_in_two_blocks(device, alpha):
     out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=bias)
     assert torch.all(out[:, :, 4] == 0)
     assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
+                    reason="launch plans serve compiled kernels on CUDA only")
+def test_fused_attention_launch_plans_repeat_the_first_call():
+    """From the second call of a signature on, a cached plan launches the compiled kernel directly: the results
+    must not change, for head-split views, boolean and additive masks, statistics, and inputs whose data
+    pointers are not 16-byte aligned (a different compiled variant, so a different plan)."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    q, k, v = _qkv((2, 3, 40, 77, 64), torch.bfloat16, "cuda", seed=13)
+    q_split = q.transpose(1, 2).contiguous().transpose(1, 2)
+    keep = (torch.rand(2, 1, 1, 77, generator=torch.Generator().manual_seed(14)) > 0.2).cuda()
+    bias = torch.where(keep, 0.0, -10000.0).to(torch.bfloat16)
+    flat = torch.randn(q.numel() + 1, device="cuda", dtype=torch.bfloat16)
+    q_odd = flat[1:].view(q.shape)                                                      # 2-byte offset
+    q_odd.copy_(q)
+    assert q_odd.data_ptr() % 16 != 0
+    cases = [dict(q=q_split), dict(q=q, attn_mask=keep), dict(q=q, attn_mask=bias), dict(q=q_odd),
+             dict(q=q, attn_mask=keep, return_stats=True)]
+    ca._PLANS.clear()
+    for case in cases:
+        case = dict(case)
+        query = case.pop("q")
+        first = fused_pladis_attention(query, k, v, alpha=1.25, **case)
+        for _ in range(2):
+            again = fused_pladis_attention(query, k, v, alpha=1.25, **case)
+            for a, b in zip(first if isinstance(first, tuple) else (first,), again if isinstance(again, tuple) else (again,)):
+                assert a.shape == b.shape and a.stride() == b.stride()
+                assert torch.equal(a, b)
+        mask = case.get("attn_mask")
+        expected = _reference_attention(query, k, v, 2.0, 1.25, mask)[0]
+        assert_close(first[0] if isinstance(first, tuple) else first, expected, name=f"plan case {sorted(case)}")
+    assert not ca._PLANS_DISABLED, ca._PLANS_DISABLED
+    assert len(ca._PLANS) >= len(cases)                                                 # one per signature
+
+
+def test_launch_plan_keys_and_arguments():
+    """Host logic of the plans, without a GPU: which calls get a key, and what a plan passes to the kernel."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    q = torch.randn(2, 3, 8, 16)
+    assert ca._plan_key(q, q, q, None, 2.0, 1.5, None, True, True, False) is None               # CPU: never
+
+    class Recorder:
+        def __getitem__(self, grid):
+            self.grid = grid
+            return lambda *args: setattr(self, "args", args)
+
+    compiled = Recorder()
+    plan = ca._Plan(compiled, (1, 6), (0.25, 1.5, 2.0), ("const",), out_shape=(2, 8, 3, 16), head_split=True,
+                    stats_shape=None, mask_kind=ca._MASK_BOOL)
+    mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
+    out = plan.launch(q, q, q, mask)
+    assert compiled.grid == (1, 6)
+    assert out.shape == (2, 3, 8, 16) and out.transpose(1, 2).is_contiguous()
+    args = compiled.args
+    assert args[0] is q and args[3].dtype == torch.uint8 and args[3].data_ptr() == mask.data_ptr()
+    assert args[4] is out and args[5] is out and args[6:] == (0.25, 1.5, 2.0, "const")
 
 
 @pytest.mark.parametrize("device", DEVICES)

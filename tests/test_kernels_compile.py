@@ -39,7 +39,8 @@ def _compile(fn, types: dict, consts: dict, num_warps: int):
     ("bf16", 1, 0, 77, 64, 0, False),     # α > 2: safeguarded Halley
     ("fp32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax, one key block
 ])
-def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_kind, stats):
+@pytest.mark.parametrize("query_blocks", [1, 4])
+def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_kind, stats, query_blocks):
     from pladis_analysis.maps._shapes import split_blocks
     from pladis_analysis.maps.kernels import cross_attention as ca
 
@@ -48,7 +49,7 @@ def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_ki
     consts = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=True, NEED_ENTMAX=True, KIND=kind, Q_INT=q_int, MAX_ITER=40,
                   WITH_STATS=stats, IEEE_FP32=dtype == "fp32", UPCAST_DOT=False,
                   BLOCK_M=ca._block_m(block_n + block_t, block_d), BLOCK_N=block_n, HAS_TAIL=block_t > 0,
-                  BLOCK_T=max(block_t, 16), BLOCK_D=block_d, BLOCK_DV=block_d)
+                  BLOCK_T=max(block_t, 16), BLOCK_D=block_d, BLOCK_DV=block_d, QUERY_BLOCKS=query_blocks)
     pointer = f"*{dtype}"
     types = dict(_KERNEL_TYPES, Q=pointer, K=pointer, V=pointer, OUT=pointer, STATS="*fp32",
                  MASK="*u8" if mask_kind == 1 else pointer)

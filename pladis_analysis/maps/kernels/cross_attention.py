@@ -24,6 +24,8 @@ the reference path; it costs a materialised score matrix, which is fine for anal
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import os
 
@@ -47,15 +49,23 @@ STAT_NAMES = ("entropy_softmax", "entropy_entmax", "support_entmax", "top_gap", 
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
 
+logger = logging.getLogger("pladis_analysis.kernels")
+
 
 @triton.jit
-def _scores(q, K, MASK, k_base, m_base, rows, row_in, cols, Lk, D, skn, skd, smm, smn, score_scale,
-            MASK_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The masked, scaled scores of a block of queries against the keys ``cols``; returns ``(z, valid)``."""
+def _load_rows(PTR, base, cols, L, D, s_row, s_col, BLOCK_D: tl.constexpr):
+    """Rows ``cols`` (< L) of a (L, D) matrix at ``PTR + base``, zero-padded to (len(cols), BLOCK_D)."""
     offs_d = tl.arange(0, BLOCK_D)
+    return tl.load(PTR + base + cols[:, None] * s_row + offs_d[None, :] * s_col,
+                   mask=(cols < L)[:, None] & (offs_d[None, :] < D), other=0.0)
+
+
+@triton.jit
+def _scores(q, k, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale,
+            MASK_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """The masked, scaled scores of a block of queries against the keys ``k`` (rows ``cols``); returns
+    ``(z, valid)``."""
     col_in = cols < Lk
-    k = tl.load(K + k_base + cols[:, None] * skn + offs_d[None, :] * skd,
-                mask=col_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (cols, BLOCK_D)
     if IEEE_FP32:
         z = tl.dot(q, tl.trans(k), input_precision="ieee")
     elif UPCAST_DOT:
@@ -74,12 +84,8 @@ def _scores(q, K, MASK, k_base, m_base, rows, row_in, cols, Lk, D, skn, skd, smm
 
 
 @triton.jit
-def _times_values(a, V, v_base, cols, Lk, DV, svn, svd, acc,
-                  IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """acc + a · V[cols] (a: attention weights of a block of queries over the keys ``cols``)."""
-    offs_dv = tl.arange(0, BLOCK_DV)
-    v = tl.load(V + v_base + cols[:, None] * svn + offs_dv[None, :] * svd,
-                mask=(cols < Lk)[:, None] & (offs_dv[None, :] < DV), other=0.0)              # (cols, BLOCK_DV)
+def _times_values(a, v, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """acc + a · v (a: attention weights of a block of queries over the keys whose values are ``v``)."""
     if IEEE_FP32:
         acc = tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
     elif UPCAST_DOT:
@@ -105,47 +111,27 @@ def _entropy_terms(w):
 
 
 @triton.jit
-def _fused_pladis_fwd_kernel(
-        Q, K, V, MASK, OUT, STATS,
-        score_scale, alpha, lam,
-        H, Lq, Lk, D, DV,
-        sqb, sqh, sqm, sqd,
-        skb, skh, skn, skd,
-        svb, svh, svn, svd,
-        smb, smh, smm, smn,
-        sob, soh, som, sod,
-        ssb, ssh, ssm,
-        MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
+def _attend_query_block(
+        Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam,
+        Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
+        ssb, ssh, ssm, MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
         KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
-        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    # Keys: a head block of BLOCK_N and, with HAS_TAIL, a tail block of BLOCK_T after it (powers of two: 77 keys
-    # are 64 + 16 columns instead of 128, 300 keys 256 + 64 instead of 512).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, HAS_TAIL: tl.constexpr, PRELOAD_V: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Scores → softmax and α-entmax → PLADIS mix → ·V for one block of queries ``rows`` (``v``/``v_t`` are the
+    values when ``PRELOAD_V``, else loaded here from ``V``)."""
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row_in = rows < Lq
-    cols = tl.arange(0, BLOCK_N)
-    cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
-    k_base = b * skb + h * skh
-    v_base = b * svb + h * svh
-    m_base = b * smb + h * smh
-
     q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_M, BLOCK_D)
-    z, valid = _scores(q, K, MASK, k_base, m_base, rows, row_in, cols, Lk, D, skn, skd, smm, smn, score_scale,
-                       MASK_KIND, IEEE_FP32, UPCAST_DOT, BLOCK_D)                            # (BLOCK_M, BLOCK_N)
+    z, valid = _scores(q, k, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale,
+                       MASK_KIND, IEEE_FP32, UPCAST_DOT)                                     # (BLOCK_M, BLOCK_N)
     z_t = z
     valid_t = valid
     if HAS_TAIL:
-        z_t, valid_t = _scores(q, K, MASK, k_base, m_base, rows, row_in, cols_t, Lk, D, skn, skd, smm, smn,
-                               score_scale, MASK_KIND, IEEE_FP32, UPCAST_DOT, BLOCK_D)       # (BLOCK_M, BLOCK_T)
+        z_t, valid_t = _scores(q, k_t, MASK, m_base, rows, row_in, cols_t, Lk, smm, smn, score_scale,
+                               MASK_KIND, IEEE_FP32, UPCAST_DOT)                             # (BLOCK_M, BLOCK_T)
     log2e = 1.4426950408889634
 
     if NEED_ENTMAX:
@@ -177,10 +163,14 @@ def _fused_pladis_fwd_kernel(
         a = expo * inv_sum[:, None]
         a_t = expo_t * inv_sum[:, None]
 
+    if not PRELOAD_V:
+        v = _load_rows(V, v_base, cols, Lk, DV, svn, svd, BLOCK_DV)                       # (BLOCK_N, BLOCK_DV)
+        if HAS_TAIL:
+            v_t = _load_rows(V, v_base, cols_t, Lk, DV, svn, svd, BLOCK_DV)               # (BLOCK_T, BLOCK_DV)
     out = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    out = _times_values(a, V, v_base, cols, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_DV)
+    out = _times_values(a, v, out, IEEE_FP32, UPCAST_DOT)
     if HAS_TAIL:
-        out = _times_values(a_t, V, v_base, cols_t, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_DV)
+        out = _times_values(a_t, v_t, out, IEEE_FP32, UPCAST_DOT)
     tl.store(OUT + b * sob + h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
              out.to(OUT.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < DV))
 
@@ -208,25 +198,82 @@ def _fused_pladis_fwd_kernel(
         tl.store(base + 4, neg, mask=row_in)
 
 
+@triton.jit
+def _fused_pladis_fwd_kernel(
+        Q, K, V, MASK, OUT, STATS,
+        score_scale, alpha, lam,
+        H, Lq, Lk, D, DV,
+        sqb, sqh, sqm, sqd,
+        skb, skh, skn, skd,
+        svb, svh, svn, svd,
+        smb, smh, smm, smn,
+        sob, soh, som, sod,
+        ssb, ssh, ssm,
+        MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
+        KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
+        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, QUERY_BLOCKS: tl.constexpr):
+    # Keys: a head block of BLOCK_N and, with HAS_TAIL, a tail block of BLOCK_T after it (powers of two: 77 keys
+    # are 64 + 16 columns instead of 128, 300 keys 256 + 64 instead of 512).
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    cols = tl.arange(0, BLOCK_N)
+    cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
+    m_base = b * smb + h * smh
+    v_base = b * svb + h * svh
+    # Keys once per program; each of its QUERY_BLOCKS blocks of BLOCK_M queries reuses them. Values too when
+    # there are several blocks; with one, they are loaded after the search (fewer live registers during it).
+    PRELOAD_V: tl.constexpr = QUERY_BLOCKS > 1
+    k = _load_rows(K, b * skb + h * skh, cols, Lk, D, skn, skd, BLOCK_D)                 # (BLOCK_N, BLOCK_D)
+    k_t = k
+    if HAS_TAIL:
+        k_t = _load_rows(K, b * skb + h * skh, cols_t, Lk, D, skn, skd, BLOCK_D)         # (BLOCK_T, BLOCK_D)
+    v = k  # placeholders unless preloaded
+    v_t = k_t
+    if PRELOAD_V:
+        v = _load_rows(V, v_base, cols, Lk, DV, svn, svd, BLOCK_DV)                       # (BLOCK_N, BLOCK_DV)
+        v_t = v
+        if HAS_TAIL:
+            v_t = _load_rows(V, v_base, cols_t, Lk, DV, svn, svd, BLOCK_DV)               # (BLOCK_T, BLOCK_DV)
+    for block in range(QUERY_BLOCKS):
+        rows = (pid_m * QUERY_BLOCKS + block) * BLOCK_M + tl.arange(0, BLOCK_M)
+        _attend_query_block(
+            Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam,
+            Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
+            ssb, ssh, ssm, MASK_KIND, NEED_SOFTMAX, NEED_ENTMAX, KIND, Q_INT, MAX_ITER, WITH_STATS, IEEE_FP32,
+            UPCAST_DOT, HAS_TAIL, PRELOAD_V, BLOCK_M, BLOCK_D, BLOCK_DV)
+
+
 _AUTOTUNED: dict[int, object] = {}
-# (BLOCK_M, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly with it,
-# since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion shapes.
-_TUNED: dict[tuple, tuple[int, int]] = {}
+# (BLOCK_M, QUERY_BLOCKS, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly
+# with it, since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion
+# shapes.
+_TUNED: dict[tuple, tuple[int, int, int]] = {}
 
 
 def _autotuned_kernel(n_cols: int):
-    """The kernel wrapped in ``triton.autotune`` over queries per program and warps, for one padded key count.
+    """The kernel wrapped in ``triton.autotune`` over queries per block, blocks per program and warps, for one
+    padded key count.
 
-    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead). Four or five
-    candidates (each one compile, a few seconds): two query-block sizes that keep the score tiles at 4k–8k
-    floats, times 4 or 8 warps, plus 128 queries on 8 warps for ≤ 96 key columns. The kernel only writes its
-    outputs, so re-running it while tuning is harmless.
+    Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead); each candidate is
+    one compile (a few seconds). Two query-block sizes that keep the score tiles at 4k–8k floats, times 4 or 8
+    warps; for ≤ 96 key columns also 128 queries on 8 warps; for > 128 key columns (SANA's 300 tokens) each
+    also with 4 query blocks per program, which reads the (large) keys and values once for 4 blocks. The kernel
+    only writes its outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
         sizes = (32, 64) if n_cols <= 128 else (16, 32)
-        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm in sizes for w in (4, 8)]
+        blocks_per_program = (1,) if n_cols <= 128 else (1, 4)
+        configs = [triton.Config({"BLOCK_M": bm, "QUERY_BLOCKS": qb}, num_warps=w, num_stages=1)
+                   for bm in sizes for w in (4, 8) for qb in blocks_per_program]
         if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
-            configs.append(triton.Config({"BLOCK_M": 128}, num_warps=8, num_stages=1))
+            configs.append(triton.Config({"BLOCK_M": 128, "QUERY_BLOCKS": 1}, num_warps=8, num_stages=1))
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
@@ -240,8 +287,8 @@ def tuned_launch_configs() -> list[dict]:
     provenance: which query-block size and warp count each shape ran with)."""
     names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
              "WITH_STATS")
-    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w}
-            for key, (bm, w) in _TUNED.items()]
+    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "QUERY_BLOCKS": qb,
+             "num_warps": w} for key, (bm, qb, w) in _TUNED.items()]
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -253,6 +300,11 @@ def _block_m(n_cols: int, block_d: int) -> int:
     budget = 8192 if block_d <= 64 else 4096
     rows = budget // n_cols
     return max(16, min(64, 1 << (rows.bit_length() - 1) if rows > 0 else 1))   # a power of two
+
+
+def _query_blocks(n_cols: int) -> int:
+    """Query blocks per program without the autotuner: one (only measurements can say when more pay off)."""
+    return 1
 
 
 def _num_warps(block_m: int, n_cols: int) -> int:
@@ -301,6 +353,16 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
     float32.
     """
+    plan_key = _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax,
+                         return_stats)
+    if plan_key is not None:
+        plan = _PLANS.get(plan_key)
+        if plan is not None:
+            try:
+                return plan.launch(q, k, v, attn_mask)
+            except (TypeError, AttributeError, ValueError) as exc:  # a Triton whose launcher API differs
+                _disable_plans(f"{type(exc).__name__}: {exc}")
+                plan_key = None
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: the kernel needs one dtype among "
                          f"{[str(d) for d in SUPPORTED_DTYPES]}")
@@ -316,7 +378,8 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     k4 = _to_4d(k.expand(*lead, lk, d), "k")                                                 # (B, H, Lk, d)
     v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                                # (B, H, Lk, dv)
     nb, nh = q4.shape[:2]
-    if q.dim() == 4 and q.stride(1) < q.stride(2):
+    head_split = q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
+    if head_split:
         # q is a head-split view of (B, Lq, H·d), as attention processors make it: write the output in that
         # layout too, so that merging the heads back (transpose + reshape) is a view, not a copy (SDPA does so).
         out = torch.empty(nb, lq, nh, dv, dtype=q.dtype, device=q.device).transpose(1, 2)   # (B, H, Lq, dv)
@@ -356,22 +419,114 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                     BLOCK_N=block_n, HAS_TAIL=block_t > 0, BLOCK_T=max(block_t, 16),
                     BLOCK_D=block_d, BLOCK_DV=block_dv)
         n_cols = block_n + block_t
-        block_m = _block_m(n_cols, max(block_d, block_dv))
+        block_m, query_blocks = _block_m(n_cols, max(block_d, block_dv)), _query_blocks(n_cols)
         num_warps = _num_warps(block_m, n_cols)
         if _use_autotune(q.device):
             key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, kind, q_int, return_stats)
             tuned = _TUNED.get(key)
             if tuned is None:
                 tuner = _autotuned_kernel(n_cols)
-                tuner[lambda meta_: (cdiv(lq, meta_["BLOCK_M"]), nb * nh)](*args, **meta)
+                tuner[lambda m: (cdiv(cdiv(lq, m["BLOCK_M"]), m["QUERY_BLOCKS"]), nb * nh)](*args, **meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
-                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps)
+                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.kwargs["QUERY_BLOCKS"], best.num_warps)
                 return (out, stats) if return_stats else out
-            block_m, num_warps = tuned
-        grid = (cdiv(lq, block_m), nb * nh)
-        _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps, num_stages=1)
+            block_m, query_blocks, num_warps = tuned
+        grid = (cdiv(cdiv(lq, block_m), query_blocks), nb * nh)
+        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, QUERY_BLOCKS=query_blocks,
+                                                  num_warps=num_warps, num_stages=1)
+        if plan_key is not None and compiled is not None:
+            constexprs = {**meta, "BLOCK_M": block_m, "QUERY_BLOCKS": query_blocks}
+            out_shape = (nb, lq, nh, dv) if head_split else (*lead, lq, dv)
+            stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
+            try:
+                plan = _Plan(compiled, grid, args[6:], tuple(constexprs[n] for n in _CONSTEXPR_NAMES),
+                             out_shape, head_split, stats_shape, mask_kind)
+            except (TypeError, AttributeError, KeyError) as exc:  # a Triton without CompiledKernel[grid]
+                _disable_plans(f"{type(exc).__name__}: {exc}")
+            else:
+                _remember_plan(plan_key, plan)
     return (out, stats) if return_stats else out
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch plans: repeated calls of one signature skip the host-side work
+# --------------------------------------------------------------------------------------------------
+# A diffusion model makes the same few cross-attention calls thousands of times. Triton's launcher re-derives,
+# on every call, the specialisation of all ~40 kernel arguments (integers equal to 1 or divisible by 16,
+# 16-byte-aligned pointers) to find the compiled variant, and the wrapper above re-derives shapes, strides and
+# block sizes: together ~60 µs of host time per call on an H100 machine, more than the kernel itself at
+# SD/SDXL shapes. A plan keeps, per call signature (shapes, strides, dtypes, mask layout, the scalars, and
+# the 16-byte alignment of each input pointer: exactly what selects the compiled variant), the compiled
+# kernel and every argument except the data pointers, and launches it directly. Only on CUDA, for ≤ 4-D
+# inputs (whose 4-D views share the caller's data pointers); ``PLADIS_TRITON_PLANS=0`` turns it off.
+
+_PLANS: dict[tuple, "_Plan"] = {}
+_CONSTEXPR_NAMES = tuple(name for name, param in inspect.signature(_fused_pladis_fwd_kernel.fn).parameters.items()
+                         if str(param.annotation).endswith("constexpr"))
+
+
+_PLANS_DISABLED: list[str] = []   # why plans were turned off in this process (empty: they are on)
+
+
+def _plans_enabled() -> bool:
+    return not _PLANS_DISABLED and os.environ.get("PLADIS_TRITON_PLANS", "1") != "0"
+
+
+def _disable_plans(reason: str) -> None:
+    logger.warning("launch plans disabled, every call takes Triton's own launcher: %s", reason)
+    _PLANS.clear()
+    _PLANS_DISABLED.append(reason)
+
+
+def launch_plan_status() -> dict:
+    """How many launch plans this process holds and, if they were turned off, why (benchmark provenance)."""
+    return {"plans": len(_PLANS), "disabled_because": _PLANS_DISABLED[0] if _PLANS_DISABLED else "",
+            "env_off": os.environ.get("PLADIS_TRITON_PLANS", "1") == "0"}
+
+
+def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats):
+    """The signature of a call that a plan can serve, or ``None`` when this call must take the general path."""
+    if not q.is_cuda or max(q.dim(), k.dim(), v.dim()) > 4 or not _plans_enabled():
+        return None
+    mask_sig = None
+    if attn_mask is not None:
+        if attn_mask.dim() > 4 or attn_mask.dtype == torch.float64 or attn_mask.device != q.device:
+            return None  # the general path makes a copy there: its data pointer is not the caller's
+        mask_sig = (attn_mask.shape, attn_mask.stride(), attn_mask.dtype, attn_mask.data_ptr() % 16 == 0)
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, mask_sig,
+            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats)
+
+
+class _Plan:
+    """A compiled kernel and all its arguments except the data pointers of q, k, v, the mask, out and stats."""
+
+    def __init__(self, compiled, grid, scalar_args, constexpr_args, out_shape, head_split, stats_shape, mask_kind):
+        self.runner = compiled[grid]
+        self.tail_args = (*scalar_args, *constexpr_args)
+        self.out_shape, self.head_split, self.stats_shape = out_shape, head_split, stats_shape
+        self.mask_kind = mask_kind
+
+    def launch(self, q, k, v, attn_mask):
+        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device)
+        if self.head_split:
+            out = out.transpose(1, 2)                                                        # (B, H, Lq, dv)
+        stats = None
+        if self.stats_shape is not None:
+            stats = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+        if attn_mask is None:
+            mask = q                                                                         # never read
+        else:
+            mask = attn_mask.view(torch.uint8) if self.mask_kind == _MASK_BOOL else attn_mask
+        self.runner(q, k, v, mask, out, out if stats is None else stats, *self.tail_args)
+        return out if stats is None else (out, stats)
+
+
+def _remember_plan(key, plan: _Plan) -> None:
+    if len(_PLANS) >= 4096:  # a bound, not a policy: a session sees few signatures
+        _PLANS.clear()
+    _PLANS[key] = plan
 
 
 def torch_recompute(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float, alpha: float,
