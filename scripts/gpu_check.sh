@@ -171,7 +171,8 @@ with torch.no_grad():
 pstats.Stats(profile).sort_stats("tottime").print_stats(30)
 PYEOF
     note "launch profile: exit $? ($(head -n 1 "$OUT/launch_profile.txt"))"
-    grep -o "\"kernel_launch_plans\": {[^}]*}" "$OUT/bench_cross_attention.meta.json" >> "$STATUS" 2>/dev/null
+    "$PY" -c "import json, sys; print('launch plans:', json.load(open(sys.argv[1])).get('kernel_launch_plans'))" \
+        "$OUT/bench_cross_attention.meta.json" >> "$STATUS" 2>&1
 fi
 
 # At most 8 files come back: the logs travel as one archive.
