@@ -75,15 +75,20 @@ def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
 def plot_bench_cross_attention(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """Cross-attention benchmark (``experiments/bench_cross_attention.py``): time relative to SDPA softmax
     attention per model shape and method, one panel per α; log scale, the issue's 1.3× target dashed. The
-    kernel is drawn twice: eager (host launch included) and CUDA-graph replay (device time)."""
+    kernel is drawn eager (host launch included) and as CUDA-graph replay (device time), and, where the table
+    has it, its softmax-only skeleton (λ = 0: no threshold search) as graph replay."""
     df = _load(table)
     df = df[df["case"] == "attention"].copy()
-    graph = df[(df["method"] == "triton") & df["graph_ratio_vs_sdpa"].notna()].copy()
-    graph["method"] = "triton (graph)"
-    graph["ratio_vs_baseline"] = graph["graph_ratio_vs_sdpa"]
-    df = pd.concat([df[df["method"] != "sdpa"], graph], ignore_index=True)
+    graphs = []
+    for method in ("triton", "triton_softmax"):
+        graph = df[(df["method"] == method) & df["graph_ratio_vs_sdpa"].notna()].copy()
+        graph["method"] = f"{method} (graph)"
+        graph["ratio_vs_baseline"] = graph["graph_ratio_vs_sdpa"]
+        graphs.append(graph)
+    df = pd.concat([df[~df["method"].isin(["sdpa", "triton_softmax"])], *graphs], ignore_index=True)
     order = list(dict.fromkeys(df["shape"]))
-    methods = [m for m in ("naive", "torch", "triton", "triton (graph)") if m in set(df["method"])]
+    methods = [m for m in ("naive", "torch", "triton", "triton (graph)", "triton_softmax (graph)")
+               if m in set(df["method"])]
     grid = sns.catplot(data=df, x="shape", y="ratio_vs_baseline", hue="method", col="alpha", kind="bar",
                        order=order, hue_order=methods, height=3.2, aspect=1.6, sharey=True)
     for ax in grid.axes.flat:

@@ -325,11 +325,13 @@ def test_fused_attention_300_keys_in_two_blocks(device, alpha):
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
                     reason="launch plans serve compiled kernels on CUDA only")
-def test_fused_attention_launch_plans_repeat_the_first_call():
-    """From the second call of a signature on, a cached plan launches the compiled kernel directly: the results
-    must not change, for head-split views, boolean and additive masks, statistics, and inputs whose data
-    pointers are not 16-byte aligned (a different compiled variant, so a different plan)."""
+def test_fused_attention_launch_plans_repeat_the_first_call(monkeypatch):
+    """With launch plans on (opt-in), from the second call of a signature on a cached plan launches the compiled
+    kernel directly: the results must not change, for head-split views, boolean and additive masks, statistics,
+    and inputs whose data pointers are not 16-byte aligned (a different compiled variant, so a different plan)."""
     from pladis_analysis.maps.kernels import cross_attention as ca
+
+    monkeypatch.setenv("PLADIS_TRITON_PLANS", "1")
 
     q, k, v = _qkv((2, 3, 40, 77, 64), torch.bfloat16, "cuda", seed=13)
     q_split = q.transpose(1, 2).contiguous().transpose(1, 2)
@@ -358,11 +360,14 @@ def test_fused_attention_launch_plans_repeat_the_first_call():
     assert len(ca._PLANS) >= len(cases)                                                 # one per signature
 
 
-def test_launch_plan_keys_and_arguments():
+def test_launch_plan_keys_and_arguments(monkeypatch):
     """Host logic of the plans, without a GPU: which calls get a key, and what a plan passes to the kernel."""
     from pladis_analysis.maps.kernels import cross_attention as ca
 
     q = torch.randn(2, 3, 8, 16)
+    assert not ca._plans_enabled()                                                                # opt-in
+    monkeypatch.setenv("PLADIS_TRITON_PLANS", "1")
+    assert ca._plans_enabled()
     assert ca._plan_key(q, q, q, None, 2.0, 1.5, None, True, True, False) is None               # CPU: never
 
     class Recorder:
@@ -375,7 +380,7 @@ def test_launch_plan_keys_and_arguments():
                     stats_shape=None, mask_kind=ca._MASK_BOOL)
     mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
     out = plan.launch(q, q, q, mask)
-    assert compiled.grid == (1, 6)
+    assert compiled.grid == (1, 6, 1)
     assert out.shape == (2, 3, 8, 16) and out.transpose(1, 2).is_contiguous()
     args = compiled.args
     assert args[0] is q and args[3].dtype == torch.uint8 and args[3].data_ptr() == mask.data_ptr()

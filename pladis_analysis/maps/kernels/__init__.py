@@ -1,9 +1,9 @@
 """Triton kernels for the maps: row-wise α-entmax and fused PLADIS cross-attention.
 
-* :mod:`.entmax_rowwise` — α-entmax for any α > 1 with the whole row in registers (forward: safeguarded
-  Halley/Newton–bisection for τ, exact closed forms for α = 1.5 and 2; backward: closed-form JVP).
+* :mod:`.entmax_rowwise` — α-entmax for any α > 1 with the whole row in registers (forward: Newton on the
+  q-norm for α ≤ 2, exact for sparsemax, safeguarded Halley for α > 2; backward: closed-form JVP).
 * :mod:`.cross_attention` — scores → softmax and α-entmax → A = S + λ(E − S) → A·V in one pass, with
-  optional per-row statistics for the probes.
+  optional per-row statistics for the probes; keys as a power-of-two head block plus a small tail block.
 * :mod:`.dispatch` — ``backend="auto" | "triton" | "torch"`` and the stated reason for every fallback.
 
 Importing this package does not import Triton; the kernel modules are imported on first use. Kernels run on

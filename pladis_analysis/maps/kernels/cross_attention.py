@@ -5,6 +5,12 @@ keys and values: it computes the block's score tile once, finds both maps in reg
 α-entmax by the threshold search of :mod:`.entmax_rowwise`), mixes them, and multiplies by V. The scores
 never reach memory; memory traffic is that of softmax attention (read Q, K, V, write O).
 
+The key axis is a power-of-two head block plus, when that saves padding, a power-of-two tail block (77 keys:
+64 + 16 columns instead of 128; 300: 256 + 64 instead of 512): every elementwise step of the search runs over
+the padded columns, so padding is work. A program may also loop over several query blocks with the keys (and
+values) it loaded once; the autotuner offers that for > 128 key columns, where re-reading keys and values for
+every 16–32 queries is what the softmax-only skeleton of the kernel spends its time on.
+
     z   = (q kᵀ) · score_scale + bias        bias: additive mask, or −inf where a boolean mask is False
     S   = softmax(z),  E = α-entmax(z)
     A   = S + λ (E − S)                      λ = pladis_scale (0: softmax attention, 1: entmax attention)
@@ -360,7 +366,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         if plan is not None:
             try:
                 return plan.launch(q, k, v, attn_mask)
-            except (TypeError, AttributeError, ValueError) as exc:  # a Triton whose launcher API differs
+            except (TypeError, AttributeError, ValueError, IndexError, KeyError) as exc:  # another launcher API
                 _disable_plans(f"{type(exc).__name__}: {exc}")
                 plan_key = None
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
@@ -442,7 +448,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
             try:
                 plan = _Plan(compiled, grid, args[6:], tuple(constexprs[n] for n in _CONSTEXPR_NAMES),
                              out_shape, head_split, stats_shape, mask_kind)
-            except (TypeError, AttributeError, KeyError) as exc:  # a Triton without CompiledKernel[grid]
+            except (TypeError, AttributeError, IndexError, KeyError) as exc:  # no CompiledKernel[grid] here
                 _disable_plans(f"{type(exc).__name__}: {exc}")
             else:
                 _remember_plan(plan_key, plan)
@@ -459,7 +465,13 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
 # SD/SDXL shapes. A plan keeps, per call signature (shapes, strides, dtypes, mask layout, the scalars, and
 # the 16-byte alignment of each input pointer: exactly what selects the compiled variant), the compiled
 # kernel and every argument except the data pointers, and launches it directly. Only on CUDA, for ≤ 4-D
-# inputs (whose 4-D views share the caller's data pointers); ``PLADIS_TRITON_PLANS=0`` turns it off.
+# inputs (whose 4-D views share the caller's data pointers).
+#
+# Opt-in (``PLADIS_TRITON_PLANS=1``) until a GPU run validates it: it launches through Triton's
+# ``CompiledKernel[grid](*args)``, whose argument conventions are Triton's internals, and the one GPU run it had
+# (Triton 3.6) found a grid of two sizes where that runner reads three (fixed since, not re-run).
+# tests/test_kernels.py::test_fused_attention_launch_plans_repeat_the_first_call checks it on CUDA. Any
+# exception from that launcher turns plans off for the process (logged) and the call takes Triton's own.
 
 _PLANS: dict[tuple, "_Plan"] = {}
 _CONSTEXPR_NAMES = tuple(name for name, param in inspect.signature(_fused_pladis_fwd_kernel.fn).parameters.items()
@@ -470,7 +482,7 @@ _PLANS_DISABLED: list[str] = []   # why plans were turned off in this process (e
 
 
 def _plans_enabled() -> bool:
-    return not _PLANS_DISABLED and os.environ.get("PLADIS_TRITON_PLANS", "1") != "0"
+    return not _PLANS_DISABLED and os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"
 
 
 def _disable_plans(reason: str) -> None:
@@ -482,7 +494,7 @@ def _disable_plans(reason: str) -> None:
 def launch_plan_status() -> dict:
     """How many launch plans this process holds and, if they were turned off, why (benchmark provenance)."""
     return {"plans": len(_PLANS), "disabled_because": _PLANS_DISABLED[0] if _PLANS_DISABLED else "",
-            "env_off": os.environ.get("PLADIS_TRITON_PLANS", "1") == "0"}
+            "opted_in": os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"}
 
 
 def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats):
@@ -503,7 +515,7 @@ class _Plan:
     """A compiled kernel and all its arguments except the data pointers of q, k, v, the mask, out and stats."""
 
     def __init__(self, compiled, grid, scalar_args, constexpr_args, out_shape, head_split, stats_shape, mask_kind):
-        self.runner = compiled[grid]
+        self.runner = compiled[(*grid, 1)]  # CompiledKernel's runner reads three grid sizes
         self.tail_args = (*scalar_args, *constexpr_args)
         self.out_shape, self.head_split, self.stats_shape = out_shape, head_split, stats_shape
         self.mask_kind = mask_kind

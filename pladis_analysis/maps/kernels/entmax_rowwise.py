@@ -12,9 +12,11 @@ without sorting:
   h(τ) = ‖[z' − τ]_+‖_q − 1, started at the left end τ = −1. h is convex (a norm of componentwise convex,
   non-negative functions) and decreasing, so the iterates increase monotonically to the root and never
   overshoot: no bracket, no bisection. The step is  τ ← τ + (F − F^{1−1/q}) / G  with F = Σ [x]_+^q and
-  G = Σ [x]_+^{q−1}, x = z' − τ. For sparsemax (q = 1) this is Michelot's algorithm, exact once the support
-  stops changing; h is nearly linear in τ for any q, so 4–5 steps reach float32 resolution on diffusion-shaped
-  rows (plain Newton on f needs 6–8, safeguarded Halley on f up to ~20 because of its bisection fallbacks).
+  G = Σ [x]_+^{q−1}, x = z' − τ: the torch path's search (:mod:`pladis_analysis.maps._threshold`). For
+  sparsemax (q = 1) this is Michelot's algorithm, exact once the support stops changing; h is nearly linear
+  in τ for any q, so a few steps reach float32 resolution (a block of rows iterates until its slowest row is
+  done, so fewer steps per row matter: the safeguarded Halley search on f that this replaced fell back to
+  bisection on some rows of most blocks at α = 1.25).
   For q ∈ {1, 2, 3, 4} (α = 2, 1.5, 4/3, 1.25) the powers are multiplications; other q use one log2/exp2
   pair per entry and step.
 * α > 2 (q < 1, h is no longer convex): Halley steps on f, safeguarded by the bracket (a step that leaves the
