@@ -13,7 +13,9 @@ Methods (one row each per shape and α, all timed in the same run, interleaved, 
 * ``triton`` — the fused kernel (:func:`pladis_analysis.maps.kernels.cross_attention.fused_pladis_attention`);
 * ``triton_softmax`` — the same kernel with λ = 0 (softmax only, no threshold search): the cost of the kernel's
   skeleton (loads, both products, padding to a power of two, launch) against SDPA, so that the rest of the
-  ``triton`` time is the α-entmax search.
+  ``triton`` time is the α-entmax search;
+* ``triton_plans`` — ``triton`` with launch plans on (``cross_attention.launch_plans``, opt-in): the same
+  kernel launched without Triton's per-call argument handling; its eager time minus ``triton``'s is host time.
 
 Each row also has the achieved memory bandwidth (the minimal traffic: read Q, K, V once, write O) against the
 device's peak, and the largest absolute difference from the torch path's output (a correctness check at
@@ -36,7 +38,7 @@ import os
 import statistics
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -65,7 +67,7 @@ FULL_SHAPES = (
     ("sana_4k", 2, 20, 16384, 300, 128),
 )
 QUICK_SHAPES = (("tiny", 1, 2, 64, 77, 32), ("tiny_lk300", 1, 2, 32, 300, 16))
-METHODS = ("sdpa", "naive", "torch", "triton", "triton_softmax")
+METHODS = ("sdpa", "naive", "torch", "triton", "triton_softmax", "triton_plans")
 
 # Peak DRAM bandwidth in GB/s by (a substring of) torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH_GBPS = (
@@ -325,10 +327,11 @@ def torch_path(q, k, v, lam: float, alpha: float):
     return attention.pladis_attention(q, k, v, scale=lam, alpha=alpha, **kwargs)
 
 
-def triton_kernel(q, k, v, lam: float, alpha: float):
-    from pladis_analysis.maps.kernels.cross_attention import fused_pladis_attention
+def triton_kernel(q, k, v, lam: float, alpha: float, plans: bool = False):
+    from pladis_analysis.maps.kernels.cross_attention import fused_pladis_attention, launch_plans
 
-    return fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha)
+    with launch_plans(plans):
+        return fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha)
 
 
 def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak: float) -> None:
@@ -347,6 +350,7 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
             "torch": lambda: torch_path(q, k, v, lam, alpha),
             "triton": lambda: triton_kernel(q, k, v, lam, alpha),
             "triton_softmax": lambda: triton_kernel(q, k, v, 0.0, alpha),
+            "triton_plans": lambda: triton_kernel(q, k, v, lam, alpha, plans=True),
         }
         fns = {m: candidates[m] for m in cfg.methods}
         timings = interleaved_medians(fns, cfg.device, cfg.repeats, cfg.warmup, cfg.min_sample_ms)
@@ -358,7 +362,7 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
                 ref = torch_path(q, k, v, lam, alpha).float()
             except Exception:
                 ref = None
-            for m in ("naive", "triton"):
+            for m in ("naive", "triton", "triton_plans"):
                 if m in fns and ref is not None:
                     try:
                         diffs[m] = (fns[m]().float() - ref).abs().max().item()
@@ -430,13 +434,17 @@ def unet_inputs(config: dict, cfg: BenchConfig, dtype: torch.dtype) -> dict:
 
 
 def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
-    variants = ["stock", "pladis_torch", "pladis_triton"]
+    variants = ["stock", "pladis_torch", "pladis_triton", "pladis_triton_plans"]
     if cfg.device == "cpu" and "triton" not in cfg.methods:
         variants = variants[:2]
     alpha = 1.5
     if all(table.has(case="unet", shape=cfg.unet, alpha=alpha, method=v) for v in variants):
         return
     from pladis_analysis.diffusion import apply_pladis
+    try:
+        from pladis_analysis.maps.kernels.cross_attention import launch_plans
+    except ImportError:  # no Triton: the kernel variants fail and are reported as such
+        launch_plans = lambda enabled: nullcontext()  # noqa: E731
 
     dtype = getattr(torch, cfg.dtype)
     unet, config = build_unet(cfg, dtype)
@@ -447,13 +455,19 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
     def forward():
         return unet(**inputs).sample
 
-    backends = {"stock": None, "pladis_torch": "torch", "pladis_triton": "triton"}
+    backends = {"stock": None, "pladis_torch": "torch", "pladis_triton": "triton", "pladis_triton_plans": "triton"}
 
     def context(variant: str) -> Callable[[], ContextManager]:
         backend = backends[variant]
         if backend is None:
             return nullcontext
-        return lambda: apply_pladis(unet, scale=cfg.pladis_scale, alpha=alpha, backend=backend)
+
+        @contextmanager
+        def swapped():
+            with launch_plans(variant == "pladis_triton_plans"), \
+                    apply_pladis(unet, scale=cfg.pladis_scale, alpha=alpha, backend=backend):
+                yield
+        return swapped
 
     contexts = {variant: context(variant) for variant in variants}
     for variant in variants:  # outputs for the correctness column; a variant that fails here is timed as failed
@@ -531,6 +545,9 @@ def summarize(df, on_cuda: bool = True) -> dict:
         if "graph_ratio_vs_sdpa" in tri and tri["graph_ratio_vs_sdpa"].notna().any():
             out["worst_triton_graph_ratio_vs_sdpa"] = float(tri["graph_ratio_vs_sdpa"].max())
             out["target_graph_ratio_le_1.3"] = bool((tri["graph_ratio_vs_sdpa"] <= 1.3).all())
+    planned = att[att["method"] == "triton_plans"]
+    if len(planned) and planned["ratio_vs_baseline"].notna().any():
+        out["worst_triton_plans_ratio_vs_sdpa"] = float(planned["ratio_vs_baseline"].max())
     unet = df[df["case"] == "unet"] if "case" in df else df.iloc[0:0]
     tri_unet = unet[unet["method"] == "pladis_triton"]
     if len(tri_unet):
@@ -538,6 +555,9 @@ def summarize(df, on_cuda: bool = True) -> dict:
         out["target_unet_overhead_le_3pct"] = bool(out["unet_overhead_triton"] <= 0.03)
         if "graph_ratio_vs_sdpa" in tri_unet and tri_unet["graph_ratio_vs_sdpa"].notna().any():
             out["unet_overhead_triton_graph"] = float(tri_unet["graph_ratio_vs_sdpa"].iloc[0] - 1.0)
+    planned_unet = unet[unet["method"] == "pladis_triton_plans"]
+    if len(planned_unet) and planned_unet["ratio_vs_baseline"].notna().any():
+        out["unet_overhead_triton_plans"] = float(planned_unet["ratio_vs_baseline"].iloc[0] - 1.0)
     return out
 
 

@@ -366,6 +366,12 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
 
     q = torch.randn(2, 3, 8, 16)
     assert not ca._plans_enabled()                                                                # opt-in
+    with ca.launch_plans():
+        assert ca._plans_enabled()
+        with ca.launch_plans(False):
+            assert not ca._plans_enabled()
+        assert ca._plans_enabled()
+    assert not ca._plans_enabled()
     monkeypatch.setenv("PLADIS_TRITON_PLANS", "1")
     assert ca._plans_enabled()
     assert ca._plan_key(q, q, q, None, 2.0, 1.5, None, True, True, False) is None               # CPU: never

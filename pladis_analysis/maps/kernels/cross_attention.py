@@ -30,6 +30,7 @@ the reference path; it costs a materialised score matrix, which is fine for anal
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -481,8 +482,26 @@ _CONSTEXPR_NAMES = tuple(name for name, param in inspect.signature(_fused_pladis
 _PLANS_DISABLED: list[str] = []   # why plans were turned off in this process (empty: they are on)
 
 
+_PLANS_FORCED: list[bool] = []   # innermost launch_plans(...) setting, overriding the environment
+
+
 def _plans_enabled() -> bool:
-    return not _PLANS_DISABLED and os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"
+    if _PLANS_DISABLED:
+        return False
+    if _PLANS_FORCED:
+        return _PLANS_FORCED[-1]
+    return os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"
+
+
+@contextlib.contextmanager
+def launch_plans(enabled: bool = True):
+    """Turn launch plans on (or off) inside the block, whatever ``PLADIS_TRITON_PLANS`` says (benchmarks compare
+    both in one process). Plans turned off by a launcher error stay off."""
+    _PLANS_FORCED.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _PLANS_FORCED.pop()
 
 
 def _disable_plans(reason: str) -> None:
