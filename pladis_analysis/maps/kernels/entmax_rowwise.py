@@ -57,7 +57,7 @@ MAX_ROW_LENGTH = 4096
 # (bisection alone would reach float32 resolution of a unit bracket in ~24 steps).
 MAX_ITER_NEWTON = 32
 MAX_ITER_HALLEY = 40
-# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (a literal in the kernels).
+# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``).
 
 
 def alpha_flavour(alpha: float) -> tuple[int, int]:
@@ -96,6 +96,13 @@ def _pow_q_minus_1(x, pos, q, Q_INT: tl.constexpr):
 
 
 @triton.jit
+def _accept(tau, cand, active):
+    """Move the active rows to their candidate τ; a row stays active while its step exceeds 1e-7 (1 + |τ|)."""
+    moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
+    return tl.where(active, cand, tau), active & moved
+
+
+@triton.jit
 def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
     """Per-row G = Σ [x]_+^{q−1} and F = Σ [x]_+^q of a tile, x = zp − τ."""
     x = zp - tau[:, None]
@@ -127,9 +134,7 @@ def _newton_tau(zp, zp_t, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr
         else:
             f_pow = tl.exp2((1.0 - 1.0 / q) * tl.log2(tl.maximum(f, 1e-30)))
         cand = tau + (f - f_pow) / tl.maximum(g, 1e-30)
-        moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
-        tau = tl.where(active, cand, tau)
-        active = active & moved
+        tau, active = _accept(tau, cand, active)
         it += 1
     return tau
 
@@ -179,9 +184,7 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS
         inside = (cand > lo) & (cand < hi)  # False for NaN/inf candidates too
         cand = tl.where(inside, cand, 0.5 * (lo + hi))
         cand = tl.where(f == 0.0, tau, cand)
-        moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
-        tau = tl.where(active, cand, tau)
-        active = active & moved
+        tau, active = _accept(tau, cand, active)
         it += 1
     return tau
 
