@@ -508,22 +508,15 @@ def unet_rows(cfg: BenchConfig, table: ResultsTable, device_name: str) -> None:
     del unet
 
 
-def _tuned_configs() -> list[dict]:
-    """The autotuner's choices for the fused kernel in this run (empty when it never ran on CUDA)."""
+def _kernel_provenance() -> dict:
+    """How the fused kernel was launched in this run: the autotuner's choices (empty when it never ran on CUDA)
+    and whether launch plans were in use (see ``cross_attention``)."""
     try:
-        from pladis_analysis.maps.kernels.cross_attention import tuned_launch_configs
+        from pladis_analysis.maps.kernels import cross_attention
     except ImportError:  # no Triton
-        return []
-    return tuned_launch_configs()
-
-
-def _plan_status() -> dict:
-    """Whether the kernel's launch plans were in use (see ``cross_attention``), for the provenance."""
-    try:
-        from pladis_analysis.maps.kernels.cross_attention import launch_plan_status
-    except ImportError:
         return {}
-    return launch_plan_status()
+    return dict(kernel_launch_configs=cross_attention.tuned_launch_configs(),
+                kernel_launch_plans=cross_attention.launch_plan_status())
 
 
 def summarize(df, on_cuda: bool = True) -> dict:
@@ -572,7 +565,7 @@ def run(cfg: BenchConfig) -> Path:
     attention_rows(cfg, table, device_name, peak)
     summary = summarize(table.dataframe(), on_cuda=cfg.device.startswith("cuda"))
     path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary,
-                       kernel_launch_configs=_tuned_configs(), kernel_launch_plans=_plan_status())
+                       **_kernel_provenance())
     print(f"wrote {path} ({len(table.rows)} rows) on {device_name}")
     for key, value in summary.items():
         print(f"  {key}: {value}")

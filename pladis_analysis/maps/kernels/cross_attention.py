@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
-from .entmax_rowwise import KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations
+from .entmax_rowwise import KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -104,14 +104,6 @@ def _times_values(a, v, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _row_sum(x, x_t, HAS_TAIL: tl.constexpr):
-    total = tl.sum(x, axis=1)
-    if HAS_TAIL:
-        total += tl.sum(x_t, axis=1)
-    return total
-
-
-@triton.jit
 def _entropy_terms(w):
     """−w log w elementwise (0 where w = 0)."""
     return -w * tl.where(w > 0.0, tl.log(tl.where(w > 0.0, w, 1.0)), 0.0)
@@ -147,9 +139,7 @@ def _attend_query_block(
         e_w, shifted, e_w_t, shifted_t = entmax_rows(z, valid, z_t, valid_t, alpha, KIND, Q_INT, MAX_ITER, HAS_TAIL)
         to_log2 = log2e / (alpha - 1.0)
     else:
-        zmax = tl.max(tl.where(valid, z, float("-inf")), axis=1)
-        if HAS_TAIL:
-            zmax = tl.maximum(zmax, tl.max(tl.where(valid_t, z_t, float("-inf")), axis=1))
+        zmax = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
         zmax = tl.where(zmax > float("-inf"), zmax, 0.0)                                     # all-masked rows
         shifted = tl.where(valid, z - zmax[:, None], float("-inf"))
         shifted_t = tl.where(valid_t, z_t - zmax[:, None], float("-inf"))
@@ -157,7 +147,7 @@ def _attend_query_block(
     if NEED_SOFTMAX:
         expo = tl.exp2(shifted * to_log2)                                                    # 0 off the valid entries
         expo_t = tl.exp2(shifted_t * to_log2)
-        inv_sum = 1.0 / tl.maximum(_row_sum(expo, expo_t, HAS_TAIL), 1e-30)                 # zero rows stay zero
+        inv_sum = 1.0 / tl.maximum(row_sum(expo, expo_t, HAS_TAIL), 1e-30)                 # zero rows stay zero
     if NEED_SOFTMAX and NEED_ENTMAX:
         # A = S + λ(E − S) = (1 − λ) S + λ E, with S = expo / Σ expo folded into one per-row coefficient.
         coef = (1.0 - lam) * inv_sum
@@ -183,20 +173,19 @@ def _attend_query_block(
 
     if WITH_STATS:
         # WITH_STATS implies both maps were computed (the host sets NEED_SOFTMAX = NEED_ENTMAX = True).
-        ent_s = _row_sum(_entropy_terms(expo * inv_sum[:, None]), _entropy_terms(expo_t * inv_sum[:, None]),
+        ent_s = row_sum(_entropy_terms(expo * inv_sum[:, None]), _entropy_terms(expo_t * inv_sum[:, None]),
                          HAS_TAIL)
-        ent_e = _row_sum(_entropy_terms(e_w), _entropy_terms(e_w_t), HAS_TAIL)
-        support = _row_sum((e_w > 0.0).to(tl.float32), (e_w_t > 0.0).to(tl.float32), HAS_TAIL)
+        ent_e = row_sum(_entropy_terms(e_w), _entropy_terms(e_w_t), HAS_TAIL)
+        support = row_sum((e_w > 0.0).to(tl.float32), (e_w_t > 0.0).to(tl.float32), HAS_TAIL)
         # The top gap in score units from the shifted scores (max = 0 on every row with a valid entry).
-        n_at_max = _row_sum((valid & (shifted == 0.0)).to(tl.float32), (valid_t & (shifted_t == 0.0)).to(tl.float32),
+        n_at_max = row_sum((valid & (shifted == 0.0)).to(tl.float32), (valid_t & (shifted_t == 0.0)).to(tl.float32),
                             HAS_TAIL)
-        second = tl.max(tl.where(valid & (shifted < 0.0), shifted, float("-inf")), axis=1)
-        if HAS_TAIL:
-            second = tl.maximum(second, tl.max(tl.where(valid_t & (shifted_t < 0.0), shifted_t, float("-inf")), axis=1))
+        second = row_max(tl.where(valid & (shifted < 0.0), shifted, float("-inf")),
+                          tl.where(valid_t & (shifted_t < 0.0), shifted_t, float("-inf")), HAS_TAIL)
         gap = tl.where(n_at_max > 1.0, 0.0, -second / (alpha - 1.0))    # a tie at the top is a zero gap
-        n_valid = _row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
+        n_valid = row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
         gap = tl.where(n_valid > 1.0, gap, float("inf"))
-        neg = _row_sum(tl.where(a < 0.0, -a, 0.0), tl.where(a_t < 0.0, -a_t, 0.0), HAS_TAIL)
+        neg = row_sum(tl.where(a < 0.0, -a, 0.0), tl.where(a_t < 0.0, -a_t, 0.0), HAS_TAIL)
         base = STATS + b * ssb + h * ssh + rows * ssm
         tl.store(base + 0, ent_s, mask=row_in)
         tl.store(base + 1, ent_e, mask=row_in)
@@ -228,19 +217,18 @@ def _fused_pladis_fwd_kernel(
     # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     cols = tl.arange(0, BLOCK_N)
     cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
-    m_base = b * smb + h * smh
+    k_base = b * skb + h * skh
     v_base = b * svb + h * svh
+    m_base = b * smb + h * smh
     # Keys once per program; each of its QUERY_BLOCKS blocks of BLOCK_M queries reuses them. Values too when
     # there are several blocks; with one, they are loaded after the search (fewer live registers during it).
     PRELOAD_V: tl.constexpr = QUERY_BLOCKS > 1
-    k = _load_rows(K, b * skb + h * skh, cols, Lk, D, skn, skd, BLOCK_D)                 # (BLOCK_N, BLOCK_D)
+    k = _load_rows(K, k_base, cols, Lk, D, skn, skd, BLOCK_D)                           # (BLOCK_N, BLOCK_D)
     k_t = k
     if HAS_TAIL:
-        k_t = _load_rows(K, b * skb + h * skh, cols_t, Lk, D, skn, skd, BLOCK_D)         # (BLOCK_T, BLOCK_D)
+        k_t = _load_rows(K, k_base, cols_t, Lk, D, skn, skd, BLOCK_D)                   # (BLOCK_T, BLOCK_D)
     v = k  # placeholders unless preloaded
     v_t = k_t
     if PRELOAD_V:
@@ -480,9 +468,7 @@ _CONSTEXPR_NAMES = tuple(name for name, param in inspect.signature(_fused_pladis
 
 
 _PLANS_DISABLED: list[str] = []   # why plans were turned off in this process (empty: they are on)
-
-
-_PLANS_FORCED: list[bool] = []   # innermost launch_plans(...) setting, overriding the environment
+_PLANS_FORCED: list[bool] = []    # innermost launch_plans(...) setting, overriding the environment
 
 
 def _plans_enabled() -> bool:

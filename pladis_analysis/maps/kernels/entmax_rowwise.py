@@ -96,6 +96,24 @@ def _pow_q_minus_1(x, pos, q, Q_INT: tl.constexpr):
 
 
 @triton.jit
+def row_sum(x, x_t, HAS_TAIL: tl.constexpr):
+    """Per-row sum of a row split into tile ``x`` and, when ``HAS_TAIL``, tile ``x_t``."""
+    total = tl.sum(x, axis=1)
+    if HAS_TAIL:
+        total += tl.sum(x_t, axis=1)
+    return total
+
+
+@triton.jit
+def row_max(x, x_t, HAS_TAIL: tl.constexpr):
+    """Per-row maximum of a row split into tile ``x`` and, when ``HAS_TAIL``, tile ``x_t``."""
+    top = tl.max(x, axis=1)
+    if HAS_TAIL:
+        top = tl.maximum(top, tl.max(x_t, axis=1))
+    return top
+
+
+@triton.jit
 def _accept(tau, cand, active):
     """Move the active rows to their candidate τ; a row stays active while its step exceeds 1e-7 (1 + |τ|)."""
     moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
@@ -218,11 +236,8 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.con
     scaled scores zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get softmax.
     Without a tail, ``z_t``/``valid_t`` are ignored and ``p_t``/``zp_t`` repeat ``p``/``zp``.
     """
-    n_valid = tl.sum(valid.to(tl.float32), axis=1)
-    m = tl.max(tl.where(valid, z, float("-inf")), axis=1)
-    if HAS_TAIL:
-        n_valid += tl.sum(valid_t.to(tl.float32), axis=1)
-        m = tl.maximum(m, tl.max(tl.where(valid_t, z_t, float("-inf")), axis=1))
+    n_valid = row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
+    m = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
     row_ok = n_valid > 0.0
     m = tl.where(row_ok, m, 0.0)
     zp = _shifted(z, valid, m, alpha)
@@ -241,10 +256,7 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.con
     if Q_INT != 1:
         # Renormalise: removes the residual of the stopping rule so that Σ p = 1 to rounding (sparsemax's
         # closed form on its final support already sums to one).
-        total = tl.sum(p, axis=1)
-        if HAS_TAIL:
-            total += tl.sum(p_t, axis=1)
-        scale = tl.where(row_ok, 1.0 / tl.maximum(total, 1e-30), 0.0)
+        scale = tl.where(row_ok, 1.0 / tl.maximum(row_sum(p, p_t, HAS_TAIL), 1e-30), 0.0)
     else:
         scale = tl.where(row_ok, 1.0, 0.0)
     p = p * scale[:, None]
