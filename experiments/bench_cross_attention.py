@@ -14,6 +14,9 @@ Methods (one row each per shape and α, all timed in the same run, interleaved, 
 * ``triton_softmax`` — the same kernel with λ = 0 (softmax only, no threshold search): the cost of the kernel's
   skeleton (loads, both products, padding to a power of two, launch) against SDPA, so that the rest of the
   ``triton`` time is the α-entmax search;
+* ``triton_step_rule`` — ``triton`` with the threshold search stopping on step size alone (``stop_tol=0``), as
+  the kernel did before it stopped on the ℓ1 error bound: the bound's saving on this device, in the same run
+  (``experiments/search_steps.py`` counts the steps it saves);
 * ``triton_plans`` — ``triton`` with launch plans on (``cross_attention.launch_plans``, opt-in): the same
   kernel launched without Triton's per-call argument handling; its eager time minus ``triton``'s is host time.
 
@@ -67,7 +70,7 @@ FULL_SHAPES = (
     ("sana_4k", 2, 20, 16384, 300, 128),
 )
 QUICK_SHAPES = (("tiny", 1, 2, 64, 77, 32), ("tiny_lk300", 1, 2, 32, 300, 16))
-METHODS = ("sdpa", "naive", "torch", "triton", "triton_softmax", "triton_plans")
+METHODS = ("sdpa", "naive", "torch", "triton", "triton_softmax", "triton_step_rule", "triton_plans")
 
 # Peak DRAM bandwidth in GB/s by (a substring of) torch.cuda.get_device_name(); first match wins.
 PEAK_BANDWIDTH_GBPS = (
@@ -327,10 +330,13 @@ def torch_path(q, k, v, lam: float, alpha: float):
     return attention.pladis_attention(q, k, v, scale=lam, alpha=alpha, **kwargs)
 
 
-def triton_kernel(q, k, v, lam: float, alpha: float, plans: bool = False):
-    from pladis_analysis.maps.kernels.cross_attention import fused_pladis_attention, launch_plans
+def triton_kernel(q, k, v, lam: float, alpha: float, plans: bool = False, stop_tol: float | None = None):
+    from pladis_analysis.maps.kernels.cross_attention import (fused_attention_forward, fused_pladis_attention,
+                                                              launch_plans)
 
     with launch_plans(plans):
+        if stop_tol is not None:  # the launcher itself: fused_pladis_attention keeps the dtype's tolerance
+            return fused_attention_forward(q, k, v, pladis_scale=lam, alpha=alpha, stop_tol=stop_tol)
         return fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha)
 
 
@@ -350,6 +356,7 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
             "torch": lambda: torch_path(q, k, v, lam, alpha),
             "triton": lambda: triton_kernel(q, k, v, lam, alpha),
             "triton_softmax": lambda: triton_kernel(q, k, v, 0.0, alpha),
+            "triton_step_rule": lambda: triton_kernel(q, k, v, lam, alpha, stop_tol=0.0),
             "triton_plans": lambda: triton_kernel(q, k, v, lam, alpha, plans=True),
         }
         fns = {m: candidates[m] for m in cfg.methods}
@@ -362,7 +369,7 @@ def attention_rows(cfg: BenchConfig, table: ResultsTable, device_name: str, peak
                 ref = torch_path(q, k, v, lam, alpha).float()
             except Exception:
                 ref = None
-            for m in ("naive", "triton", "triton_plans"):
+            for m in ("naive", "triton", "triton_step_rule", "triton_plans"):
                 if m in fns and ref is not None:
                     try:
                         diffs[m] = (fns[m]().float() - ref).abs().max().item()
@@ -538,6 +545,12 @@ def summarize(df, on_cuda: bool = True) -> dict:
         if "graph_ratio_vs_sdpa" in tri and tri["graph_ratio_vs_sdpa"].notna().any():
             out["worst_triton_graph_ratio_vs_sdpa"] = float(tri["graph_ratio_vs_sdpa"].max())
             out["target_graph_ratio_le_1.3"] = bool((tri["graph_ratio_vs_sdpa"] <= 1.3).all())
+    stepped = att[att["method"] == "triton_step_rule"]
+    if len(stepped) and len(tri) and "graph_median_ms" in att and stepped["graph_median_ms"].notna().any():
+        # device time with the step-size rule alone over the kernel's (ℓ1-bound) time, same shape and α
+        pairs = stepped.merge(tri, on=["shape", "alpha"], suffixes=("_step", ""))
+        ratio = pairs["graph_median_ms_step"] / pairs["graph_median_ms"]
+        out["triton_step_rule_over_triton_graph"] = [float(ratio.min()), float(ratio.max())]
     planned = att[att["method"] == "triton_plans"]
     if len(planned) and planned["ratio_vs_baseline"].notna().any():
         out["worst_triton_plans_ratio_vs_sdpa"] = float(planned["ratio_vs_baseline"].max())

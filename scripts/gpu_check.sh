@@ -7,12 +7,17 @@
 #   3. the kernel and GPU tests run (pytest -m "triton or gpu", interpreter OFF, parallel when xdist is there);
 #   4. once training is done (the benchmark must have the GPU to itself), runs experiments/bench_cross_attention.py
 #      (SDXL-shaped UNet end to end first, then SD1.5/SDXL/SANA attention shapes, bf16).
-# It writes at most 6 files to $OUT (default ./gpu_out): status.txt, bench_cross_attention.csv and .meta.json,
-# shapes_train.tar.gz (exported EMA weights + loss table), logs.tar.gz (env, pytest, junit, bench and train logs).
+#   5. profiles the host side of one kernel call, and
+#   6. counts the kernel's threshold-search steps on the random scores (experiments/search_steps.py: the same
+#      counts as the CPU interpreter's in results/search_steps.csv, up to the order of float32 sums).
+# It writes at most 8 files to $OUT (default ./gpu_out): status.txt, bench_cross_attention.csv and .meta.json,
+# search_steps.csv and .meta.json, shapes_train.tar.gz (exported EMA weights + loss table), logs.tar.gz (env,
+# pytest, junit, bench, train and search-steps logs, launch profile).
 #
 #   OUT=/some/dir scripts/gpu_check.sh [--skip-tests] [--skip-bench] [--bench-args "..."]
 #                                      [--train-minutes N] [--train-args "..."]
-# Time limits (seconds) per stage: TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 240); training stops itself
+# Time limits (seconds) per stage: TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 240), STEPS_TIMEOUT
+# (default 90); training stops itself
 # at its time budget (TRAIN_TIMEOUT, default budget + 120 s, is the backstop). Defaults fit a 10-minute command
 # with --train-minutes 4. The benchmark flushes its table after every shape, so a timeout keeps the rows so far.
 set -uo pipefail
@@ -21,6 +26,7 @@ OUT=${OUT:-$PWD/gpu_out}
 PY=${PY:-python3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
+STEPS_TIMEOUT=${STEPS_TIMEOUT:-90}
 RUN_TESTS=1
 RUN_BENCH=1
 BENCH_ARGS=""
@@ -175,7 +181,15 @@ PYEOF
         "$OUT/bench_cross_attention.meta.json" >> "$STATUS" 2>&1
 fi
 
+# 6. the threshold search's steps per row and per block, compiled (the bundled model's scores need its text
+#    encoder, which only travels for training: random scores only)
+if [ "$RUN_BENCH" = 1 ]; then
+    timeout "$STEPS_TIMEOUT" "$PY" experiments/search_steps.py --sources random --out "$OUT" > "$OUT/search_steps.log" 2>&1
+    note "search steps: exit $?"
+fi
+
 # At most 8 files come back: the logs travel as one archive.
 (cd "$OUT" && tar czf logs.tar.gz --ignore-failed-read env.txt pytest.txt junit.xml bench.log train.log \
-    launch_profile.txt 2>/dev/null; rm -f env.txt pytest.txt junit.xml bench.log train.log launch_profile.txt)
+    launch_profile.txt search_steps.log 2>/dev/null
+ rm -f env.txt pytest.txt junit.xml bench.log train.log launch_profile.txt search_steps.log)
 cat "$STATUS"

@@ -122,6 +122,40 @@ def test_rowwise_integer_powers_agree_with_log_exp_powers(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 1.1, 3.0])
+def test_rowwise_search_steps(device, alpha):
+    """``return_steps`` leaves the weights alone and counts what the search did: no step on an all-masked row,
+    one on a one-hot row (τ = −1 is already the root), two on a uniform row for α ≤ 2 (h is linear there, so
+    Newton lands on the root and the second step confirms), never more than the cap."""
+    from pladis_analysis.maps.kernels.entmax_rowwise import KIND_NEWTON, alpha_flavour, max_iterations
+
+    gen = torch.Generator().manual_seed(3)
+    z = _special_rows(77, gen).to(device)
+    z[6] = -1e4
+    z[6, 5] = 1e4                                            # one entry dominates: one-hot
+    p, steps = entmax_forward(z, alpha, return_steps=True)
+    assert steps.shape == (8,) and steps.dtype == torch.int32
+    assert torch.equal(p, entmax_forward(z, alpha))
+    assert steps[3] == 0, "an all −inf row has nothing to search"
+    assert steps[6] == 1, f"one-hot row took {int(steps[6])} steps"
+    if alpha_flavour(alpha)[0] == KIND_NEWTON:
+        assert steps[4] == 2, f"uniform row took {int(steps[4])} steps"
+    assert int(steps.max()) <= max_iterations(alpha_flavour(alpha)[0])
+    assert torch.all(steps[[0, 1, 2, 5, 7]] >= 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_sparsemax_steps_bounded_by_start_support(device):
+    """For sparsemax the search is Michelot's: every step that does not end it drops entries from the support
+    {z' > τ}, which starts as {z' > −1}; so a row takes at most |{z' > −1}| + 1 steps."""
+    gen = torch.Generator().manual_seed(5)
+    z = (torch.randn(64, 300, generator=gen) * torch.logspace(-1, 1, 64)[:, None]).to(device)
+    _, steps = entmax_forward(z, 2.0, return_steps=True)
+    start_support = ((z - z.amax(dim=-1, keepdim=True)) > -1.0).sum(dim=-1)
+    assert torch.all(steps.long() <= start_support + 1), (steps.long() - start_support).max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rowwise_entmax_dim_and_layout(device):
     """Any dim, non-contiguous input: equal to the reference along that axis."""
     z = torch.randn(5, 33, 4).to(device).transpose(0, 2)      # (4, 33, 5), non-contiguous
@@ -524,6 +558,25 @@ def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):
         clear = np.abs((alpha - 1.0) * z64 - tau) > 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
     clear &= np.isfinite(tau)
     assert np.array_equal((p.numpy() > 0)[clear], (expected > 0)[clear])
+
+
+@pytest.mark.property
+@pytest.mark.skipif(not (dispatch.interpreter_ready()),
+                    reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 130), alpha=st.sampled_from([1.5, 2.0, 1.25, 4.0 / 3.0, 1.2, 1.7]),
+       log_scale=st.floats(-2, 2), seed=st.integers(0, 2**31 - 1), log2_tol=st.integers(-20, -4))
+def test_rowwise_stop_tolerance_bounds_the_l1_error(n, alpha, log_scale, seed, log2_tol):
+    """With an ℓ1 stopping tolerance T the search may stop early, but every row stays within T of the exact
+    weights (+ float32 rounding), and takes no more steps than with the step-size rule alone (T = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(16, n, generator=gen) * 10.0 ** log_scale
+    tol = 2.0 ** log2_tol
+    p, steps = entmax_forward(z, alpha, return_steps=True, stop_tol=tol)
+    _, steps_without = entmax_forward(z, alpha, return_steps=True, stop_tol=0.0)
+    error = np.abs(p.double().numpy() - R.entmax(_as_reference(z), alpha)).sum(axis=-1)
+    assert error.max() <= tol + 1e-5, f"ℓ1 error {error.max():.3g} > tolerance {tol:.3g}"
+    assert torch.all(steps <= steps_without)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow,
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
-_KERNEL_TYPES = {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32"}
+_KERNEL_TYPES = {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32", "stop_tol": "fp32"}
 
 
 def _compile(fn, types: dict, consts: dict, num_warps: int):
@@ -59,12 +59,15 @@ def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_ki
     assert kernel.metadata.shared <= 227 * 1024
 
 
-@pytest.mark.parametrize("kind,q_int", [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0)])
-def test_rowwise_kernels_compile_for_sm90(kind, q_int):
+@pytest.mark.parametrize("kind,q_int,with_steps", [(0, 0, False), (0, 1, False), (0, 2, True), (0, 3, False),
+                                                  (0, 4, False), (1, 0, True)])
+def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
     from pladis_analysis.maps.kernels import entmax_rowwise as er
 
-    fwd = _compile(er._entmax_fwd_kernel, {"Z": "*bf16", "P": "*fp32", "alpha": "fp32"},
-                   dict(KIND=kind, Q_INT=q_int, MAX_ITER=40, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
+    fwd = _compile(er._entmax_fwd_kernel, {"Z": "*bf16", "P": "*fp32", "STEPS": "*i32", "alpha": "fp32",
+                                                 "stop_tol": "fp32"},
+                   dict(KIND=kind, Q_INT=q_int, MAX_ITER=40, WITH_STEPS=with_steps, BLOCK_ROWS=8, BLOCK_COLS=512),
+                   num_warps=8)
     bwd = _compile(er._entmax_bwd_kernel, {"P": "*fp32", "G": "*fp32", "DZ": "*fp32", "alpha": "fp32"},
                    dict(Q_INT=q_int, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
     assert fwd.asm["cubin"] and bwd.asm["cubin"]

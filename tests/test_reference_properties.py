@@ -492,3 +492,45 @@ def test_pladis_jacobian_on_one_hot_rows_is_scaled_softmax_jacobian(z, alpha, la
     if lam == 2.0:
         # J = −J_S exactly; the eigen-solver may round the two spectra differently in the last bits.
         assert abs(spectral_norm(J) - spectral_norm(J_S)) <= 16 * EPS * spectral_norm(J_S)
+
+
+# --------------------------------------------------------------------------------------------------
+# The Newton search's stopping bound (the Triton kernel stops on it: maps/kernels/entmax_rowwise.py)
+# --------------------------------------------------------------------------------------------------
+
+NEWTON_ALPHAS = st.one_of(st.sampled_from([1.5, 2.0, 1.25, 4.0 / 3.0]), st.floats(1.05, 2.0))
+
+
+@given(z=score_rows(), alpha=NEWTON_ALPHAS)
+def test_newton_step_bound_on_the_weights_error(z, alpha):
+    """Newton on h(τ) = ‖[z' − τ]_+‖_q − 1 from τ = −1 (z' = (α−1)(z − max z), q = 1/(α−1)): every iterate
+    stays left of τ*, |h'| ≥ 1 there, and after a step s from τ, b = s (|h'(τ)| − 1) bounds h(τ + s) and the
+    ℓ1 error of the weights at τ + s: ≤ b for sparsemax, ≤ 2((1 + b)^q − 1) after renormalising otherwise."""
+    q = 1.0 / (alpha - 1.0)
+    zp = (alpha - 1.0) * (z - z.max())
+    exact = R.entmax(z, alpha)
+    tau_star = R.entmax_threshold(z, alpha) - (alpha - 1.0) * z.max()
+    slack = 1e-9
+
+    def weights_and_slope(tau):
+        t = np.maximum(zp - tau, 0.0)
+        f = np.sum(t ** q)
+        return t ** q, f ** (1.0 / q) - 1.0, np.sum(t ** (q - 1.0) * (t > 0)) * f ** (1.0 / q - 1.0)   # p, h, |h'|
+
+    tau = -1.0
+    for _ in range(30):
+        p, h, slope = weights_and_slope(tau)
+        assert tau <= tau_star + slack and h >= -slack, f"iterate τ={tau!r} passed the root τ*={tau_star!r}"
+        assert slope >= 1.0 - slack, f"|h'(τ)| = {slope!r} < 1"
+        step = h / slope
+        b = step * max(slope - 1.0, 0.0)
+        tau += step
+        p, h, _ = weights_and_slope(tau)
+        assert h <= b + slack, f"h(τ + s) = {h!r} > s(|h'(τ)| − 1) = {b!r}"
+        if q == 1.0:
+            error, bound = np.abs(p - exact).sum(), b
+        else:
+            error, bound = np.abs(p / p.sum() - exact).sum(), 2.0 * ((1.0 + b) ** q - 1.0)
+        assert error <= bound + 1e-8, f"ℓ1 error {error!r} > bound {bound!r} after a step of {step!r}"
+        if step <= 1e-13:
+            break

@@ -41,7 +41,8 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
-from .entmax_rowwise import KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum
+from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum,
+                             stop_tolerance)
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -111,7 +112,7 @@ def _entropy_terms(w):
 
 @triton.jit
 def _attend_query_block(
-        Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam,
+        Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam, stop_tol,
         Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
         ssb, ssh, ssm, MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
         KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
@@ -136,7 +137,8 @@ def _attend_query_block(
     if NEED_ENTMAX:
         # zp = (α−1)(z − max z), −inf off the valid entries; z itself is dead from here (fewer live registers
         # through the threshold search), and softmax comes from zp: exp(z − max z) = exp2(zp · log2(e)/(α−1)).
-        e_w, shifted, e_w_t, shifted_t = entmax_rows(z, valid, z_t, valid_t, alpha, KIND, Q_INT, MAX_ITER, HAS_TAIL)
+        e_w, shifted, e_w_t, shifted_t, _ = entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND, Q_INT, MAX_ITER,
+                                                              HAS_TAIL)
         to_log2 = log2e / (alpha - 1.0)
     else:
         zmax = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
@@ -197,7 +199,7 @@ def _attend_query_block(
 @triton.jit
 def _fused_pladis_fwd_kernel(
         Q, K, V, MASK, OUT, STATS,
-        score_scale, alpha, lam,
+        score_scale, alpha, lam, stop_tol,
         H, Lq, Lk, D, DV,
         sqb, sqh, sqm, sqd,
         skb, skh, skn, skd,
@@ -239,7 +241,7 @@ def _fused_pladis_fwd_kernel(
     for block in range(QUERY_BLOCKS):
         rows = (pid_m * QUERY_BLOCKS + block) * BLOCK_M + tl.arange(0, BLOCK_M)
         _attend_query_block(
-            Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam,
+            Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam, stop_tol,
             Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
             ssb, ssh, ssm, MASK_KIND, NEED_SOFTMAX, NEED_ENTMAX, KIND, Q_INT, MAX_ITER, WITH_STATS, IEEE_FP32,
             UPCAST_DOT, HAS_TAIL, PRELOAD_V, BLOCK_M, BLOCK_D, BLOCK_DV)
@@ -341,15 +343,16 @@ def _mask_4d(attn_mask: torch.Tensor, lead: tuple[int, ...], lq: int, lk: int) -
 def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float,
                             alpha: float, attn_mask: torch.Tensor | None = None,
                             score_scale: float | None = None, need_softmax: bool = True,
-                            need_entmax: bool = True, return_stats: bool = False):
+                            need_entmax: bool = True, return_stats: bool = False, stop_tol: float | None = None):
     """Launch the fused kernel (no autograd). Returns ``out`` or ``(out, stats)``.
 
     ``q``: [..., Lq, d], ``k``: [..., Lk, d], ``v``: [..., Lk, dv] with the same leading dims (k/v may
     broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
-    float32.
+    float32. ``stop_tol``: the threshold search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of the
+    dtype; 0 stops on step size only, as the benchmark's ``triton_step_rule`` does).
     """
     plan_key = _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax,
-                         return_stats)
+                         return_stats, stop_tol)
     if plan_key is not None:
         plan = _PLANS.get(plan_key)
         if plan is not None:
@@ -403,6 +406,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),
+                stop_tolerance(q.dtype) if stop_tol is None else float(stop_tol),
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
@@ -502,7 +506,8 @@ def launch_plan_status() -> dict:
             "opted_in": os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"}
 
 
-def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats):
+def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats,
+              stop_tol=None):
     """The signature of a call that a plan can serve, or ``None`` when this call must take the general path."""
     if not q.is_cuda or max(q.dim(), k.dim(), v.dim()) > 4 or not _plans_enabled():
         return None
@@ -513,7 +518,7 @@ def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax
         mask_sig = (attn_mask.shape, attn_mask.stride(), attn_mask.dtype, attn_mask.data_ptr() % 16 == 0)
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
             q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, mask_sig,
-            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats)
+            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol)
 
 
 class _Plan:

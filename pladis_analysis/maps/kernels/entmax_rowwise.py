@@ -19,6 +19,15 @@ without sorting:
   bisection on some rows of most blocks at α = 1.25).
   For q ∈ {1, 2, 3, 4} (α = 2, 1.5, 4/3, 1.25) the powers are multiplications; other q use one log2/exp2
   pair per entry and step.
+  Stopping: a row stops when its step falls below float32 resolution, or earlier when the step just taken
+  provably leaves the weights within a tolerance of the exact ones. Convexity gives, for a Newton step s from
+  τ, h(τ + s) ≤ s (|h'(τ)| − |h'(τ + s)|) ≤ s (|h'(τ)| − 1) =: b, because |h'| = ‖t‖_{q−1}^{q−1} / ‖t‖_q^{q−1} ≥ 1
+  (ℓ_p norms decrease in p; for q = 1, |h'| = |support|). Iterates stay left of the root, where the weights
+  p(τ) ≥ p* entrywise, so ‖p(τ) − p*‖₁ = Σp − 1 = (1 + h)^q − 1, and renormalising at most doubles that:
+  the ℓ1 error of a row is ≤ 2((1 + b)^q − 1) (≤ b for sparsemax, which is not renormalised). The tolerance
+  follows the input dtype (:data:`STOP_TOLERANCE`); far below a bfloat16 or float16 rounding of the weights,
+  it lets many rows skip the last, confirming step (``experiments/search_steps.py`` counts the steps, with
+  and without the rule; sparsemax rarely gains: its steps stay large until the exact one).
 * α > 2 (q < 1, h is no longer convex): Halley steps on f, safeguarded by the bracket (a step that leaves the
   current bracket is replaced by bisection).
 
@@ -57,7 +66,12 @@ MAX_ROW_LENGTH = 4096
 # (bisection alone would reach float32 resolution of a unit bracket in ~24 steps).
 MAX_ITER_NEWTON = 32
 MAX_ITER_HALLEY = 40
-# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``).
+# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``), or, in the
+# Newton search, once the bound on its weights' ℓ1 error is below the input dtype's tolerance: 2^-20 for float32
+# (the torch path's bound, 2 × its SUM_TOLERANCE), and 1/16 of half an ulp of 1 for float16 (2^-15) and
+# bfloat16 (2^-12), whose inputs and outputs are rounded far more coarsely than that.
+STOP_TOLERANCE: dict[torch.dtype, float] = {torch.float32: 2.0**-20, torch.float16: 2.0**-15,
+                                            torch.bfloat16: 2.0**-12}
 
 
 def alpha_flavour(alpha: float) -> tuple[int, int]:
@@ -75,6 +89,12 @@ def alpha_flavour(alpha: float) -> tuple[int, int]:
 def max_iterations(kind: int) -> int:
     """The iteration cap of a threshold search."""
     return MAX_ITER_NEWTON if kind == KIND_NEWTON else MAX_ITER_HALLEY
+
+
+def stop_tolerance(dtype: torch.dtype) -> float:
+    """The ℓ1 error per row at which the Newton search may stop, for inputs of ``dtype`` (float64 inputs, which
+    the kernels do not take, would get float32's)."""
+    return STOP_TOLERANCE.get(dtype, STOP_TOLERANCE[torch.float32])
 
 
 @triton.jit
@@ -130,15 +150,22 @@ def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
 
 
 @triton.jit
-def _newton_tau(zp, zp_t, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
-    """τ per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module docstring).
+def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
+                HAS_TAIL: tl.constexpr):
+    """``(τ, steps)`` per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module
+    docstring); ``steps`` counts the iterations a row was active in (its block runs the largest count).
+
+    A row stops when its step is below float32 resolution, or as soon as a step provably leaves its final
+    weights within ``stop_tol`` of the exact ones in ℓ1 (the step bound of the module docstring).
 
     A row is the tile ``zp`` followed, when ``HAS_TAIL``, by the tile ``zp_t`` (the same rows, more columns).
     """
     tau = tl.full(row_ok.shape, -1.0, tl.float32)
+    steps = tl.zeros(row_ok.shape, tl.int32)
     active = row_ok
     it = 0
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
+        steps += active.to(tl.int32)
         g, f = _newton_sums(zp, tau, q, Q_INT)                                    # G = −f'(τ)/q, F = Σ [x]_+^q
         if HAS_TAIL:
             g_t, f_t = _newton_sums(zp_t, tau, q, Q_INT)
@@ -151,10 +178,18 @@ def _newton_tau(zp, zp_t, row_ok, q, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr
             f_pow = tl.sqrt(f)
         else:
             f_pow = tl.exp2((1.0 - 1.0 / q) * tl.log2(tl.maximum(f, 1e-30)))
-        cand = tau + (f - f_pow) / tl.maximum(g, 1e-30)
-        tau, active = _accept(tau, cand, active)
+        step = (f - f_pow) / tl.maximum(g, 1e-30)
+        # h(τ + step) ≤ step · (|h'(τ)| − 1) =: b, |h'| = G / F^{1−1/q}; the weights' ℓ1 error after the step
+        # is at most b for sparsemax (no renormalisation), else 2((1 + b)^q − 1) ≤ 2qb(1 + b)^{q−1}.
+        b = step * tl.maximum(g / tl.maximum(f_pow, 1e-30) - 1.0, 0.0)                     # f_pow = 0: empty rows
+        if Q_INT == 1:
+            l1_after = b
+        else:
+            l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * tl.log2(1.0 + b))
+        tau, active = _accept(tau, tau + step, active)
+        active = active & (l1_after > stop_tol)
         it += 1
-    return tau
+    return tau, steps
 
 
 @triton.jit
@@ -177,14 +212,17 @@ def _halley_sums(zp, tau, q):
 
 @triton.jit
 def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
-    """τ per row by Halley steps on f, safeguarded by the bracket [−1, −n^{1−α}] (any α; used for α > 2)."""
+    """``(τ, steps)`` per row by Halley steps on f, safeguarded by the bracket [−1, −n^{1−α}] (any α; used for
+    α > 2); ``steps`` as in :func:`_newton_tau`."""
     lo = tl.full(row_ok.shape, -1.0, tl.float32)
     # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
     hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
     tau = lo
+    steps = tl.zeros(row_ok.shape, tl.int32)
     active = row_ok & (hi > lo)
     it = 0
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
+        steps += active.to(tl.int32)
         s0, s1, s2 = _halley_sums(zp, tau, q)
         if HAS_TAIL:
             t0, t1, t2 = _halley_sums(zp_t, tau, q)
@@ -204,7 +242,7 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS
         cand = tl.where(f == 0.0, tau, cand)
         tau, active = _accept(tau, cand, active)
         it += 1
-    return tau
+    return tau, steps
 
 
 @triton.jit
@@ -226,15 +264,18 @@ def _shifted(z, valid, m, alpha):
 
 
 @triton.jit
-def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
-                HAS_TAIL: tl.constexpr):
+def entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND: tl.constexpr, Q_INT: tl.constexpr,
+                MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
     """α-entmax of each row of float32 tiles held in registers: a row is ``z`` [R, C] followed, when
     ``HAS_TAIL``, by ``z_t`` [R, C_t] (two power-of-two tiles cover 77 keys as 64 + 16 instead of 128).
+    ``stop_tol``: the ℓ1 error per row the Newton search may stop at (see :func:`stop_tolerance`).
 
     ``valid``/``valid_t`` mark real entries (False for padding columns and −inf scores). Returns
-    ``(p, zp, p_t, zp_t)``: the weights (0 on invalid entries and on rows with no valid entry) and the shifted,
-    scaled scores zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get softmax.
-    Without a tail, ``z_t``/``valid_t`` are ignored and ``p_t``/``zp_t`` repeat ``p``/``zp``.
+    ``(p, zp, p_t, zp_t, steps)``: the weights (0 on invalid entries and on rows with no valid entry), the
+    shifted, scaled scores zp = (α−1)(z − max z) (−inf on invalid entries), from which a caller can still get
+    softmax, and the threshold search's iterations per row (int32; 0 for rows with no valid entry; callers
+    that do not store it pay nothing, the compiler drops it). Without a tail, ``z_t``/``valid_t`` are ignored
+    and ``p_t``/``zp_t`` repeat ``p``/``zp``.
     """
     n_valid = row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
     m = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
@@ -246,9 +287,9 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.con
         zp_t = _shifted(z_t, valid_t, m, alpha)
     q = 1.0 / (alpha - 1.0)
     if KIND == 0:
-        tau = _newton_tau(zp, zp_t, row_ok, q, Q_INT, MAX_ITER, HAS_TAIL)
+        tau, steps = _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT, MAX_ITER, HAS_TAIL)
     else:
-        tau = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER, HAS_TAIL)
+        tau, steps = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER, HAS_TAIL)
     p = _weights(zp, tau, q, KIND, Q_INT)
     p_t = p
     if HAS_TAIL:
@@ -264,7 +305,7 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, KIND: tl.constexpr, Q_INT: tl.con
         p_t = p_t * scale[:, None]
     else:
         p_t = p
-    return p, zp, p_t, zp_t
+    return p, zp, p_t, zp_t, steps
 
 
 @triton.jit
@@ -284,16 +325,18 @@ def entmax_rows_jvp(p, g, alpha, Q_INT: tl.constexpr):
 
 
 @triton.jit
-def _entmax_fwd_kernel(Z, P, n_rows, n_cols, stride_z, stride_p, alpha,
-                       KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
+def _entmax_fwd_kernel(Z, P, STEPS, n_rows, n_cols, stride_z, stride_p, alpha, stop_tol,
+                       KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STEPS: tl.constexpr,
                        BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)   # 64-bit: rows·stride may pass 2³¹
     cols = tl.arange(0, BLOCK_COLS)
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=inb, other=float("-inf")).to(tl.float32)
     valid = inb & (z > float("-inf"))
-    p, _, _, _ = entmax_rows(z, valid, z, valid, alpha, KIND, Q_INT, MAX_ITER, False)
+    p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
+    if WITH_STEPS:
+        tl.store(STEPS + rows, steps, mask=rows < n_rows)
 
 
 @triton.jit
@@ -329,10 +372,15 @@ def _check_alpha(alpha: float) -> float:
     return alpha
 
 
-def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torch.dtype | None = None,
+                   return_steps: bool = False, stop_tol: float | None = None):
     """Launch the forward kernel (no autograd). ``z`` on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
 
-    The result has ``out_dtype`` (default: ``z.dtype``).
+    The result has ``out_dtype`` (default: ``z.dtype``). With ``return_steps=True`` returns ``(p, steps)``,
+    ``steps`` the threshold search's iterations per row (int32, ``z``'s shape without ``dim``): what the fused
+    attention kernel spends per row too, since both run :func:`entmax_rows` (a block of rows iterates as
+    long as its slowest row; ``experiments/search_steps.py`` measures both). ``stop_tol`` overrides the
+    search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of ``z.dtype``; 0 stops on step size only).
     """
     alpha = _check_alpha(alpha)
     rows, moved_shape = _as_rows(z, dim)
@@ -340,14 +388,19 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
     if n_cols > MAX_ROW_LENGTH:
         raise ValueError(f"row length {n_cols} > {MAX_ROW_LENGTH}: too long for the register-resident kernel")
     out = torch.empty(rows.shape, dtype=out_dtype or z.dtype, device=rows.device)
+    steps = torch.zeros(n_rows, dtype=torch.int32, device=rows.device) if return_steps else out
     if rows.numel() > 0:
         kind, q_int = alpha_flavour(alpha)
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
-        _entmax_fwd_kernel[grid](rows, out, n_rows, n_cols, rows.stride(0), out.stride(0), alpha,
-                                 KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
+        tol = stop_tolerance(z.dtype) if stop_tol is None else float(stop_tol)
+        _entmax_fwd_kernel[grid](rows, out, steps, n_rows, n_cols, rows.stride(0), out.stride(0), alpha, tol,
+                                 KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), WITH_STEPS=return_steps,
                                  BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
-    return out.reshape(moved_shape).movedim(-1, dim)
+    p = out.reshape(moved_shape).movedim(-1, dim)
+    if return_steps:
+        return p, steps.reshape(moved_shape[:-1])
+    return p
 
 
 def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:

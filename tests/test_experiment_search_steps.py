@@ -1,0 +1,68 @@
+"""experiments/search_steps.py: the block statistics by hand, and the quick grid end to end (resuming)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from experiment_scripts import load_experiment
+from pladis_analysis.maps.kernels import dispatch
+from pladis_analysis.results import read_meta
+
+pytestmark = pytest.mark.triton
+
+
+@pytest.fixture(scope="module")
+def steps_module():
+    return load_experiment("search_steps")
+
+
+def test_block_statistics_by_hand(steps_module):
+    steps = torch.tensor([[1, 2, 3, 4, 5]])                        # one head, 5 queries
+    valid = torch.tensor([[True, True, True, True, False]])        # the last query is a padded row
+    got = steps_module.summarise_steps(steps, valid, block_m=2)
+    # blocks [1, 2], [3, 4], [5, pad]: the last holds no real row and is dropped; maxima 2 and 4
+    assert got["rows"] == 4 and got["max_row_steps"] == 4
+    assert got["mean_row_steps"] == pytest.approx(2.5)
+    assert got["mean_block_steps"] == pytest.approx(3.0)
+    assert got["idle_fraction"] == pytest.approx(1 - 10 / (2 * 6))
+
+
+def test_config_rejects_bad_values(steps_module):
+    with pytest.raises(ValueError, match="alphas"):
+        steps_module.Config(alphas=(1.0,))
+    with pytest.raises(ValueError, match="bundled_record_steps"):
+        steps_module.Config(bundled_steps=3, bundled_record_steps=(3,))
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or dispatch.interpreter_ready()),
+                    reason="the kernels need CUDA, or TRITON_INTERPRET=1 set before Triton was imported")
+def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch):
+    path = steps_module.main(["--quick", "--out", str(tmp_path)])
+    df = pd.read_csv(path)
+    config = steps_module.Config.quick()
+    assert set(df.source) == {"random", "bundled"}
+    assert len(df) == 2 * len(config.dtypes) * len(config.stop_rules) * len(config.alphas) * len(config.block_ms)
+    assert (df.mean_block_steps >= df.mean_row_steps).all()
+    assert df.idle_fraction.between(0.0, 1.0, inclusive="left").all()
+    assert (df.max_row_steps >= 1).all() and (df.max_row_steps <= 40).all()
+    # bigger blocks wait longer for their slowest row
+    for _, group in df.groupby(["source", "group", "dtype", "stop_rule", "alpha"]):
+        by_block = group.sort_values("block_m")
+        assert by_block.mean_block_steps.is_monotonic_increasing
+    # the bound rule stops each row at or before the step rule, and within its tolerance (+ float32 rounding)
+    keys = ["source", "group", "dtype", "alpha", "block_m"]
+    paired = df[df.stop_rule == "bound"].merge(df[df.stop_rule == "step"], on=keys, suffixes=("", "_step"))
+    assert len(paired) == len(df) // 2
+    assert (paired.mean_block_steps <= paired.mean_block_steps_step).all()
+    assert (paired.mean_row_steps <= paired.mean_row_steps_step).all()
+    assert (paired.max_l1_error <= paired.stop_tol + 1e-5).all(), paired[["max_l1_error", "stop_tol"]]
+    assert read_meta(path)["config"]["alphas"] == list(config.alphas)
+
+    def no_recount(*args, **kwargs):
+        raise AssertionError("a finished grid was counted again instead of resumed")
+
+    monkeypatch.setattr(steps_module, "row_steps", no_recount)
+    monkeypatch.setattr(steps_module, "bundled_scores", no_recount)
+    assert pd.read_csv(steps_module.main(["--quick", "--out", str(tmp_path)])).equals(df)
