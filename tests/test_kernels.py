@@ -145,6 +145,25 @@ def test_rowwise_search_steps(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [3.0, 2.5, 4.0])
+def test_rowwise_entmax_above_two_with_a_tied_group_near_the_threshold(device, alpha):
+    """A cross-attention row of the bundled model (24 tokens, 19 padding tokens with the same score 0): τ lies
+    just below the tied group, where f has infinite slope and unguarded Halley steps stall far from the root
+    (the kernel once stopped there with an ℓ1 error of 0.24). Float32 can do no better than the conditioning
+    of p = t^q, q < 1: a score error η moves a weight by up to (2η)^q, η = 8 ulps of the scaled scores."""
+    from pladis_analysis.maps.kernels.entmax_rowwise import KIND_HALLEY, max_iterations
+
+    z = torch.tensor([[-0.559, 0.0221, -0.3024, -0.6582, 0.2246] + [0.0] * 19,
+                      [-1.1354, 0.495] + [0.0] * 22]).to(device)
+    p, steps = entmax_forward(z, alpha, return_steps=True)
+    expected = R.entmax(_as_reference(z), alpha)
+    eta = 8 * np.finfo(np.float32).eps * (alpha - 1.0) * (1.0 + float(z.abs().max()))
+    bound = 2.0 * (2.0 * eta) ** (1.0 / (alpha - 1.0)) + 1e-6
+    assert np.abs(p.double().cpu().numpy() - expected).max() <= bound
+    assert int(steps.max()) < max_iterations(KIND_HALLEY), "the search ran into its cap"
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rowwise_sparsemax_steps_bounded_by_start_support(device):
     """For sparsemax the search is Michelot's: every step that does not end it drops entries from the support
     {z' > τ}, which starts as {z' > −1}; so a row takes at most |{z' > −1}| + 1 steps."""

@@ -28,8 +28,11 @@ without sorting:
   follows the input dtype (:data:`STOP_TOLERANCE`); far below a bfloat16 or float16 rounding of the weights,
   it lets many rows skip the last, confirming step (``experiments/search_steps.py`` counts the steps, with
   and without the rule; sparsemax rarely gains: its steps stay large until the exact one).
-* α > 2 (q < 1, h is no longer convex): Halley steps on f, safeguarded by the bracket (a step that leaves the
-  current bracket is replaced by bisection).
+* α > 2 (q < 1, h is no longer convex): Halley steps on f, safeguarded as in ``rtsafe``: a step that leaves
+  the current bracket, or does not shrink fast enough, is replaced by bisection, and a row stops only on its
+  error bound or a bracket at float32 resolution (near an entry that is about to enter the support, f has
+  infinite slope and Halley steps can stall far from the root). Weights of entries just inside the support
+  are ill-conditioned here: p = t^q with q < 1 turns τ's float32 rounding δ into errors of order δ^q.
 
 Except for sparsemax (exact), the weights are renormalised to sum to one, like ``entmax_bisect`` does.
 
@@ -62,12 +65,12 @@ INTEGER_Q_MAX = 4
 
 # Longest row the row-wise kernel keeps in registers; longer rows go to the torch path.
 MAX_ROW_LENGTH = 4096
-# Iteration caps. Both searches converge in a handful of steps; the caps only bound pathological rows
-# (bisection alone would reach float32 resolution of a unit bracket in ~24 steps).
+# Iteration caps. Newton converges in a handful of steps; the cap only bounds pathological rows. The α > 2
+# search may have to bisect down to float32 resolution of a unit bracket (~24 halvings, after stalled steps).
 MAX_ITER_NEWTON = 32
-MAX_ITER_HALLEY = 40
-# A row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``), or, in the
-# Newton search, once the bound on its weights' ℓ1 error is below the input dtype's tolerance: 2^-20 for float32
+MAX_ITER_HALLEY = 64
+# A Newton row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``), or
+# once the bound on its weights' ℓ1 error is below the input dtype's tolerance (both searches): 2^-20 for float32
 # (the torch path's bound, 2 × its SUM_TOLERANCE), and 1/16 of half an ulp of 1 for float16 (2^-15) and
 # bfloat16 (2^-12), whose inputs and outputs are rounded far more coarsely than that.
 STOP_TOLERANCE: dict[torch.dtype, float] = {torch.float32: 2.0**-20, torch.float16: 2.0**-15,
@@ -211,13 +214,23 @@ def _halley_sums(zp, tau, q):
 
 
 @triton.jit
-def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
-    """``(τ, steps)`` per row by Halley steps on f, safeguarded by the bracket [−1, −n^{1−α}] (any α; used for
-    α > 2); ``steps`` as in :func:`_newton_tau`."""
+def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
+    """``(τ, steps)`` per row by safeguarded Halley steps on f inside the bracket [−1, −n^{1−α}] (any α; used for
+    α > 2); ``steps`` as in :func:`_newton_tau`.
+
+    For q < 1 every entry that enters the support adds a kink with infinite slope to f, and next to one Halley
+    steps can stall: tiny steps far from the root. So, as in ``rtsafe`` (Numerical Recipes §9.4), a step that
+    leaves the bracket or is not at most half the step before last becomes a bisection, and a step below
+    float32 resolution is stretched across it (to tell a converged row from a stalled one). A row stops when its
+    weights' ℓ1 error is within ``stop_tol`` (it is |f| before and at most 2|f| after renormalising, because
+    p(τ) − p* has one sign) or its bracket has shrunk to float32 resolution; never on a small step alone.
+    """
     lo = tl.full(row_ok.shape, -1.0, tl.float32)
     # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
     hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
     tau = lo
+    step_before_last = hi - lo
+    last_step = hi - lo
     steps = tl.zeros(row_ok.shape, tl.int32)
     active = row_ok & (hi > lo)
     it = 0
@@ -232,15 +245,27 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER: tl.constexpr, HAS
         f = s0 - 1.0
         fp = -q * s1
         fpp = q * (q - 1.0) * s2
-        # Halley: τ − 2 f f' / (2 f'² − f f''); a step outside the bracket becomes a bisection.
         lo = tl.where(f > 0.0, tau, lo)
         hi = tl.where(f < 0.0, tau, hi)
+        resolution = 1e-7 * (1.0 + tl.abs(tau))
+        # Halley: τ − 2 f f' / (2 f'² − f f'')
         den = 2.0 * fp * fp - f * fpp
-        cand = tau - 2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
-        inside = (cand > lo) & (cand < hi)  # False for NaN/inf candidates too
-        cand = tl.where(inside, cand, 0.5 * (lo + hi))
-        cand = tl.where(f == 0.0, tau, cand)
-        tau, active = _accept(tau, cand, active)
+        step = -2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
+        halley = tau + step
+        # Done: within the error tolerance at τ (stay), or the bracket is at resolution (end on Halley's point
+        # in it, far more accurate than either end when the steps converge, or else on the midpoint).
+        good = 2.0 * tl.abs(f) <= stop_tol
+        narrow = (hi - lo <= 2.0 * resolution) & ~good
+        final = tl.where((halley >= lo) & (halley <= hi), halley, 0.5 * (lo + hi))  # NaN: midpoint
+        step = tl.where(tl.abs(step) <= resolution, tl.where(f > 0.0, 2.0 * resolution, -2.0 * resolution), step)
+        cand = tau + step
+        slow = (cand <= lo) | (cand >= hi) | (2.0 * tl.abs(step) > tl.abs(step_before_last))
+        cand = tl.where(slow | (cand != cand), 0.5 * (lo + hi), cand)
+        moving = active & ~good & ~narrow
+        step_before_last = tl.where(moving, last_step, step_before_last)
+        last_step = tl.where(moving, cand - tau, last_step)
+        tau = tl.where(moving, cand, tl.where(active & narrow, final, tau))
+        active = moving
         it += 1
     return tau, steps
 
@@ -289,7 +314,7 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND: tl.constexpr, Q_I
     if KIND == 0:
         tau, steps = _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT, MAX_ITER, HAS_TAIL)
     else:
-        tau, steps = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, MAX_ITER, HAS_TAIL)
+        tau, steps = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER, HAS_TAIL)
     p = _weights(zp, tau, q, KIND, Q_INT)
     p_t = p
     if HAS_TAIL:
