@@ -221,6 +221,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "shapes_eval_summary.csv": ("plot_shapes_eval", "shapes_eval.png"),
     "bench_probe_overhead.csv": ("plot_probe_overhead", "bench_probe_overhead.png"),
     "bench_cross_attention.csv": ("plot_bench_cross_attention", "bench_cross_attention.png"),
+    "search_steps.csv": ("plot_search_steps", "search_steps.png"),
 }
 
 

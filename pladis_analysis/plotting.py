@@ -180,3 +180,26 @@ def plot_probe_overhead(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     ax.set_xlabel("time over stock (black: target)")
     ax.set_title("Cost of PLADIS and of attention probes (SD1.5-shaped UNet)")
     return fig
+
+
+def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """The Triton kernel's threshold-search steps per block of queries (``results/search_steps.csv``): what a
+    block costs with the ℓ1 stopping bound (bfloat16 scores, the kernel's default rule), and how many steps the
+    bound saves against stopping on step size alone. One bar per score source and α."""
+    df = _load(table)
+    block_m = 32 if 32 in set(df["block_m"]) else int(df["block_m"].max())
+    df = df[(df["block_m"] == block_m) & (df["dtype"] == "bfloat16")].copy()
+    df["scores"] = df["source"] + " " + df["group"] + " (" + df["lk"].astype(str) + " keys)"
+    bound = df[df["stop_rule"] == "bound"]
+    paired = bound.merge(df[df["stop_rule"] == "step"], on=["scores", "alpha"], suffixes=("", "_step"))
+    paired["saved"] = paired["mean_block_steps_step"] - paired["mean_block_steps"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * bound["scores"].nunique() + 1.5), sharey=True)
+    sns.barplot(data=bound, y="scores", x="mean_block_steps", hue="alpha", orient="h", ax=axes[0], palette="deep")
+    axes[0].set_xlabel(f"steps per block of {block_m} queries (its slowest row)")
+    axes[0].set_ylabel("")
+    axes[0].set_title("threshold search, bfloat16, ℓ1 stopping bound")
+    sns.barplot(data=paired, y="scores", x="saved", hue="alpha", orient="h", ax=axes[1], palette="deep")
+    axes[1].set_xlabel("steps per block saved by the bound (vs step-size rule alone)")
+    axes[1].set_title("what the bound saves")
+    fig.tight_layout()
+    return fig

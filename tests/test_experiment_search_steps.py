@@ -59,6 +59,9 @@ def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch
     assert (paired.mean_row_steps <= paired.mean_row_steps_step).all()
     assert (paired.max_l1_error <= paired.stop_tol + 1e-5).all(), paired[["max_l1_error", "stop_tol"]]
     assert read_meta(path)["config"]["alphas"] == list(config.alphas)
+    from pladis_analysis import plotting
+
+    assert plotting.save_figure(plotting.plot_search_steps(path), tmp_path / "search_steps.png").stat().st_size > 0
 
     def no_recount(*args, **kwargs):
         raise AssertionError("a finished grid was counted again instead of resumed")
