@@ -198,6 +198,7 @@ def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     axes[0].set_xlabel(f"steps per block of {block_m} queries (its slowest row)")
     axes[0].set_ylabel("")
     axes[0].set_title("threshold search, bfloat16, ℓ1 stopping bound")
+    axes[0].get_legend().remove()  # one legend (right) for both panels
     sns.barplot(data=paired, y="scores", x="saved", hue="alpha", orient="h", ax=axes[1], palette="deep")
     axes[1].set_xlabel("steps per block saved by the bound (vs step-size rule alone)")
     axes[1].set_title("what the bound saves")

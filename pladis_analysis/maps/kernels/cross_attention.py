@@ -137,8 +137,8 @@ def _attend_query_block(
     if NEED_ENTMAX:
         # zp = (α−1)(z − max z), −inf off the valid entries; z itself is dead from here (fewer live registers
         # through the threshold search), and softmax comes from zp: exp(z − max z) = exp2(zp · log2(e)/(α−1)).
-        e_w, shifted, e_w_t, shifted_t, _ = entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND, Q_INT, MAX_ITER,
-                                                              HAS_TAIL)
+        e_w, shifted, e_w_t, shifted_t, _ = entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND, Q_INT,
+                                                        MAX_ITER, HAS_TAIL)
         to_log2 = log2e / (alpha - 1.0)
     else:
         zmax = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
