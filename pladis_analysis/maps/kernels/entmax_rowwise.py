@@ -257,6 +257,8 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.cons
         good = 2.0 * tl.abs(f) <= stop_tol
         narrow = (hi - lo <= 2.0 * resolution) & ~good
         final = tl.where((halley >= lo) & (halley <= hi), halley, 0.5 * (lo + hi))  # NaN: midpoint
+        # Continue: a step below resolution is stretched across it; a step out of the bracket, or not at most
+        # half the step before last (a stall), becomes a bisection.
         step = tl.where(tl.abs(step) <= resolution, tl.where(f > 0.0, 2.0 * resolution, -2.0 * resolution), step)
         cand = tau + step
         slow = (cand <= lo) | (cand >= hi) | (2.0 * tl.abs(step) > tl.abs(step_before_last))
