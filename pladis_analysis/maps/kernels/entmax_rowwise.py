@@ -69,7 +69,7 @@ MAX_ROW_LENGTH = 4096
 # search may have to bisect down to float32 resolution of a unit bracket (~24 halvings, after stalled steps).
 MAX_ITER_NEWTON = 32
 MAX_ITER_HALLEY = 64
-# A Newton row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_accept``), or
+# A Newton row stops iterating once its step is below 1e-7 (1 + |τ|), float32 resolution (see ``_resolution``), or
 # once the bound on its weights' ℓ1 error is below the input dtype's tolerance (both searches): 2^-20 for float32
 # (the torch path's bound, 2 × its SUM_TOLERANCE), and 1/16 of half an ulp of 1 for float16 (2^-15) and
 # bfloat16 (2^-12), whose inputs and outputs are rounded far more coarsely than that.
@@ -137,10 +137,9 @@ def row_max(x, x_t, HAS_TAIL: tl.constexpr):
 
 
 @triton.jit
-def _accept(tau, cand, active):
-    """Move the active rows to their candidate τ; a row stays active while its step exceeds 1e-7 (1 + |τ|)."""
-    moved = tl.abs(cand - tau) > 1e-7 * (1.0 + tl.abs(tau))
-    return tl.where(active, cand, tau), active & moved
+def _resolution(tau):
+    """The smallest change of τ either search tells apart from none: 1e-7 (1 + |τ|), float32 resolution."""
+    return 1e-7 * (1.0 + tl.abs(tau))
 
 
 @triton.jit
@@ -189,8 +188,10 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
             l1_after = b
         else:
             l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * tl.log2(1.0 + b))
-        tau, active = _accept(tau, tau + step, active)
-        active = active & (l1_after > stop_tol)
+        cand = tau + step
+        moved = tl.abs(cand - tau) > _resolution(tau)
+        tau = tl.where(active, cand, tau)
+        active = active & moved & (l1_after > stop_tol)
         it += 1
     return tau, steps
 
@@ -247,7 +248,7 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.cons
         fpp = q * (q - 1.0) * s2
         lo = tl.where(f > 0.0, tau, lo)
         hi = tl.where(f < 0.0, tau, hi)
-        resolution = 1e-7 * (1.0 + tl.abs(tau))
+        resolution = _resolution(tau)
         # Halley: τ − 2 f f' / (2 f'² − f f'')
         den = 2.0 * fp * fp - f * fpp
         step = -2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
