@@ -142,6 +142,9 @@ def test_rowwise_search_steps(device, alpha):
         assert steps[4] == 2, f"uniform row took {int(steps[4])} steps"
     assert int(steps.max()) <= max_iterations(alpha_flavour(alpha)[0])
     assert torch.all(steps[[0, 1, 2, 5, 7]] >= 1)
+    for bad in (float("nan"), -1e-3, float("inf")):
+        with pytest.raises(ValueError, match="stop_tol"):
+            entmax_forward(z, alpha, stop_tol=bad)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -406,7 +406,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),
-                stop_tolerance(q.dtype) if stop_tol is None else float(stop_tol),
+                stop_tolerance(q.dtype, stop_tol),
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,

@@ -94,10 +94,16 @@ def max_iterations(kind: int) -> int:
     return MAX_ITER_NEWTON if kind == KIND_NEWTON else MAX_ITER_HALLEY
 
 
-def stop_tolerance(dtype: torch.dtype) -> float:
-    """The ℓ1 error per row at which the Newton search may stop, for inputs of ``dtype`` (float64 inputs, which
-    the kernels do not take, would get float32's)."""
-    return STOP_TOLERANCE.get(dtype, STOP_TOLERANCE[torch.float32])
+def stop_tolerance(dtype: torch.dtype, stop_tol: float | None = None) -> float:
+    """The ℓ1 error per row at which the threshold search may stop: ``stop_tol`` when given (a finite number
+    ≥ 0; 0 stops on step size only), else the default for inputs of ``dtype`` (float64 inputs, which the kernels
+    do not take, would get float32's)."""
+    if stop_tol is None:
+        return STOP_TOLERANCE.get(dtype, STOP_TOLERANCE[torch.float32])
+    tol = float(stop_tol)
+    if not (math.isfinite(tol) and tol >= 0.0):
+        raise ValueError(f"stop_tol={stop_tol!r}: the stopping tolerance must be a finite number >= 0")
+    return tol
 
 
 @triton.jit
@@ -411,6 +417,7 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
     search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of ``z.dtype``; 0 stops on step size only).
     """
     alpha = _check_alpha(alpha)
+    tol = stop_tolerance(z.dtype, stop_tol)
     rows, moved_shape = _as_rows(z, dim)
     n_rows, n_cols = rows.shape
     if n_cols > MAX_ROW_LENGTH:
@@ -421,7 +428,6 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
         kind, q_int = alpha_flavour(alpha)
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
-        tol = stop_tolerance(z.dtype) if stop_tol is None else float(stop_tol)
         _entmax_fwd_kernel[grid](rows, out, steps, n_rows, n_cols, rows.stride(0), out.stride(0), alpha, tol,
                                  KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), WITH_STEPS=return_steps,
                                  BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
