@@ -64,3 +64,24 @@ def assert_close(actual, expected, *, dtype: torch.dtype | None = None, atol: fl
             f"for {dtype}; worst at index {tuple(int(i) for i in worst)}: actual={a[worst]!r}, "
             f"expected={e[worst]!r}, |error|={err[worst]:.3g} > allowed {allowed[worst]:.3g}"
         )
+
+
+def tied_group_rows(alpha: float, margins, group_sizes, length: int, seed: int = 0) -> np.ndarray:
+    """Score rows whose α-entmax threshold sits right next to a tied group: float32 values, as float64.
+
+    Each row has a leading score 1/(α−1) − δ, a group of k tokens at score 0 (as padding tokens of a text
+    encoder often are) and ``length − 1 − k`` random scores below the group; one row per (δ, k) in ``margins``
+    × ``group_sizes``. The one-hot gap of α-entmax is 1/(α−1), so for δ > 0 the group is in the support with
+    t* ≈ (δ/k)^{α−1} each (1e-16 at α = 4, δ = 1e-4, k = 20) and weight ≈ δ/k: for α > 2 a weight whose τ no
+    float of a fixed scale near −1 resolves (the case the α > 2 searches re-centre for). For δ ≤ 0 the row is
+    one-hot.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for delta in margins:
+        for k in group_sizes:
+            if not 0 <= k <= length - 1:
+                raise ValueError(f"group size {k} does not fit a row of length {length} with a leading score")
+            below = -1e-3 - np.abs(rng.normal(0.0, 0.5, size=length - 1 - k))
+            rows.append(np.concatenate([[1.0 / (alpha - 1.0) - delta], np.zeros(k), below]))
+    return np.asarray(rows, dtype=np.float32).astype(np.float64)

@@ -22,6 +22,9 @@ How τ is found (all rows of a chunk at once, the whole loop vectorised over row
   Michelot's fixed point τ ← (Σ_S z' − 1)/|S|, exact once the support S is found.
 * α > 2 (q < 1): f is neither convex nor smooth at the kinks, so a true safeguarded Newton–bisection on f
   keeps a bracket [lo, hi] with f(lo) ≥ 0 > f(hi) and bisects whenever a step does not land inside it.
+  Rows it can only bring to the bracket's resolution (τ* within rounding of a score, where p = t^q has
+  infinite slope) are solved again in scores measured from the entry nearest τ, where τ is resolved
+  relatively (:func:`_entmax_safeguarded`).
 * Stopping: a row is done when |f(τ)| = |Σp − 1| ≤ ε (ε = :data:`SUM_TOLERANCE` of the working dtype),
   or when the Newton step is below two ulps of |τ| ≤ 1 — τ is then as close to τ* as the working precision
   can hold, and |f| ≲ 2u · |f'(τ)|, |f'| = q Σ t^{q−1}, u the machine epsilon (this floor exceeds ε
@@ -208,7 +211,7 @@ def entmax_forward(x: torch.Tensor, alpha: float, need_support: bool = False, ne
         if q >= 1.0:
             _entmax_newton(zs, alpha, p_c, s_c, work[:n] if q == 1.0 else None)
         else:
-            _entmax_safeguarded(zs, alpha, p_c, s_c)
+            _entmax_safeguarded(x_c, zs, m_c, alpha, p_c, s_c)
     support = None
     if need_support:
         support = torch.sign(p).sum(dim=-1).to(torch.int64).reshape(shape[:-1])
@@ -351,37 +354,85 @@ def _entmax_newton(zs, alpha, p, s, scratch):
     s.div_(total.pow(2.0 - alpha))
 
 
-def _entmax_safeguarded(zs, alpha, p, s):
-    """α-entmax for α > 2 (q < 1) of the rows of ``zs`` into ``p`` and ``s``.
+def _split(lo, hi, relative: bool):
+    """Where a bisection of [lo, hi] evaluates: the midpoint; with ``relative`` (τ measured from a nearby score,
+    whose kink is at 0), 0 for a bracket around it and the geometric mean (from the dtype's smallest normal up) for
+    one that spans more than a factor 4, so that a root of any magnitude is reached in a few halvings of its
+    exponent (the Triton kernel's ``_split``)."""
+    mid = 0.5 * (lo + hi)
+    if not relative:
+        return mid
+    small = torch.minimum(lo.abs(), hi.abs()).clamp_(min=torch.finfo(lo.dtype).tiny)
+    large = torch.maximum(lo.abs(), hi.abs())
+    geometric = torch.where(hi <= 0, -1.0, 1.0) * small.sqrt() * large.sqrt()
+    return torch.where((lo < 0) & (hi > 0), torch.zeros_like(mid), torch.where(large > 4.0 * small, geometric, mid))
 
-    Here f is not convex and its slope is infinite at every kink, so plain Newton can stall or cycle:
-    safeguarded Newton–bisection on f, keeping a bracket [lo, hi] with f(lo) ≥ 0 > f(hi), taking the
-    Newton step only when it lands strictly inside and bisecting otherwise. Stops at |f| ≤ ε or when
-    the bracket has shrunk to rounding; then renormalises.
+
+def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
+    """Safeguarded Newton–bisection on f for the rows of ``zs`` from ``tau`` inside [``lo``, ``hi``] (f(lo) ≥ 0 > f(hi)).
+
+    Here f is not convex and its slope is infinite at every kink, so plain Newton can stall or cycle: the Newton
+    step is taken only when it lands strictly inside the bracket, otherwise the row bisects (at :func:`_split`).
+    A row stops at |f| ≤ ε (``converged``) or when its bracket has shrunk to rounding, relative to the larger
+    |end| (so a bracket near 0 keeps shrinking: see :func:`_entmax_safeguarded`). Returns ``(τ, Σt^q, converged, lo, hi)``
+    with t = [zs − τ]_+ in ``t_out`` and t^{q−1} in ``w_out``, all at the returned τ.
     """
-    rows, d = zs.shape
-    q = 1.0 / (alpha - 1.0)
     eps = SUM_TOLERANCE[zs.dtype]
     tiny = torch.finfo(zs.dtype).tiny
     ulp = 2.0 * torch.finfo(zs.dtype).eps
-    lo = zs.new_full((rows, 1), -1.0)
-    hi = zs.new_full((rows, 1), -float(d) ** (1.0 - alpha))
-    tau = lo.clone()
-    for _ in range(4 * MAX_ITERATIONS):  # bisection alone needs up to ~log2(1/ulp) steps
-        t = torch.sub(zs, tau, out=p).clamp_(min=0.0)
-        w = _power_into(t, q - 1.0, s)
+    for iteration in range(4 * MAX_ITERATIONS):  # bisection alone needs up to ~log2(1/ulp) steps
+        t = torch.sub(zs, tau, out=t_out).clamp_(min=0.0)
+        w = _power_into(t, q - 1.0, w_out)
         sum_q1 = w.sum(dim=-1, keepdim=True)
         sum_q = _row_dot(w, t)
         f = sum_q - 1.0
         lo = torch.where(f >= 0, tau, lo)
         hi = torch.where(f < 0, tau, hi)
-        done = (f.abs() <= eps) | (sum_q == 0) | ((hi - lo) <= ulp * lo.abs())
+        converged = (f.abs() <= eps) | (sum_q == 0)
+        done = converged | ((hi - lo) <= ulp * torch.maximum(lo.abs(), hi.abs()) + tiny)
         if bool(done.all()):
             break
         new = tau + f / (q * sum_q1).clamp(min=tiny)
         inside = (new > lo) & (new < hi)  # False for NaN
-        new = torch.where(inside, new, 0.5 * (lo + hi))
+        new = torch.where(inside, new, _split(lo, hi, relative))
+        if iteration == 4 * MAX_ITERATIONS - 1:
+            break  # the cap: keep τ where t and Σt^q were evaluated
         tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
+    return tau, sum_q, converged, lo, hi
+
+
+def _entmax_safeguarded(x, zs, m, alpha, p, s):
+    """α-entmax for α > 2 (q < 1) of the rows of ``zs`` = (α−1)(x − m) into ``p`` and ``s``.
+
+    :func:`_safeguarded_tau` on the bracket [−1, −d^{1−α}]; then the rows it left at the bracket's resolution
+    (|f| > ε) are solved again in scores measured from the entry nearest their τ, w = (α−1)(x − x_r). Why:
+    p = t^q with q < 1 has infinite slope at t = 0, so when τ* lies within rounding of a score (a tied group of
+    padding tokens at the edge of the support, say), no τ of the working dtype near −1…0 gives weights within
+    tolerance: a rounding δ of τ moves each such weight by up to δ^q. In w the entries near τ* are exact or
+    nearly (x − x_r of nearby floats is exact, Sterbenz's lemma) and τ_w lies near 0, where it is resolved
+    relatively. The weights are renormalised at the end.
+    """
+    rows, d = zs.shape
+    q = 1.0 / (alpha - 1.0)
+    lo = zs.new_full((rows, 1), -1.0)
+    hi = zs.new_full((rows, 1), -float(d) ** (1.0 - alpha))
+    tau, sum_q, converged, lo, hi = _safeguarded_tau(zs, q, lo, hi, lo.clone(), p, s)
+    redo = (~converged).view(-1).nonzero().view(-1)
+    if redo.numel():
+        x_r, zs_r, tau_r, m_r = (v.index_select(0, redo) for v in (x, zs, tau, m))
+        nearest = (zs_r - tau_r).abs_().argmin(dim=-1, keepdim=True)  # masked entries are at distance inf
+        x_near = x_r.gather(-1, nearest)
+        w = (x_r - x_near).mul_(alpha - 1.0)  # (n_redo, d)
+        zs_near = (x_near - m_r).mul_(alpha - 1.0)  # rounded as zs was
+        # The first bracket, moved and widened by 8 ulps of 1: more than the rounding of zs against w.
+        margin = 8.0 * torch.finfo(zs.dtype).eps
+        t_r, w_r = torch.empty_like(w), torch.empty_like(w)
+        _, sum_q_r, _, _, _ = _safeguarded_tau(w, q, lo.index_select(0, redo) - zs_near - margin,
+                                               hi.index_select(0, redo) - zs_near + margin, tau_r - zs_near, t_r, w_r,
+                                               relative=True)
+        p.index_copy_(0, redo, t_r)
+        s.index_copy_(0, redo, w_r)
+        sum_q.index_copy_(0, redo, sum_q_r)
     total = torch.where(sum_q > 0, sum_q, torch.ones_like(sum_q))
     p.mul_(s).div_(total)
     s.div_(total.pow(2.0 - alpha))

@@ -32,7 +32,9 @@ without sorting:
   the current bracket, or does not shrink fast enough, is replaced by bisection, and a row stops only on its
   error bound or a bracket at float32 resolution (near an entry that is about to enter the support, f has
   infinite slope and Halley steps can stall far from the root). Weights of entries just inside the support
-  are ill-conditioned here: p = t^q with q < 1 turns τ's float32 rounding δ into errors of order δ^q.
+  are ill-conditioned in τ: p = t^q with q < 1 turns a rounding δ of τ into errors of order δ^q, and a τ near
+  −1 is rounded by ~6e-8. Rows that end on the bracket are therefore searched again in scores measured from
+  the entry nearest τ, where τ lies near 0 and float32 resolves it relatively (:func:`_entmax_tau_above_two`).
 
 Except for sparsemax (exact), the weights are renormalised to sum to one, like ``entmax_bisect`` does.
 
@@ -143,9 +145,14 @@ def row_max(x, x_t, HAS_TAIL: tl.constexpr):
 
 
 @triton.jit
-def _resolution(tau):
-    """The smallest change of τ either search tells apart from none: 1e-7 (1 + |τ|), float32 resolution."""
-    return 1e-7 * (1.0 + tl.abs(tau))
+def _resolution(tau, RELATIVE: tl.constexpr):
+    """The smallest change of τ a search tells apart from none: 1e-7 (1 + |τ|), float32 resolution of a τ in
+    [−1, 0]; with ``RELATIVE``, 1e-7 |τ| (down to 2^-120), the resolution of a τ measured from a nearby score."""
+    if RELATIVE:
+        res = 1e-7 * tl.abs(tau) + 7.52316384526264e-37
+    else:
+        res = 1e-7 * (1.0 + tl.abs(tau))
+    return res
 
 
 @triton.jit
@@ -195,7 +202,7 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
         else:
             l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * tl.log2(1.0 + b))
         cand = tau + step
-        moved = tl.abs(cand - tau) > _resolution(tau)
+        moved = tl.abs(cand - tau) > _resolution(tau, False)
         tau = tl.where(active, cand, tau)
         active = active & moved & (l1_after > stop_tol)
         it += 1
@@ -221,25 +228,38 @@ def _halley_sums(zp, tau, q):
 
 
 @triton.jit
-def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
-    """``(τ, steps)`` per row by safeguarded Halley steps on f inside the bracket [−1, −n^{1−α}] (any α; used for
-    α > 2); ``steps`` as in :func:`_newton_tau`.
+def _split(lo, hi, RELATIVE: tl.constexpr):
+    """Where a bisection of [lo, hi] evaluates: the midpoint; with ``RELATIVE`` (τ measured from a nearby score,
+    whose kink is at 0), 0 for a bracket around it and the geometric mean (from 2^-120 up) for one that spans
+    more than a factor 4, so that a root of any magnitude is reached in a few halvings of its exponent."""
+    mid = 0.5 * (lo + hi)
+    if RELATIVE:
+        small = tl.maximum(tl.minimum(tl.abs(lo), tl.abs(hi)), 7.52316384526264e-37)
+        large = tl.maximum(tl.abs(lo), tl.abs(hi))
+        geometric = tl.where(hi <= 0.0, -1.0, 1.0) * tl.sqrt(small) * tl.sqrt(large)
+        mid = tl.where((lo < 0.0) & (hi > 0.0), 0.0, tl.where(large > 4.0 * small, geometric, mid))
+    return mid
+
+
+@triton.jit
+def _halley_tau(zp, zp_t, active, lo, hi, tau, q, stop_tol, RELATIVE: tl.constexpr, MAX_ITER: tl.constexpr,
+                HAS_TAIL: tl.constexpr):
+    """Safeguarded Halley steps on f from ``tau`` inside the bracket [``lo``, ``hi``] (f(lo) ≥ 0 ≥ f(hi)) for the
+    ``active`` rows (any α; used for α > 2). Returns ``(τ, steps, resolved, lo, hi)``: ``steps`` as in
+    :func:`_newton_tau`, ``resolved`` the rows that stopped on their error bound (the others stopped on a bracket
+    at resolution, :func:`_resolution` with ``RELATIVE``, or on the cap) and the final bracket.
 
     For q < 1 every entry that enters the support adds a kink with infinite slope to f, and next to one Halley
     steps can stall: tiny steps far from the root. So, as in ``rtsafe`` (Numerical Recipes §9.4), a step that
     leaves the bracket or is not at most half the step before last becomes a bisection, and a step below
-    float32 resolution is stretched across it (to tell a converged row from a stalled one). A row stops when its
+    resolution is stretched across it (to tell a converged row from a stalled one). A row stops when its
     weights' ℓ1 error is within ``stop_tol`` (it is |f| before and at most 2|f| after renormalising, because
-    p(τ) − p* has one sign) or its bracket has shrunk to float32 resolution; never on a small step alone.
+    p(τ) − p* has one sign) or its bracket has shrunk to resolution; never on a small step alone.
     """
-    lo = tl.full(row_ok.shape, -1.0, tl.float32)
-    # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
-    hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
-    tau = lo
     step_before_last = hi - lo
     last_step = hi - lo
-    steps = tl.zeros(row_ok.shape, tl.int32)
-    active = row_ok & (hi > lo)
+    steps = tl.zeros(active.shape, tl.int32)
+    resolved = ~active
     it = 0
     while (tl.max(active.to(tl.int32), axis=0) > 0) & (it < MAX_ITER):
         steps += active.to(tl.int32)
@@ -252,9 +272,9 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.cons
         f = s0 - 1.0
         fp = -q * s1
         fpp = q * (q - 1.0) * s2
-        lo = tl.where(f > 0.0, tau, lo)
-        hi = tl.where(f < 0.0, tau, hi)
-        resolution = _resolution(tau)
+        lo = tl.where(active & (f > 0.0), tau, lo)
+        hi = tl.where(active & (f < 0.0), tau, hi)
+        resolution = _resolution(tau, RELATIVE)
         # Halley: τ − 2 f f' / (2 f'² − f f'')
         den = 2.0 * fp * fp - f * fpp
         step = -2.0 * f * fp / tl.where(den == 0.0, 1.0, den)  # den = 0 only on empty rows
@@ -269,14 +289,62 @@ def _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER: tl.cons
         step = tl.where(tl.abs(step) <= resolution, tl.where(f > 0.0, 2.0 * resolution, -2.0 * resolution), step)
         cand = tau + step
         slow = (cand <= lo) | (cand >= hi) | (2.0 * tl.abs(step) > tl.abs(step_before_last))
-        cand = tl.where(slow | (cand != cand), 0.5 * (lo + hi), cand)
+        cand = tl.where(slow | (cand != cand), _split(lo, hi, RELATIVE), cand)
         moving = active & ~good & ~narrow
         step_before_last = tl.where(moving, last_step, step_before_last)
         last_step = tl.where(moving, cand - tau, last_step)
         tau = tl.where(moving, cand, tl.where(active & narrow, final, tau))
+        resolved = resolved | (active & good)
         active = moving
         it += 1
-    return tau, steps
+    return tau, steps, resolved, lo, hi
+
+
+@triton.jit
+def _nearest_score(z, zp, tau, dist, z_near):
+    """Fold a tile into the running per-row (distance, raw score) of the valid entry whose zp is nearest τ."""
+    d = tl.abs(zp - tau[:, None])                                                 # inf on invalid entries
+    d_min = tl.min(d, axis=1)
+    z_at = tl.max(tl.where(d == d_min[:, None], z, float("-inf")), axis=1)
+    closer = d_min < dist
+    return tl.where(closer, d_min, dist), tl.where(closer, z_at, z_near)
+
+
+@triton.jit
+def _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, alpha, q, stop_tol,
+                          MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
+    """``(zp, zp_t, τ, steps)`` for α > 2: :func:`_halley_tau` on the bracket [−1, −n^{1−α}], then, for rows it
+    could not resolve, again in scores measured from the entry nearest its τ.
+
+    Why the second search: p = t^q with q < 1 has infinite slope at t = 0, so when τ* lies within float32
+    resolution of a score (a tied group of padding tokens at the edge of the support, say), no float32 τ near
+    −1…0 gives weights within tolerance: a rounding δ of τ moves each such weight by up to δ^q. Measured from
+    that score r, w = (α−1)(z − z_r) is exact at r (and, by Sterbenz's lemma, close to exact near it) and τ
+    lies near 0, where float32 resolves it relatively; only rows the first search left at its resolution pay
+    for the second. The returned zp/zp_t are the scores the weights are to be taken from (w for every row).
+    """
+    lo = tl.full(row_ok.shape, -1.0, tl.float32)
+    # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
+    hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
+    tau, steps, resolved, lo, hi = _halley_tau(zp, zp_t, row_ok & (hi > lo), lo, hi, lo, q, stop_tol, False,
+                                               MAX_ITER, HAS_TAIL)
+    dist, z_near = _nearest_score(z, zp, tau, tl.full(row_ok.shape, float("inf"), tl.float32),
+                                  tl.zeros(row_ok.shape, tl.float32))
+    if HAS_TAIL:
+        dist, z_near = _nearest_score(z_t, zp_t, tau, dist, z_near)
+    z_near = tl.where(row_ok, z_near, 0.0)
+    zp_near = (z_near - m) * (alpha - 1.0)                                        # as _shifted rounds it
+    w = tl.where(valid, (z - z_near[:, None]) * (alpha - 1.0), float("-inf"))
+    w_t = w
+    if HAS_TAIL:
+        w_t = tl.where(valid_t, (z_t - z_near[:, None]) * (alpha - 1.0), float("-inf"))
+    # The first bracket, moved and widened by 16 resolutions: more than the rounding of zp against w (an ulp of
+    # each |zp| ≤ 1 that matters) and of the move, so f keeps its signs at the ends.
+    margin = 16.0 * _resolution(tau, False)
+    tau_w, steps_w, _, _, _ = _halley_tau(w, w_t, row_ok & ~resolved, lo - zp_near - margin,
+                                          hi - zp_near + margin, tau - zp_near, q, stop_tol, True, MAX_ITER,
+                                          HAS_TAIL)
+    return w, w_t, tau_w, steps + steps_w
 
 
 @triton.jit
@@ -322,12 +390,15 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND: tl.constexpr, Q_I
     q = 1.0 / (alpha - 1.0)
     if KIND == 0:
         tau, steps = _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT, MAX_ITER, HAS_TAIL)
+        zw = zp
+        zw_t = zp_t
     else:
-        tau, steps = _halley_tau(zp, zp_t, row_ok, n_valid, alpha, q, stop_tol, MAX_ITER, HAS_TAIL)
-    p = _weights(zp, tau, q, KIND, Q_INT)
+        zw, zw_t, tau, steps = _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, alpha,
+                                                     q, stop_tol, MAX_ITER, HAS_TAIL)
+    p = _weights(zw, tau, q, KIND, Q_INT)
     p_t = p
     if HAS_TAIL:
-        p_t = _weights(zp_t, tau, q, KIND, Q_INT)
+        p_t = _weights(zw_t, tau, q, KIND, Q_INT)
     if Q_INT != 1:
         # Renormalise: removes the residual of the stopping rule so that Σ p = 1 to rounding (sparsemax's
         # closed form on its final support already sums to one).
