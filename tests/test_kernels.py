@@ -381,6 +381,23 @@ def test_fused_attention_300_keys_in_two_blocks(device, alpha):
     assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [2.5, 4.0])
+@pytest.mark.parametrize("lk", [77, 300])
+def test_fused_attention_above_two_next_to_a_tied_group(device, alpha, lk):
+    """The fused kernel's α > 2 search on rows whose τ* sits next to a tied group (see the row-wise test): with
+    q = 0 the scores are exactly the additive bias, so the rows reach the kernel unrounded, in a head block and
+    a tail block (77 = 64 + 16, 300 = 256 + 64 columns)."""
+    from pladis_analysis.testing import tied_group_rows
+
+    rows = tied_group_rows(alpha, margins=[1e-2, 1e-4, 1e-6], group_sizes=[1, 22, 60], length=lk, seed=lk)
+    bias = torch.from_numpy(rows).float()[None, None].to(device)                       # (1, 1, 9, Lk)
+    _, k, v = _qkv((1, 1, bias.shape[2], lk, 16), torch.float32, device, seed=13)
+    q = torch.zeros(1, 1, bias.shape[2], 16, device=device)
+    out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=bias)
+    assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"tied group alpha={alpha} Lk={lk}")
+
+
 @pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
                     reason="launch plans serve compiled kernels on CUDA only")
 def test_fused_attention_launch_plans_repeat_the_first_call(monkeypatch):
