@@ -313,15 +313,16 @@ def _nearest_score(z, zp, tau, dist, z_near):
 @triton.jit
 def _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, alpha, q, stop_tol,
                           MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
-    """``(zp, zp_t, τ, steps)`` for α > 2: :func:`_halley_tau` on the bracket [−1, −n^{1−α}], then, for rows it
-    could not resolve, again in scores measured from the entry nearest its τ.
+    """``(w, w_t, τ, steps)`` for α > 2: :func:`_halley_tau` on the bracket [−1, −n^{1−α}], then, for rows it
+    could not resolve, again in w = (α−1)(z − z_r), the scores measured from the entry r nearest its τ; the
+    weights are [w − τ]_+^q for every row (rows resolved by the first search just change coordinates).
 
     Why the second search: p = t^q with q < 1 has infinite slope at t = 0, so when τ* lies within float32
     resolution of a score (a tied group of padding tokens at the edge of the support, say), no float32 τ near
     −1…0 gives weights within tolerance: a rounding δ of τ moves each such weight by up to δ^q. Measured from
     that score r, w = (α−1)(z − z_r) is exact at r (and, by Sterbenz's lemma, close to exact near it) and τ
     lies near 0, where float32 resolves it relatively; only rows the first search left at its resolution pay
-    for the second. The returned zp/zp_t are the scores the weights are to be taken from (w for every row).
+    for the second.
     """
     lo = tl.full(row_ok.shape, -1.0, tl.float32)
     # −n^{1−α}; for an empty row any bracket will do, its weights are zeroed at the end.
