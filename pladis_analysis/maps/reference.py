@@ -309,7 +309,7 @@ def entmax(z, alpha: float, axis: int = -1, method: str = "auto") -> np.ndarray:
         axis: the axis the map acts on.
         method: ``"auto"`` uses the exact sort-based thresholds for α = 1.5 and α = 2 and bisection otherwise;
             ``"bisect"`` always bisects (τ to float64 resolution, at worst BISECTION_TOL/2, in the scaled
-            space; then Σp is renormalised to 1).
+            space, and for α > 2 once more relative to the score nearest τ; then Σp is renormalised to 1).
 
     Note:
         For α close to 1 the exponent 1/(α−1) is large and weights inside the support can underflow to an exact
