@@ -390,13 +390,11 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
         hi = torch.where(f < 0, tau, hi)
         converged = (f.abs() <= eps) | (sum_q == 0)
         done = converged | ((hi - lo) <= ulp * torch.maximum(lo.abs(), hi.abs()) + tiny)
-        if bool(done.all()):
-            break
+        if bool(done.all()) or iteration == 4 * MAX_ITERATIONS - 1:
+            break  # at the cap too: τ stays where t and Σt^q were evaluated
         new = tau + f / (q * sum_q1).clamp(min=tiny)
         inside = (new > lo) & (new < hi)  # False for NaN
         new = torch.where(inside, new, _split(lo, hi, relative))
-        if iteration == 4 * MAX_ITERATIONS - 1:
-            break  # the cap: keep τ where t and Σt^q were evaluated
         tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
     return tau, sum_q, converged, lo, hi
 
@@ -419,20 +417,20 @@ def _entmax_safeguarded(x, zs, m, alpha, p, s):
     tau, sum_q, converged, lo, hi = _safeguarded_tau(zs, q, lo, hi, lo.clone(), p, s)
     redo = (~converged).view(-1).nonzero().view(-1)
     if redo.numel():
-        x_r, zs_r, tau_r, m_r = (v.index_select(0, redo) for v in (x, zs, tau, m))
-        nearest = (zs_r - tau_r).abs_().argmin(dim=-1, keepdim=True)  # masked entries are at distance inf
-        x_near = x_r.gather(-1, nearest)
-        w = (x_r - x_near).mul_(alpha - 1.0)  # (n_redo, d)
-        zs_near = (x_near - m_r).mul_(alpha - 1.0)  # rounded as zs was
+        x_redo, zs_redo, tau_redo, m_redo, lo_redo, hi_redo = (
+            v.index_select(0, redo) for v in (x, zs, tau, m, lo, hi))
+        nearest = (zs_redo - tau_redo).abs_().argmin(dim=-1, keepdim=True)  # masked entries are at distance inf
+        x_r = x_redo.gather(-1, nearest)
+        w = (x_redo - x_r).mul_(alpha - 1.0)  # (n_redo, d)
+        zs_r = (x_r - m_redo).mul_(alpha - 1.0)  # rounded as zs was
         # The first bracket, moved and widened by 8 ulps of 1: more than the rounding of zs against w.
         margin = 8.0 * torch.finfo(zs.dtype).eps
-        t_r, w_r = torch.empty_like(w), torch.empty_like(w)
-        _, sum_q_r, _, _, _ = _safeguarded_tau(w, q, lo.index_select(0, redo) - zs_near - margin,
-                                               hi.index_select(0, redo) - zs_near + margin, tau_r - zs_near, t_r, w_r,
-                                               relative=True)
-        p.index_copy_(0, redo, t_r)
-        s.index_copy_(0, redo, w_r)
-        sum_q.index_copy_(0, redo, sum_q_r)
+        t_redo, w_pow_redo = torch.empty_like(w), torch.empty_like(w)
+        _, sum_q_redo, _, _, _ = _safeguarded_tau(w, q, lo_redo - zs_r - margin, hi_redo - zs_r + margin,
+                                                  tau_redo - zs_r, t_redo, w_pow_redo, relative=True)
+        p.index_copy_(0, redo, t_redo)
+        s.index_copy_(0, redo, w_pow_redo)
+        sum_q.index_copy_(0, redo, sum_q_redo)
     total = torch.where(sum_q > 0, sum_q, torch.ones_like(sum_q))
     p.mul_(s).div_(total)
     s.div_(total.pow(2.0 - alpha))
