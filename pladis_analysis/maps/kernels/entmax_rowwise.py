@@ -144,12 +144,17 @@ def row_max(x, x_t, HAS_TAIL: tl.constexpr):
     return top
 
 
+# The smallest |τ| a search relative to a nearby score resolves (2^-120, a normal float32; GPUs may flush
+# subnormals): the floor of its resolution and of its geometric bisection.
+RELATIVE_FLOOR: tl.constexpr = tl.constexpr(2.0**-120)
+
+
 @triton.jit
 def _resolution(tau, RELATIVE: tl.constexpr):
     """The smallest change of τ a search tells apart from none: 1e-7 (1 + |τ|), float32 resolution of a τ in
     [−1, 0]; with ``RELATIVE``, 1e-7 |τ| (down to 2^-120), the resolution of a τ measured from a nearby score."""
     if RELATIVE:
-        res = 1e-7 * tl.abs(tau) + 7.52316384526264e-37
+        res = 1e-7 * tl.abs(tau) + RELATIVE_FLOOR
     else:
         res = 1e-7 * (1.0 + tl.abs(tau))
     return res
@@ -234,7 +239,7 @@ def _split(lo, hi, RELATIVE: tl.constexpr):
     more than a factor 4, so that a root of any magnitude is reached in a few halvings of its exponent."""
     mid = 0.5 * (lo + hi)
     if RELATIVE:
-        small = tl.maximum(tl.minimum(tl.abs(lo), tl.abs(hi)), 7.52316384526264e-37)
+        small = tl.maximum(tl.minimum(tl.abs(lo), tl.abs(hi)), RELATIVE_FLOOR)
         large = tl.maximum(tl.abs(lo), tl.abs(hi))
         geometric = tl.where(hi <= 0.0, -1.0, 1.0) * tl.sqrt(small) * tl.sqrt(large)
         mid = tl.where((lo < 0.0) & (hi > 0.0), 0.0, tl.where(large > 4.0 * small, geometric, mid))
@@ -315,7 +320,8 @@ def _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, 
                           MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
     """``(w, w_t, τ, steps)`` for α > 2: :func:`_halley_tau` on the bracket [−1, −n^{1−α}], then, for rows it
     could not resolve, again in w = (α−1)(z − z_r), the scores measured from the entry r nearest its τ; the
-    weights are [w − τ]_+^q for every row (rows resolved by the first search just change coordinates).
+    weights are [w − τ]_+^q for every row (w = zp when no row of the block needs the second search; otherwise
+    rows resolved by the first search just change coordinates).
 
     Why the second search: p = t^q with q < 1 has infinite slope at t = 0, so when τ* lies within float32
     resolution of a score (a tied group of padding tokens at the edge of the support, say), no float32 τ near
@@ -329,23 +335,27 @@ def _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, 
     hi = -tl.exp2((1.0 - alpha) * tl.log2(tl.maximum(n_valid, 1.0)))
     tau, steps, resolved, lo, hi = _halley_tau(zp, zp_t, row_ok & (hi > lo), lo, hi, lo, q, stop_tol, False,
                                                MAX_ITER, HAS_TAIL)
-    dist, z_near = _nearest_score(z, zp, tau, tl.full(row_ok.shape, float("inf"), tl.float32),
-                                  tl.zeros(row_ok.shape, tl.float32))
-    if HAS_TAIL:
-        dist, z_near = _nearest_score(z_t, zp_t, tau, dist, z_near)
-    z_near = tl.where(row_ok, z_near, 0.0)
-    zp_near = (z_near - m) * (alpha - 1.0)                                        # as _shifted rounds it
-    w = tl.where(valid, (z - z_near[:, None]) * (alpha - 1.0), float("-inf"))
-    w_t = w
-    if HAS_TAIL:
-        w_t = tl.where(valid_t, (z_t - z_near[:, None]) * (alpha - 1.0), float("-inf"))
-    # The first bracket, moved and widened by 16 resolutions: more than the rounding of zp against w (an ulp of
-    # each |zp| ≤ 1 that matters) and of the move, so f keeps its signs at the ends.
-    margin = 16.0 * _resolution(tau, False)
-    tau_w, steps_w, _, _, _ = _halley_tau(w, w_t, row_ok & ~resolved, lo - zp_near - margin,
-                                          hi - zp_near + margin, tau - zp_near, q, stop_tol, True, MAX_ITER,
-                                          HAS_TAIL)
-    return w, w_t, tau_w, steps + steps_w
+    unresolved = row_ok & ~resolved
+    w = zp
+    w_t = zp_t
+    if tl.max(unresolved.to(tl.int32), axis=0) > 0:  # most blocks of most inputs skip this
+        dist, z_r = _nearest_score(z, zp, tau, tl.full(row_ok.shape, float("inf"), tl.float32),
+                                   tl.zeros(row_ok.shape, tl.float32))
+        if HAS_TAIL:
+            dist, z_r = _nearest_score(z_t, zp_t, tau, dist, z_r)
+        z_r = tl.where(row_ok, z_r, 0.0)
+        zp_r = (z_r - m) * (alpha - 1.0)                                          # as _shifted rounds it
+        w = tl.where(valid, (z - z_r[:, None]) * (alpha - 1.0), float("-inf"))
+        w_t = w
+        if HAS_TAIL:
+            w_t = tl.where(valid_t, (z_t - z_r[:, None]) * (alpha - 1.0), float("-inf"))
+        # The first bracket, moved and widened by 16 resolutions: more than the rounding of zp against w (an ulp
+        # of each |zp| ≤ 1 that matters) and of the move, so f keeps its signs at the ends.
+        margin = 16.0 * _resolution(tau, False)
+        tau, steps_w, _, _, _ = _halley_tau(w, w_t, unresolved, lo - zp_r - margin, hi - zp_r + margin,
+                                            tau - zp_r, q, stop_tol, True, MAX_ITER, HAS_TAIL)
+        steps += steps_w
+    return w, w_t, tau, steps
 
 
 @triton.jit
