@@ -17,42 +17,36 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow,
                                  reason="slow (tens of seconds per kernel); set PLADIS_AOT_CHECK=1 to run")]
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
-
-_KERNEL_TYPES = {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32", "stop_tol": "fp32"}
+torch = pytest.importorskip("torch")
 
 
 def _compile(fn, types: dict, consts: dict, num_warps: int):
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    from pladis_analysis.maps.kernels import offline
 
-    if type(fn).__name__ == "InterpretedFunction":
-        pytest.skip("kernels were imported under TRITON_INTERPRET=1; run this file in a fresh process without it")
-    signature = {name: "constexpr" if name in consts else types.get(name, "i32") for name in fn.arg_names}
-    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps})
+    try:
+        return offline.compile_sm90(fn, types, consts, num_warps)
+    except offline.OfflineCompileError as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("dtype,kind,q_int,lk,block_d,mask_kind,stats", [
-    ("bf16", 0, 0, 77, 64, 2, True),      # SDXL: Lk 77, d 64, −10000 bias, Newton with log/exp powers, statistics
-    ("bf16", 0, 2, 300, 128, 1, False),   # SANA: Lk 300 (256 + 64 key columns), d 112, boolean mask, α = 1.5
-    ("bf16", 0, 4, 77, 64, 0, False),     # α = 1.25: integer powers
-    ("bf16", 1, 0, 77, 64, 0, False),     # α > 2: safeguarded Halley
-    ("fp32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax, one key block
+    ("bfloat16", 0, 0, 77, 64, 2, True),      # SDXL: Lk 77, d 64, −10000 bias, Newton with log/exp powers, statistics
+    ("bfloat16", 0, 2, 300, 128, 1, False),   # SANA: Lk 300 (256 + 64 key columns), d 112, boolean mask, α = 1.5
+    ("bfloat16", 0, 4, 77, 64, 0, False),     # α = 1.25: integer powers
+    ("bfloat16", 1, 0, 77, 64, 0, False),     # α > 2: safeguarded Halley
+    ("float32", 0, 1, 128, 64, 0, False),    # float32 (IEEE dots), sparsemax, one key block
 ])
 @pytest.mark.parametrize("query_blocks", [1, 4])
 def test_fused_kernel_compiles_for_sm90(dtype, kind, q_int, lk, block_d, mask_kind, stats, query_blocks):
-    from pladis_analysis.maps._shapes import split_blocks
     from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels import offline
 
-    block_n, block_t = split_blocks(lk)
-
-    consts = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=True, NEED_ENTMAX=True, KIND=kind, Q_INT=q_int, MAX_ITER=40,
-                  WITH_STATS=stats, IEEE_FP32=dtype == "fp32", UPCAST_DOT=False,
-                  BLOCK_M=ca._block_m(block_n + block_t, block_d), BLOCK_N=block_n, HAS_TAIL=block_t > 0,
-                  BLOCK_T=max(block_t, 16), BLOCK_D=block_d, BLOCK_DV=block_d, QUERY_BLOCKS=query_blocks)
-    pointer = f"*{dtype}"
-    types = dict(_KERNEL_TYPES, Q=pointer, K=pointer, V=pointer, OUT=pointer, STATS="*fp32",
-                 MASK="*u8" if mask_kind == 1 else pointer)
+    alpha = {0: 1.3, 1: 2.0, 2: 1.5, 4: 1.25}[q_int] if kind == 0 else 3.0
+    meta = ca.kernel_constexprs(getattr(torch, dtype), lk, block_d, block_d, alpha=alpha, mask_kind=mask_kind,
+                                need_softmax=True, need_entmax=True, with_stats=stats)
+    assert (meta["KIND"], meta["Q_INT"]) == (kind, q_int)
+    consts = dict(meta, BLOCK_M=ca.default_launch(meta)[0], QUERY_BLOCKS=query_blocks)
+    types = offline.fused_kernel_types(dtype, mask_kind)
     kernel = _compile(ca._fused_pladis_fwd_kernel, types, consts, num_warps=4)
     assert kernel.asm["cubin"], "ptxas produced no cubin"
     # An H100 SM gives one block at most 227 KiB of shared memory.
@@ -71,3 +65,26 @@ def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
     bwd = _compile(er._entmax_bwd_kernel, {"P": "*fp32", "G": "*fp32", "DZ": "*fp32", "alpha": "fp32"},
                    dict(Q_INT=q_int, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)
     assert fwd.asm["cubin"] and bwd.asm["cubin"]
+
+
+def test_kernel_resources_quick_grid(tmp_path):
+    """experiments/kernel_resources.py --quick: every launch candidate compiles, fits an SM at least once, and
+    the heuristic's configuration is one row per variant."""
+    from experiment_scripts import load_experiment
+
+    experiment = load_experiment("kernel_resources")
+    from pladis_analysis.maps.kernels import offline
+
+    try:
+        path = experiment.run(experiment.Config.quick(), tmp_path)
+    except offline.OfflineCompileError as exc:
+        pytest.skip(str(exc))
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    assert set(df.variant) == {"pladis", "softmax"}
+    assert (df.groupby("variant").chosen.sum() == 1).all()
+    assert (df.registers.between(1, 255)).all() and (df.warps_per_sm >= df.num_warps).all()
+    # The softmax-only skeleton is a strict subset of the PLADIS kernel's work.
+    merged = df[df.variant == "pladis"].merge(df[df.variant == "softmax"], on=["block_m", "query_blocks", "num_warps"])
+    assert (merged.sass_instructions_x > merged.sass_instructions_y).all()

@@ -265,18 +265,24 @@ def _autotuned_kernel(n_cols: int):
     only writes its outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
-        sizes = (32, 64) if n_cols <= 128 else (16, 32)
-        blocks_per_program = (1,) if n_cols <= 128 else (1, 4)
         configs = [triton.Config({"BLOCK_M": bm, "QUERY_BLOCKS": qb}, num_warps=w, num_stages=1)
-                   for bm in sizes for w in (4, 8) for qb in blocks_per_program]
-        if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
-            configs.append(triton.Config({"BLOCK_M": 128, "QUERY_BLOCKS": 1}, num_warps=8, num_stages=1))
+                   for bm, qb, w in launch_candidates(n_cols)]
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
                  "WITH_STATS"],
         )(_fused_pladis_fwd_kernel)
     return _AUTOTUNED[n_cols]
+
+
+def launch_candidates(n_cols: int) -> list[tuple[int, int, int]]:
+    """The (BLOCK_M, QUERY_BLOCKS, num_warps) the autotuner tries for ``n_cols`` padded key columns."""
+    sizes = (32, 64) if n_cols <= 128 else (16, 32)
+    blocks_per_program = (1,) if n_cols <= 128 else (1, 4)
+    candidates = [(bm, qb, w) for bm in sizes for w in (4, 8) for qb in blocks_per_program]
+    if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
+        candidates.append((128, 1, 8))
+    return candidates
 
 
 def tuned_launch_configs() -> list[dict]:
@@ -290,6 +296,18 @@ def tuned_launch_configs() -> list[dict]:
 
 def _use_autotune(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("PLADIS_TRITON_AUTOTUNE", "1") != "0"
+
+
+def padded_keys(meta: dict) -> int:
+    """Key columns the kernel computes for the constexprs ``meta`` (head block plus tail block)."""
+    return meta["BLOCK_N"] + (meta["BLOCK_T"] if meta["HAS_TAIL"] else 0)
+
+
+def default_launch(meta: dict) -> tuple[int, int, int]:
+    """(BLOCK_M, QUERY_BLOCKS, num_warps) without the autotuner, for the constexprs ``meta``."""
+    n_cols = padded_keys(meta)
+    block_m = _block_m(n_cols, max(meta["BLOCK_D"], meta["BLOCK_DV"]))
+    return block_m, _query_blocks(n_cols), _num_warps(block_m, n_cols)
 
 
 def _block_m(n_cols: int, block_d: int) -> int:
@@ -306,6 +324,22 @@ def _query_blocks(n_cols: int) -> int:
 
 def _num_warps(block_m: int, n_cols: int) -> int:
     return 4 if block_m * n_cols <= 4096 else 8
+
+
+def kernel_constexprs(dtype: torch.dtype, lk: int, d: int, dv: int, *, alpha: float, mask_kind: int,
+                      need_softmax: bool, need_entmax: bool, with_stats: bool, on_cuda: bool = True) -> dict:
+    """The kernel's compile-time arguments for one call signature, all but the launch shape (``BLOCK_M``,
+    ``QUERY_BLOCKS``). ``mask_kind``: 0 none, 1 boolean, 2 additive."""
+    kind, q_int = alpha_flavour(alpha) if need_entmax else (KIND_NEWTON, 2)
+    block_n, block_t = split_blocks(lk)
+    return dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
+                KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
+                WITH_STATS=with_stats, IEEE_FP32=dtype == torch.float32,
+                # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
+                # tensor cores).
+                UPCAST_DOT=not on_cuda,
+                BLOCK_N=block_n, HAS_TAIL=block_t > 0, BLOCK_T=max(block_t, 16),
+                BLOCK_D=block_size(d), BLOCK_DV=block_size(dv))
 
 
 def _to_4d(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -399,29 +433,19 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
         stats, s4, stats_strides = None, o4, (0, 0, 0)
     if score_scale is None:
         score_scale = 1.0 / math.sqrt(d)
-    kind, q_int = alpha_flavour(alpha) if need_entmax else (KIND_NEWTON, 2)
-    block_n, block_t = split_blocks(lk)
-    block_d = block_size(d)
-    block_dv = block_size(dv)
+    meta = kernel_constexprs(q.dtype, lk, d, dv, alpha=alpha, mask_kind=mask_kind, need_softmax=need_softmax,
+                             need_entmax=need_entmax, with_stats=return_stats, on_cuda=q.is_cuda)
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),
                 stop_tolerance(q.dtype, stop_tol),
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
-        meta = dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
-                    KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
-                    WITH_STATS=return_stats, IEEE_FP32=q.dtype == torch.float32,
-                    # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
-                    # tensor cores).
-                    UPCAST_DOT=not q.is_cuda,
-                    BLOCK_N=block_n, HAS_TAIL=block_t > 0, BLOCK_T=max(block_t, 16),
-                    BLOCK_D=block_d, BLOCK_DV=block_dv)
-        n_cols = block_n + block_t
-        block_m, query_blocks = _block_m(n_cols, max(block_d, block_dv)), _query_blocks(n_cols)
-        num_warps = _num_warps(block_m, n_cols)
+        n_cols = padded_keys(meta)
+        block_m, query_blocks, num_warps = default_launch(meta)
         if _use_autotune(q.device):
-            key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, kind, q_int, return_stats)
+            key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, meta["KIND"], meta["Q_INT"],
+                   return_stats)
             tuned = _TUNED.get(key)
             if tuned is None:
                 tuner = _autotuned_kernel(n_cols)

@@ -1,0 +1,116 @@
+"""What the fused kernel costs an H100 statically: registers, spills, shared memory, occupancy, SASS.
+
+The benchmark (``experiments/bench_cross_attention.py``) needs a GPU. Part of what it measures does not: the
+compiled kernel's registers per thread, its local-memory stack (spilled registers), its shared memory, how many
+blocks of it fit on an SM, and its instruction counts are fixed by the cubin, which Triton builds for sm_90 on
+any machine (:mod:`pladis_analysis.maps.kernels.offline`). At the benchmark's shapes the kernel is latency-bound
+(a few hundred bytes per query, a serial threshold search), so spills and resident warps decide much of its
+speed; this table lets a kernel change be judged on a CPU before a GPU times it, and says why a launch
+configuration the autotuner picks is fast or slow.
+
+Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
+bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}, and ``softmax``: the softmax-only
+skeleton the benchmark calls ``triton_softmax``), and every launch configuration the autotuner tries there.
+Lq does not change the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's
+configuration (what runs without the autotuner).
+
+    python experiments/kernel_resources.py           # writes results/kernel_resources.csv (+ .meta.json); resumes
+    python experiments/kernel_resources.py --quick   # SD family, α = 1.5 and softmax only (tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from pladis_analysis.results import ResultsTable  # noqa: E402
+
+# (family, Lk, d): the benchmark's shapes, by what changes the compiled kernel
+FAMILIES = (("sd_sdxl", 77, 64), ("sana", 300, 112))
+VARIANTS = ("pladis", "softmax")
+
+
+@dataclass
+class Config:
+    families: tuple[tuple[str, int, int], ...] = FAMILIES
+    alphas: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0)
+    dtype: str = "bfloat16"
+    pladis_scale: float = 2.0
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(families=FAMILIES[:1], alphas=(1.5,))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def variants(config: Config) -> list[tuple[str, float]]:
+    """(variant, α) pairs: PLADIS at each α, and the softmax-only skeleton once (α does not enter it)."""
+    return [("pladis", a) for a in config.alphas] + [("softmax", float("nan"))]
+
+
+def run(config: Config, out: Path) -> Path:
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels import offline
+
+    table = ResultsTable(out / "kernel_resources.csv",
+                         keys=["family", "variant", "alpha", "block_m", "query_blocks", "num_warps"],
+                         config=config.to_dict(), device="sm_90 (offline compile; no GPU)")
+    dtype = getattr(torch, config.dtype)
+    jobs = []
+    for family, lk, d in config.families:
+        for variant, alpha in variants(config):
+            meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=alpha if variant == "pladis" else 1.5, mask_kind=0,
+                                        need_softmax=True, need_entmax=variant == "pladis", with_stats=False)
+            default = ca.default_launch(meta)
+            for launch in dict.fromkeys([*ca.launch_candidates(ca.padded_keys(meta)), default]):
+                jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default))
+    types = offline.fused_kernel_types(config.dtype, mask_kind=0)
+    for family, lk, d, variant, alpha, meta, (block_m, query_blocks, num_warps), chosen in tqdm(
+            jobs, desc="compile sm_90"):
+        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, query_blocks=query_blocks,
+                   num_warps=num_warps)
+        if table.has(**key):
+            continue
+        start = time.perf_counter()
+        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types,
+                                        {**meta, "BLOCK_M": block_m, "QUERY_BLOCKS": query_blocks}, num_warps)
+        found = offline.resources(compiled, num_warps)
+        table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "chosen": chosen, **found.as_dict(),
+                   "compile_s": round(time.perf_counter() - start, 2)})
+        table.flush(target="sm_90a", dtype=config.dtype)
+    return table.flush(target="sm_90a", dtype=config.dtype)
+
+
+def report(path: Path) -> None:
+    df = pd.read_csv(path)
+    cols = ["family", "variant", "alpha", "block_m", "query_blocks", "num_warps", "chosen", "registers",
+            "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers"]
+    print(df[cols].to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small grid for tests")
+    parser.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the results table")
+    args = parser.parse_args(argv)
+    # Compiling needs the real kernels, not the interpreter's objects (decided when they are first imported).
+    os.environ["TRITON_INTERPRET"] = "0"
+    path = run(Config.quick() if args.quick else Config(), args.out)
+    report(path)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,151 @@
+"""What a kernel costs an H100 before it runs: compile for sm_90 on any machine and read the cubin.
+
+Triton ships ptxas, cuobjdump and nvdisasm, so the whole pipeline source → PTX → cubin runs without a GPU.
+From the cubin this module reads what decides a latency-bound kernel's speed and does not depend on timing:
+
+* registers per thread and local-memory stack (``STACK`` > 0: values spilled out of registers);
+* shared memory per block (Triton's dynamic allocation plus the static part);
+* resident blocks and warps per SM, by the occupancy rules of sm_90 (65 536 registers allocated per warp in
+  units of 256, 64 warps, 32 blocks and 228 KiB of shared memory per SM, 1 KiB of it reserved per block);
+* the SASS: instructions in all, local loads/stores (spill traffic), barriers and warp shuffles.
+
+None of this is a time; it says where a kernel cannot be fast (spills, one block per SM) and lets a change to
+the kernel be checked on a CPU before a GPU times it. ``experiments/kernel_resources.py`` tabulates it for the
+fused kernel at the benchmark's shapes; ``tests/test_kernels_compile.py`` uses :func:`compile_sm90`.
+
+Compiling must not happen under ``TRITON_INTERPRET=1`` (the kernels are then interpreter objects); run in a
+process that imported the kernels without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+# sm_90 (H100/H200) per-SM limits, from the CUDA occupancy calculator's table for compute capability 9.0.
+SM90_REGISTERS = 65536
+SM90_REGISTER_UNIT = 256          # registers are allocated per warp in units of 256
+SM90_MAX_WARPS = 64
+SM90_MAX_BLOCKS = 32
+SM90_SHARED_BYTES = 228 * 1024
+SM90_SHARED_RESERVED = 1024       # per block, taken by the runtime
+SM90_MAX_SHARED_PER_BLOCK = 227 * 1024
+
+
+class OfflineCompileError(RuntimeError):
+    """The kernels cannot be compiled offline here (interpreter active, or Triton's NVIDIA tools missing)."""
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    if not os.path.exists(path):
+        raise OfflineCompileError(f"{name} not found at {path}: this Triton build ships no NVIDIA tools")
+    return path
+
+
+def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages: int = 1):
+    """``fn`` (a ``@triton.jit`` kernel) compiled for an H100: ``types`` maps argument names to Triton types
+    (others default to ``i32``), ``consts`` gives the constexprs. Returns Triton's compiled kernel."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if type(fn).__name__ == "InterpretedFunction":
+        raise OfflineCompileError("the kernels were imported under TRITON_INTERPRET=1; compile in a fresh process "
+                                  "without it")
+    signature = {name: "constexpr" if name in consts else types.get(name, "i32") for name in fn.arg_names}
+    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+def fused_kernel_types(dtype: str, mask_kind: int) -> dict[str, str]:
+    """Argument types of the fused cross-attention kernel for inputs of ``dtype`` (``"bfloat16"`` …) and a
+    mask of ``mask_kind`` (0 none, 1 boolean, 2 additive), as :func:`compile_sm90` takes them."""
+    if dtype not in _TRITON_TYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_TRITON_TYPES)}")
+    pointer = "*" + _TRITON_TYPES[dtype]
+    return {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32", "stop_tol": "fp32",
+            "Q": pointer, "K": pointer, "V": pointer, "OUT": pointer, "STATS": "*fp32",
+            "MASK": "*u8" if mask_kind == 1 else pointer}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Static resources of one compiled kernel (see the module docstring)."""
+
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+    num_warps: int
+    blocks_per_sm: int
+    warps_per_sm: int
+    sass_instructions: int
+    local_loads: int
+    local_stores: int
+    barriers: int
+    shuffles: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_resource_usage(text: str) -> dict[str, int]:
+    """``REG``, ``STACK`` and ``SHARED`` of the (single) function in ``cuobjdump -res-usage`` output."""
+    found = {}
+    for name in ("REG", "STACK", "SHARED"):
+        match = re.search(rf"\b{name}:(\d+)", text.split("Function", 1)[-1])
+        if match is None:
+            raise ValueError(f"no {name} in cuobjdump -res-usage output: {text[:300]!r}")
+        found[name] = int(match.group(1))
+    return found
+
+
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def count_sass(text: str) -> dict[str, int]:
+    """Instruction counts in ``cuobjdump -sass`` output: all, local loads/stores, barriers, warp shuffles."""
+    opcodes = [m.group(1).split(".")[0] for m in _SASS_LINE.finditer(text)]
+    return {"sass_instructions": len(opcodes),
+            "local_loads": sum(op == "LDL" for op in opcodes),
+            "local_stores": sum(op == "STL" for op in opcodes),
+            "barriers": sum(op in ("BAR", "BAR_SYNC") for op in opcodes),
+            "shuffles": sum(op == "SHFL" for op in opcodes)}
+
+
+def occupancy(registers: int, shared_bytes: int, num_warps: int) -> tuple[int, int]:
+    """(blocks, warps) resident per sm_90 SM for a kernel with these per-thread registers, per-block shared
+    memory and warps per block."""
+    if registers <= 0 or num_warps <= 0:
+        raise ValueError(f"registers={registers}, num_warps={num_warps}: both must be positive")
+    per_warp = -(-registers * 32 // SM90_REGISTER_UNIT) * SM90_REGISTER_UNIT
+    by_registers = (SM90_REGISTERS // per_warp) // num_warps
+    by_warps = SM90_MAX_WARPS // num_warps
+    by_shared = SM90_SHARED_BYTES // (shared_bytes + SM90_SHARED_RESERVED) if shared_bytes else SM90_MAX_BLOCKS
+    if shared_bytes > SM90_MAX_SHARED_PER_BLOCK:
+        by_shared = 0
+    blocks = max(0, min(by_registers, by_warps, by_shared, SM90_MAX_BLOCKS))
+    return blocks, blocks * num_warps
+
+
+def resources(compiled, num_warps: int) -> Resources:
+    """Read a compiled kernel's cubin with cuobjdump (see :class:`Resources`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        cubin = os.path.join(folder, "kernel.cubin")
+        with open(cubin, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True, check=True)
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
+    usage_counts = parse_resource_usage(usage.stdout)
+    shared = int(compiled.metadata.shared) + usage_counts["SHARED"]
+    blocks, warps = occupancy(usage_counts["REG"], shared, num_warps)
+    return Resources(registers=usage_counts["REG"], stack_bytes=usage_counts["STACK"], shared_bytes=shared,
+                     num_warps=num_warps, blocks_per_sm=blocks, warps_per_sm=warps, **count_sass(sass.stdout))

@@ -1,0 +1,63 @@
+"""The offline reading of compiled kernels (pladis_analysis.maps.kernels.offline): parsing and occupancy rules.
+
+These run everywhere (no compile); tests/test_kernels_compile.py compiles real kernels when PLADIS_AOT_CHECK=1.
+"""
+
+import pytest
+
+from pladis_analysis.maps.kernels import offline
+
+RES_USAGE = """
+Resource usage:
+ Common:
+  GLOBAL:28 CONSTANT[4]:16
+ Function _fused_pladis_fwd_kernel:
+  REG:255 STACK:216 SHARED:1024 LOCAL:0 CONSTANT[0]:720 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                        /* 0x00000a00ff017b82 */
+                                                                                 /* 0x000ff00000000800 */
+        /*0010*/                   STL [R1+0x10], R4 ;                           /* 0x0000100401007387 */
+        /*0020*/              @!P0 BRA 0x1230 ;                                  /* 0x0000001000008947 */
+        /*0030*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;             /* 0x0c201f0004057f89 */
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;                 /* 0x0000000000007b1d */
+        /*0050*/               @P1 LDL R6, [R1+0x10] ;                           /* 0x0000100001061983 */
+        /*0060*/                   EXIT ;                                        /* 0x000000000000794d */
+"""
+
+
+def test_parse_resource_usage_reads_the_function_not_the_common_section():
+    assert offline.parse_resource_usage(RES_USAGE) == {"REG": 255, "STACK": 216, "SHARED": 1024}
+    with pytest.raises(ValueError, match="REG"):
+        offline.parse_resource_usage("Resource usage:\n Function f:\n  STACK:0 SHARED:0")
+
+
+def test_count_sass_counts_opcodes_with_and_without_predicates():
+    counts = offline.count_sass(SASS)
+    assert counts == {"sass_instructions": 7, "local_loads": 1, "local_stores": 1, "barriers": 1, "shuffles": 1}
+
+
+@pytest.mark.parametrize("registers,shared,warps,blocks", [
+    (167, 15360, 4, 3),       # 167 → 168 per thread: 5376 per warp, 12 warps' worth → 3 blocks of 4
+    (128, 15360, 4, 4),       # 4096 per warp: 16 warps → 4 blocks (shared memory would allow 14)
+    (255, 98304, 8, 1),
+    (32, 0, 4, 16),           # the 64-warp limit
+    (16, 0, 1, 32),           # the 32-block limit
+    (64, 180224, 4, 1),       # shared memory: one 176 KiB block per SM
+    (64, 228 * 1024, 4, 0),   # more than a block may have
+])
+def test_occupancy_follows_the_sm90_limits(registers, shared, warps, blocks):
+    assert offline.occupancy(registers, shared, warps) == (blocks, blocks * warps)
+
+
+def test_occupancy_rejects_nonsense():
+    with pytest.raises(ValueError, match="num_warps=0"):
+        offline.occupancy(64, 0, 0)
+
+
+def test_fused_kernel_types_names_the_dtype():
+    assert offline.fused_kernel_types("bfloat16", 1)["MASK"] == "*u8"
+    assert offline.fused_kernel_types("float16", 2)["Q"] == "*fp16"
+    with pytest.raises(ValueError, match="float64"):
+        offline.fused_kernel_types("float64", 0)
