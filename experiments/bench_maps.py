@@ -7,13 +7,16 @@ For every shape, device and mode (``forward``; ``forward_backward`` = forward, t
 cotangent) it times, interleaved within each repeat, median of ``repeats`` samples after ``warmup`` calls:
 
 * ``torch.softmax`` — the baseline every row is divided by (``x_torch_softmax``);
-* ours (``impl = pladis_analysis``): softmax, sparsemax, entmax15, entmax α = 1.25, PLADIS (λ = 2, α = 1.5);
-* the ``entmax`` package: ``sparsemax``, ``entmax15``, ``entmax_bisect`` (α = 1.25, its default 50 bisection
-  steps) and PLADIS as the public ports compute it, ``(1 − λ) torch.softmax + λ entmax.entmax15``.
+* ours (``impl = pladis_analysis``): softmax, sparsemax, entmax15, entmax α = 1.25 and α = 3, PLADIS
+  (λ = 2, α = 1.5);
+* the ``entmax`` package: ``sparsemax``, ``entmax15``, ``entmax_bisect`` (α = 1.25 and 3, its default 50
+  bisection steps) and PLADIS as the public ports compute it, ``(1 − λ) torch.softmax + λ entmax.entmax15``.
 
 Each of our rows names its counterpart (torch.softmax for softmax, the package for the others) and carries
 ``speedup_vs_counterpart`` = counterpart median / our median and the largest absolute difference between
-the two outputs (a correctness check at benchmark shapes). Wall-clock medians are the primary measure; on
+the two outputs (a correctness check at benchmark shapes); every row also carries its largest absolute error
+against the float64 NumPy reference (``max_abs_err_vs_float64``), which says which of two disagreeing
+implementations is off (at α = 3 it is the package's float32 bisection). Wall-clock medians are the primary measure; on
 a shared CPU the thread's CPU time (``median_cpu_ms``, ``*_cpu`` ratios) is reported beside them, since it
 does not count the time other processes held the core. Targets (issue 2, same CPU, same run):
 entmax15 forward+backward ≥ 5× the package's; entmax α = 1.25 ≥ 10× ``entmax_bisect``; sparsemax ≥ 3× the
@@ -44,12 +47,15 @@ sys.path.insert(0, str(ROOT))
 import entmax as entmax_pkg  # noqa: E402
 
 from pladis_analysis import maps  # noqa: E402
+from pladis_analysis.maps import reference  # noqa: E402
 from pladis_analysis.results import ResultsTable  # noqa: E402
 
 FULL_SHAPES = ((16, 4096, 77), (16, 1024, 300))  # SD-style cross-attention: (B·heads, Lq, Lk)
 QUICK_SHAPES = ((2, 128, 77), (2, 32, 300))
 MODES = ("forward", "forward_backward")
 PLADIS_SCALE, PLADIS_ALPHA, GENERAL_ALPHA = 2.0, 1.5, 1.25
+# α > 2 takes a different search (safeguarded Halley, plus a second search next to tied scores): timed too.
+ABOVE_TWO_ALPHA = 3.0
 
 # issue 2 targets: (our map, minimum speedup over its package counterpart, mode)
 TARGETS = (("entmax15", 5.0, "forward_backward"), ("entmax(1.25)", 10.0, "forward_backward"),
@@ -110,6 +116,17 @@ class Method:
     counterpart: str | None = None  # `name` of the method ours is compared with
 
 
+# The float64 NumPy reference of each map: every row's output is compared with it (``max_abs_err_vs_float64``).
+REFERENCES: dict[str, Callable] = {
+    "softmax": reference.softmax,
+    "sparsemax": reference.sparsemax,
+    "entmax15": reference.entmax15,
+    "entmax(1.25)": lambda z: reference.entmax(z, GENERAL_ALPHA),
+    "entmax(3)": lambda z: reference.entmax(z, ABOVE_TWO_ALPHA),
+    "pladis(2, 1.5)": lambda z: reference.pladis_weights(z, PLADIS_SCALE, PLADIS_ALPHA),
+}
+
+
 def _package_pladis(z: torch.Tensor) -> torch.Tensor:
     return torch.lerp(torch.softmax(z, dim=-1), entmax_pkg.entmax15(z, dim=-1), PLADIS_SCALE)
 
@@ -127,6 +144,10 @@ def methods() -> list[Method]:
                lambda z: maps.entmax(z, GENERAL_ALPHA), "pkg:entmax_bisect(1.25)"),
         Method("pkg:entmax_bisect(1.25)", "entmax(1.25)", "entmax package",
                lambda z: entmax_pkg.entmax_bisect(z, GENERAL_ALPHA, dim=-1)),
+        Method("ours:entmax(3)", "entmax(3)", "pladis_analysis",
+               lambda z: maps.entmax(z, ABOVE_TWO_ALPHA), "pkg:entmax_bisect(3)"),
+        Method("pkg:entmax_bisect(3)", "entmax(3)", "entmax package",
+               lambda z: entmax_pkg.entmax_bisect(z, ABOVE_TWO_ALPHA, dim=-1)),
         Method("ours:pladis", "pladis(2, 1.5)", "pladis_analysis",
                lambda z: maps.pladis_weights(z, PLADIS_SCALE, PLADIS_ALPHA), "pkg:pladis"),
         Method("pkg:pladis", "pladis(2, 1.5)", "entmax package", _package_pladis),
@@ -166,6 +187,8 @@ def measure_group(shape, device: str, mode: str, cfg: BenchMapsConfig, ms: list[
     with torch.no_grad():
         for m in ms:
             outputs[m.name] = m.fn(z.detach())
+    z64 = z.detach().double().cpu().numpy()
+    exact = {name: torch.from_numpy(REFERENCES[name](z64)) for name in dict.fromkeys(m.map for m in ms)}
     for _ in range(cfg.warmup):
         for m in ms:
             _timed_call(m.fn, z, cotangent, device)
@@ -198,6 +221,7 @@ def measure_group(shape, device: str, mode: str, cfg: BenchMapsConfig, ms: list[
             "max_abs_diff_vs_counterpart": (
                 (outputs[m.name].float() - outputs[m.counterpart].float()).abs().max().item()
                 if m.counterpart else float("nan")),
+            "max_abs_err_vs_float64": (outputs[m.name].double().cpu() - exact[m.map]).abs().max().item(),
         }
         rows.append(row)
     return rows
