@@ -264,6 +264,23 @@ def test_entmax_next_to_a_tied_group(alpha, log_margin, sign, group, length, dty
     assert_close(p, R.entmax(z.to(torch.float64).numpy(), alpha), name=f"alpha={alpha}, k={k}")
 
 
+@pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_entmax_above_two_rows_leave_the_search_in_any_order(alpha, dtype):
+    """The α > 2 search drops rows from its loop as they finish (a few steps for most rows, many for rows that
+    must bisect to resolution or be solved again next to a tied group): interleaved easy and hard rows, the
+    hard ones at scattered positions, must each get their own weights back."""
+    from pladis_analysis.testing import tied_group_rows
+
+    easy = _scores((40, 50), scale=1.0, seed=3).numpy().astype(np.float64)
+    hard = tied_group_rows(alpha, [-(10.0**-5), 10.0**-3, -(10.0**-2)], [20, 7, 33], 50, seed=4)
+    rows = np.concatenate([easy, hard])
+    order = np.random.default_rng(5).permutation(len(rows))                              # hard rows scattered
+    z = torch.from_numpy(rows[order]).to(dtype)
+    p = maps.entmax(z, alpha)
+    assert_close(p, R.entmax(z.to(torch.float64).numpy(), alpha), name=f"alpha={alpha}, mixed rows")
+
+
 # --------------------------------------------------------------------------------------------------
 # property: the torch path equals the reference on adversarial inputs (ties, scales, lengths)
 # --------------------------------------------------------------------------------------------------

@@ -228,7 +228,10 @@ def _power_into(t: torch.Tensor, e: float, out: torch.Tensor) -> torch.Tensor:
         return torch.mul(t, t, out=out).mul_(t)
     if e == 4.0:
         return torch.mul(t, t, out=out).square_()
-    torch.pow(t, e, out=out)
+    if e == -0.5:  # α = 3
+        torch.rsqrt(t, out=out)
+    else:
+        torch.pow(t, e, out=out)
     if e < 0.0:  # α > 2: t^{q−1} has a negative exponent; it is 0 off the support, not inf
         out.masked_fill_(t == 0, 0.0)
     return out
@@ -376,13 +379,24 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
     A row stops at |f| ≤ ε (``converged``) or when its bracket has shrunk to rounding, relative to the larger
     |end| (so a bracket near 0 keeps shrinking: see :func:`_entmax_safeguarded`). Returns ``(τ, Σt^q, converged, lo, hi)``
     with t = [zs − τ]_+ in ``t_out`` and t^{q−1} in ``w_out``, all at the returned τ.
+
+    Rows differ a lot here (a few Newton steps, or ~25 when rounding keeps |f| above ε and the bracket must
+    shrink to its resolution), so rows that are done leave the loop as in :func:`_entmax_newton`: once
+    :data:`COMPACT_FRACTION` of the active rows are done they are recorded and the rest copied into a compact
+    buffer. ``t_out``/``w_out`` serve as the loop's scratch and are filled for every row by one last pass.
     """
     eps = SUM_TOLERANCE[zs.dtype]
     tiny = torch.finfo(zs.dtype).tiny
     ulp = 2.0 * torch.finfo(zs.dtype).eps
-    for iteration in range(4 * MAX_ITERATIONS):  # bisection alone needs up to ~log2(1/ulp) steps
-        t = torch.sub(zs, tau, out=t_out).clamp_(min=0.0)
-        w = _power_into(t, q - 1.0, w_out)
+    cap = 4 * MAX_ITERATIONS  # bisection alone needs up to ~log2(1/ulp) steps
+    final = {"tau": tau.clone(), "converged": torch.zeros_like(tau, dtype=torch.bool), "lo": lo.clone(),
+             "hi": hi.clone()}
+    active = None  # indices of the rows still iterating; None: all rows, in their original order
+    z_act = zs
+    for iteration in range(cap):
+        n = z_act.shape[0]
+        t = torch.sub(z_act, tau, out=t_out[:n]).clamp_(min=0.0)
+        w = _power_into(t, q - 1.0, w_out[:n])
         sum_q1 = w.sum(dim=-1, keepdim=True)
         sum_q = _row_dot(w, t)
         f = sum_q - 1.0
@@ -390,13 +404,33 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
         hi = torch.where(f < 0, tau, hi)
         converged = (f.abs() <= eps) | (sum_q == 0)
         done = converged | ((hi - lo) <= ulp * torch.maximum(lo.abs(), hi.abs()) + tiny)
-        if bool(done.all()) or iteration == 4 * MAX_ITERATIONS - 1:
-            break  # at the cap too: τ stays where t and Σt^q were evaluated
+        if iteration == cap - 1:
+            done = torch.ones_like(done)  # at the cap: τ stays where t and Σt^q were evaluated
+        n_done = int(done.sum())
+        if n_done == n or n_done >= COMPACT_FRACTION * n:
+            sel = None if n_done == n else done.view(-1).nonzero().view(-1)  # active positions that are done
+            rows_done = active if sel is None else (sel if active is None else active.index_select(0, sel))
+            for key, value in (("tau", tau), ("converged", converged), ("lo", lo), ("hi", hi)):
+                value = value if sel is None else value.index_select(0, sel)
+                if rows_done is None:
+                    final[key].copy_(value)
+                else:
+                    final[key].index_copy_(0, rows_done, value)
+            if n_done == n:
+                break
+            keep = (~done).view(-1).nonzero().view(-1)
+            z_act = z_act.index_select(0, keep)
+            active = keep if active is None else active.index_select(0, keep)
+            tau, lo, hi, f, sum_q1 = (v.index_select(0, keep) for v in (tau, lo, hi, f, sum_q1))
+            done = done.index_select(0, keep)
         new = tau + f / (q * sum_q1).clamp(min=tiny)
         inside = (new > lo) & (new < hi)  # False for NaN
         new = torch.where(inside, new, _split(lo, hi, relative))
         tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
-    return tau, sum_q, converged, lo, hi
+    tau = final["tau"]
+    t = torch.sub(zs, tau, out=t_out).clamp_(min=0.0)
+    sum_q = _row_dot(_power_into(t, q - 1.0, w_out), t)
+    return tau, sum_q, final["converged"], final["lo"], final["hi"]
 
 
 def _entmax_safeguarded(x, zs, m, alpha, p, s):
