@@ -64,7 +64,7 @@ def run(config: Config, out: Path) -> Path:
     from pladis_analysis.maps.kernels import offline
 
     table = ResultsTable(out / "kernel_resources.csv",
-                         keys=["family", "variant", "alpha", "block_m", "query_blocks", "num_warps"],
+                         keys=["family", "variant", "alpha", "block_m", "num_warps"],
                          config=config.to_dict(), device="sm_90 (offline compile; no GPU)")
     dtype = getattr(torch, config.dtype)
     jobs = []
@@ -76,16 +76,15 @@ def run(config: Config, out: Path) -> Path:
             for launch in dict.fromkeys([*ca.launch_candidates(ca.padded_keys(meta)), default]):
                 jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default))
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
-    for family, lk, d, variant, alpha, meta, (block_m, query_blocks, num_warps), chosen in tqdm(
+    for family, lk, d, variant, alpha, meta, (block_m, num_warps), chosen in tqdm(
             jobs, desc="compile sm_90"):
-        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, query_blocks=query_blocks,
-                   num_warps=num_warps)
+        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, num_warps=num_warps)
         if table.has(**key):
             continue
-        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types,
-                                        {**meta, "BLOCK_M": block_m, "QUERY_BLOCKS": query_blocks}, num_warps)
+        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m}, num_warps)
         found = offline.resources(compiled, num_warps)
-        table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "chosen": chosen,
+        table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "d_chunk": meta["D_CHUNK"],
+                   "chosen": chosen,
                    # one fp32 score tile's entries per thread: what each live tile of the search costs in registers
                    "scores_per_thread": block_m * ca.padded_keys(meta) // (32 * num_warps), **found.as_dict()})
         table.flush(target="sm_90a", dtype=config.dtype)
@@ -94,7 +93,7 @@ def run(config: Config, out: Path) -> Path:
 
 def report(path: Path) -> None:
     df = pd.read_csv(path)
-    cols = ["family", "variant", "alpha", "block_m", "query_blocks", "num_warps", "chosen", "scores_per_thread",
+    cols = ["family", "variant", "alpha", "block_m", "num_warps", "chosen", "scores_per_thread",
             "registers",
             "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers"]
     print(df[cols].to_string(index=False))

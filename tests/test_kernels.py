@@ -305,23 +305,25 @@ def test_fused_attention_broadcasting(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_attention_several_query_blocks_per_program(device, monkeypatch):
-    """A program may loop over several query blocks with the keys and values it loaded once (the autotuner's
-    option for 300 keys): 3 blocks of 16 over Lq = 19 leave one block wholly past the end, which must write
-    nothing; masks and statistics as usual."""
+@pytest.mark.parametrize("lk", [45, 300, 500])
+def test_fused_attention_reads_keys_and_values_in_chunks(device, lk, monkeypatch):
+    """q kᵀ accumulates over chunks of head dimensions and A·V over chunks of keys, split off register tiles by
+    halving: with head-dim chunks of 16, d = 40 is 3 chunks (the last partly past d); 45 keys are one head block
+    of 32 and a tail of 16, 300 are 256 (4 key chunks) + 64, 500 one block of 512 (8 key chunks, the most);
+    dv = 24; Lq = 19 in blocks of 16 leaves the last block partly past the end; masks and statistics as usual."""
     from pladis_analysis.maps.kernels import cross_attention as ca
 
-    monkeypatch.setattr(ca, "_query_blocks", lambda n_cols: 3)
+    monkeypatch.setattr(ca, "HEAD_DIM_CHUNK", 16)
     monkeypatch.setattr(ca, "_block_m", lambda n_cols, block_d: 16)
     monkeypatch.setenv("PLADIS_TRITON_AUTOTUNE", "0")
-    q, k, v = _qkv((2, 2, 19, 45, 16), torch.float32, device, seed=15)
-    mask = torch.rand(2, 1, 19, 45, generator=torch.Generator().manual_seed(16)) > 0.3
+    q, k, v = _qkv((1, 2, 19, lk, 40), torch.float32, device, seed=15, dv=24)
+    mask = torch.rand(1, 1, 19, lk, generator=torch.Generator().manual_seed(16)) > 0.3
     mask[0, 0, 3] = False
     mask = mask.to(device)
     out, stats = fused_pladis_attention(q, k, v, alpha=1.5, attn_mask=mask, return_stats=True)
-    assert out.shape == (2, 2, 19, 16) and stats.shape == (2, 2, 19, len(STAT_NAMES))
+    assert out.shape == (1, 2, 19, 24) and stats.shape == (1, 2, 19, len(STAT_NAMES))
     assert torch.all(out[0, :, 3] == 0)
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name="3 query blocks per program")
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name=f"chunks, Lk = {lk}")
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -1,15 +1,17 @@
 """Fused PLADIS cross-attention: scores → softmax and α-entmax → A = S + λ(E − S) → A·V in one pass.
 
-Cross-attention keys are text tokens (77–300), so one program holds a block of queries together with *all*
-keys and values: it computes the block's score tile once, finds both maps in registers (softmax directly,
+Cross-attention keys are text tokens (77–300), so one program holds the scores of a block of queries against
+*all* keys: it computes the block's score tile once, finds both maps in registers (softmax directly,
 α-entmax by the threshold search of :mod:`.entmax_rowwise`), mixes them, and multiplies by V. The scores
 never reach memory; memory traffic is that of softmax attention (read Q, K, V, write O).
 
 The key axis is a power-of-two head block plus, when that saves padding, a power-of-two tail block (77 keys:
 64 + 16 columns instead of 128; 300: 256 + 64 instead of 512): every elementwise step of the search runs over
-the padded columns, so padding is work. A program may also loop over several query blocks with the keys (and
-values) it loaded once; the autotuner offers that for > 128 key columns, where re-reading keys and values for
-every 16–32 queries is what the softmax-only skeleton of the kernel spends its time on.
+the padded columns, so padding is work. Keys and values never sit whole in registers: q kᵀ accumulates over
+chunks of :data:`HEAD_DIM_CHUNK` head dimensions, and A·V over chunks of :data:`KEY_CHUNK` keys. A tensor-core
+operand is held whole by every warp that uses it, and whole operands at SANA's 300 keys × 128 dims filled the
+register file and spilled even without the threshold search (``results/kernel_resources.csv``; the chunks
+cut the registers to 128–168 per thread there, without spills, at the same launch configurations).
 
     z   = (q kᵀ) · score_scale + bias        bias: additive mask, or −inf where a boolean mask is False
     S   = softmax(z),  E = α-entmax(z)
@@ -47,6 +49,11 @@ from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, max_iterat
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
 MAX_HEAD_DIM = 128
+# q kᵀ accumulates over chunks of this many head dimensions, and A·V over chunks of KEY_CHUNK keys: a tensor-core
+# operand is held whole in registers by every warp that uses it, so whole 300-key × 128-dim operands cost more
+# registers than the score tiles (results/kernel_resources.csv).
+HEAD_DIM_CHUNK = 32
+KEY_CHUNK: tl.constexpr = tl.constexpr(64)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Per-row statistics, in this order along the last dimension of the stats tensor. Entropies use the natural
@@ -61,25 +68,55 @@ logger = logging.getLogger("pladis_analysis.kernels")
 
 
 @triton.jit
-def _load_rows(PTR, base, cols, L, D, s_row, s_col, BLOCK_D: tl.constexpr):
-    """Rows ``cols`` (< L) of a (L, D) matrix at ``PTR + base``, zero-padded to (len(cols), BLOCK_D)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    return tl.load(PTR + base + cols[:, None] * s_row + offs_d[None, :] * s_col,
-                   mask=(cols < L)[:, None] & (offs_d[None, :] < D), other=0.0)
+def _load_rows(PTR, base, rows, L, C, s_row, s_col, BLOCK_C: tl.constexpr):
+    """Rows ``rows`` (< L) of a (L, C) matrix at ``PTR + base``, zero-padded to (len(rows), BLOCK_C)."""
+    offs_c = tl.arange(0, BLOCK_C)
+    return tl.load(PTR + base + rows[:, None] * s_row + offs_c[None, :] * s_col,
+                   mask=(rows < L)[:, None] & (offs_c[None, :] < C), other=0.0)
 
 
 @triton.jit
-def _scores(q, k, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale,
-            MASK_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """The masked, scaled scores of a block of queries against the keys ``k`` (rows ``cols``); returns
-    ``(z, valid)``."""
-    col_in = cols < Lk
+def _dot(a, b, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """acc + a · b on the tensor cores in the inputs' dtype, fp32 accumulation (IEEE for float32 inputs)."""
     if IEEE_FP32:
-        z = tl.dot(q, tl.trans(k), input_precision="ieee")
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
     elif UPCAST_DOT:
-        z = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+        # The CPU interpreter multiplies bfloat16 tiles as raw integers: upcast, after rounding to b's dtype as
+        # the tensor cores would.
+        acc = tl.dot(a.to(b.dtype).to(tl.float32), b.to(tl.float32), acc)
     else:
-        z = tl.dot(q, tl.trans(k))                                                           # (BLOCK_M, cols) fp32
+        acc = tl.dot(a.to(b.dtype), b, acc)
+    return acc
+
+
+@triton.jit
+def _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, cols_t, Lk, D, sqm, sqd, skn, skd,
+                IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, HAS_TAIL: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+                D_CHUNK: tl.constexpr):
+    """q kᵀ of a block of queries against the head keys ``cols`` and the tail keys ``cols_t``, accumulated over
+    chunks of D_CHUNK head dimensions (kᵀ is loaded as such, so the compiler stages it in shared memory)."""
+    z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    z_t = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
+    for start in tl.static_range(0, BLOCK_D, D_CHUNK):
+        dims = start + tl.arange(0, D_CHUNK)
+        dim_in = dims < D
+        q = tl.load(Q + q_base + rows[:, None] * sqm + dims[None, :] * sqd,
+                    mask=row_in[:, None] & dim_in[None, :], other=0.0)                      # (BLOCK_M, D_CHUNK)
+        k = tl.load(K + k_base + dims[:, None] * skd + cols[None, :] * skn,
+                    mask=dim_in[:, None] & (cols < Lk)[None, :], other=0.0)                 # (D_CHUNK, BLOCK_N)
+        z = _dot(q, k, z, IEEE_FP32, UPCAST_DOT)
+        if HAS_TAIL:
+            k_t = tl.load(K + k_base + dims[:, None] * skd + cols_t[None, :] * skn,
+                          mask=dim_in[:, None] & (cols_t < Lk)[None, :], other=0.0)         # (D_CHUNK, BLOCK_T)
+            z_t = _dot(q, k_t, z_t, IEEE_FP32, UPCAST_DOT)
+    return z, z_t
+
+
+@triton.jit
+def _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale, MASK_KIND: tl.constexpr):
+    """The scores ``z`` scaled and masked; returns ``(z, valid)``."""
+    col_in = cols < Lk
     z = z * score_scale
     tile_in = row_in[:, None] & col_in[None, :]
     if MASK_KIND == 1:
@@ -91,16 +128,61 @@ def _scores(q, k, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale,
     return z, col_in[None, :] & (z > float("-inf"))
 
 
+# A·V over key chunks. Triton cannot slice a register tile, but it can split one in two: (M, N) → (M, 2, N/2) →
+# (M, N/2, 2) → two (M, N/2) halves. Each level below halves a tile wider than its limit and hands the halves
+# down, so a tile of up to 8 · KEY_CHUNK keys (512) reaches the tensor cores KEY_CHUNK keys at a time.
+
 @triton.jit
-def _times_values(a, v, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """acc + a · v (a: attention weights of a block of queries over the keys whose values are ``v``)."""
-    if IEEE_FP32:
-        acc = tl.dot(a, v.to(tl.float32), acc, input_precision="ieee")
-    elif UPCAST_DOT:
-        # Round A to the input dtype first, as the tensor-core path below does, so the CPU tests see GPU rounding.
-        acc = tl.dot(a.to(v.dtype).to(tl.float32), v.to(tl.float32), acc)
+def _halves(a, M: tl.constexpr, N: tl.constexpr):
+    """(a[:, :N/2], a[:, N/2:]) of an (M, N) tile."""
+    return tl.split(tl.permute(tl.reshape(a, (M, 2, N // 2)), (0, 2, 1)))
+
+
+@triton.jit
+def _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+              N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """acc + a · V[first : first + N] (a: (M, N) weights; rows of V at or past Lk read as 0)."""
+    v = _load_rows(V, v_base, first + tl.arange(0, N), Lk, DV, svn, svd, BLOCK_DV)       # (N, BLOCK_DV)
+    return _dot(a, v, acc, IEEE_FP32, UPCAST_DOT)
+
+
+@triton.jit
+def _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+          M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    if N <= KEY_CHUNK:
+        acc = _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N, BLOCK_DV)
     else:
-        acc = tl.dot(a.to(v.dtype), v, acc)                                                  # fp32 accumulation
+        a0, a1 = _halves(a, M, N)
+        acc = _av_chunk(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N // 2, BLOCK_DV)
+        acc = _av_chunk(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N // 2,
+                        BLOCK_DV)
+    return acc
+
+
+@triton.jit
+def _av_4(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+          M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    if N <= 2 * KEY_CHUNK:
+        acc = _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N, BLOCK_DV)
+    else:
+        a0, a1 = _halves(a, M, N)
+        acc = _av_2(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2, BLOCK_DV)
+        acc = _av_2(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2,
+                    BLOCK_DV)
+    return acc
+
+
+@triton.jit
+def _times_values(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+                  M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """acc + a · V[first : first + N] for an (M, N) tile of weights, N ≤ 8 · KEY_CHUNK, KEY_CHUNK keys at a time."""
+    if N <= 4 * KEY_CHUNK:
+        acc = _av_4(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N, BLOCK_DV)
+    else:
+        a0, a1 = _halves(a, M, N)
+        acc = _av_4(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2, BLOCK_DV)
+        acc = _av_4(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2,
+                    BLOCK_DV)
     return acc
 
 
@@ -111,27 +193,46 @@ def _entropy_terms(w):
 
 
 @triton.jit
-def _attend_query_block(
-        Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam, stop_tol,
-        Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
-        ssb, ssh, ssm, MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
+def _fused_pladis_fwd_kernel(
+        Q, K, V, MASK, OUT, STATS,
+        score_scale, alpha, lam, stop_tol,
+        H, Lq, Lk, D, DV,
+        sqb, sqh, sqm, sqd,
+        skb, skh, skn, skd,
+        svb, svh, svn, svd,
+        smb, smh, smm, smn,
+        sob, soh, som, sod,
+        ssb, ssh, ssm,
+        MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
         KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
-        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, HAS_TAIL: tl.constexpr, PRELOAD_V: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Scores → softmax and α-entmax → PLADIS mix → ·V for one block of queries ``rows`` (``v``/``v_t`` are the
-    values when ``PRELOAD_V``, else loaded here from ``V``)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
+        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, D_CHUNK: tl.constexpr):
+    """Scores → softmax and α-entmax → PLADIS mix → ·V for one block of BLOCK_M queries of one (batch, head).
+
+    Keys: a head block of BLOCK_N and, with HAS_TAIL, a tail block of BLOCK_T after it (powers of two: 77 keys
+    are 64 + 16 columns instead of 128, 300 keys 256 + 64 instead of 512).
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
     row_in = rows < Lq
-    q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_in[:, None] & (offs_d[None, :] < D), other=0.0)                     # (BLOCK_M, BLOCK_D)
-    z, valid = _scores(q, k, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale,
-                       MASK_KIND, IEEE_FP32, UPCAST_DOT)                                     # (BLOCK_M, BLOCK_N)
-    z_t = z
-    valid_t = valid
+    m_base = b * smb + h * smh
+    z, z_t = _raw_scores(Q, b * sqb + h * sqh, K, b * skb + h * skh, rows, row_in, cols, cols_t, Lk, D, sqm, sqd,
+                         skn, skd, IEEE_FP32, UPCAST_DOT, HAS_TAIL, BLOCK_M, BLOCK_N, BLOCK_T, BLOCK_D,
+                         D_CHUNK)                                                # (BLOCK_M, BLOCK_N), (BLOCK_M, BLOCK_T)
+    z, valid = _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale, MASK_KIND)
     if HAS_TAIL:
-        z_t, valid_t = _scores(q, k_t, MASK, m_base, rows, row_in, cols_t, Lk, smm, smn, score_scale,
-                               MASK_KIND, IEEE_FP32, UPCAST_DOT)                             # (BLOCK_M, BLOCK_T)
+        z_t, valid_t = _masked_scores(z_t, MASK, m_base, rows, row_in, cols_t, Lk, smm, smn, score_scale,
+                                      MASK_KIND)
+    else:
+        z_t = z
+        valid_t = valid
     log2e = 1.4426950408889634
 
     if NEED_ENTMAX:
@@ -162,14 +263,13 @@ def _attend_query_block(
         a = expo * inv_sum[:, None]
         a_t = expo_t * inv_sum[:, None]
 
-    if not PRELOAD_V:
-        v = _load_rows(V, v_base, cols, Lk, DV, svn, svd, BLOCK_DV)                       # (BLOCK_N, BLOCK_DV)
-        if HAS_TAIL:
-            v_t = _load_rows(V, v_base, cols_t, Lk, DV, svn, svd, BLOCK_DV)               # (BLOCK_T, BLOCK_DV)
+    v_base = b * svb + h * svh
     out = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
-    out = _times_values(a, v, out, IEEE_FP32, UPCAST_DOT)
+    out = _times_values(a, V, v_base, 0, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_M, BLOCK_N, BLOCK_DV)
     if HAS_TAIL:
-        out = _times_values(a_t, v_t, out, IEEE_FP32, UPCAST_DOT)
+        out = _times_values(a_t, V, v_base, BLOCK_N, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_M, BLOCK_T,
+                            BLOCK_DV)
+    offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(OUT + b * sob + h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
              out.to(OUT.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < DV))
 
@@ -196,77 +296,22 @@ def _attend_query_block(
         tl.store(base + 4, neg, mask=row_in)
 
 
-@triton.jit
-def _fused_pladis_fwd_kernel(
-        Q, K, V, MASK, OUT, STATS,
-        score_scale, alpha, lam, stop_tol,
-        H, Lq, Lk, D, DV,
-        sqb, sqh, sqm, sqd,
-        skb, skh, skn, skd,
-        svb, svh, svn, svd,
-        smb, smh, smm, smn,
-        sob, soh, som, sod,
-        ssb, ssh, ssm,
-        MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
-        KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
-        IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, QUERY_BLOCKS: tl.constexpr):
-    # Keys: a head block of BLOCK_N and, with HAS_TAIL, a tail block of BLOCK_T after it (powers of two: 77 keys
-    # are 64 + 16 columns instead of 128, 300 keys 256 + 64 instead of 512).
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    # 64-bit offsets: b·stride can pass 2³¹ for large batches even when every stride fits in 32 bits.
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    cols = tl.arange(0, BLOCK_N)
-    cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
-    k_base = b * skb + h * skh
-    v_base = b * svb + h * svh
-    m_base = b * smb + h * smh
-    # Keys once per program; each of its QUERY_BLOCKS blocks of BLOCK_M queries reuses them. Values too when
-    # there are several blocks; with one, they are loaded after the search (fewer live registers during it).
-    PRELOAD_V: tl.constexpr = QUERY_BLOCKS > 1
-    k = _load_rows(K, k_base, cols, Lk, D, skn, skd, BLOCK_D)                           # (BLOCK_N, BLOCK_D)
-    k_t = k
-    if HAS_TAIL:
-        k_t = _load_rows(K, k_base, cols_t, Lk, D, skn, skd, BLOCK_D)                   # (BLOCK_T, BLOCK_D)
-    v = k  # placeholders unless preloaded
-    v_t = k_t
-    if PRELOAD_V:
-        v = _load_rows(V, v_base, cols, Lk, DV, svn, svd, BLOCK_DV)                       # (BLOCK_N, BLOCK_DV)
-        v_t = v
-        if HAS_TAIL:
-            v_t = _load_rows(V, v_base, cols_t, Lk, DV, svn, svd, BLOCK_DV)               # (BLOCK_T, BLOCK_DV)
-    for block in range(QUERY_BLOCKS):
-        rows = (pid_m * QUERY_BLOCKS + block) * BLOCK_M + tl.arange(0, BLOCK_M)
-        _attend_query_block(
-            Q, MASK, OUT, STATS, V, k, k_t, v, v_t, rows, b, h, cols, cols_t, score_scale, alpha, lam, stop_tol,
-            Lq, Lk, D, DV, sqb, sqh, sqm, sqd, m_base, smm, smn, v_base, svn, svd, sob, soh, som, sod,
-            ssb, ssh, ssm, MASK_KIND, NEED_SOFTMAX, NEED_ENTMAX, KIND, Q_INT, MAX_ITER, WITH_STATS, IEEE_FP32,
-            UPCAST_DOT, HAS_TAIL, PRELOAD_V, BLOCK_M, BLOCK_D, BLOCK_DV)
-
-
 _AUTOTUNED: dict[int, object] = {}
-# (BLOCK_M, QUERY_BLOCKS, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly
+# (BLOCK_M, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly
 # with it, since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion
 # shapes.
-_TUNED: dict[tuple, tuple[int, int, int]] = {}
+_TUNED: dict[tuple, tuple[int, int]] = {}
 
 
 def _autotuned_kernel(n_cols: int):
-    """The kernel wrapped in ``triton.autotune`` over queries per block, blocks per program and warps, for one
-    padded key count.
+    """The kernel wrapped in ``triton.autotune`` over queries per block and warps (:func:`launch_candidates`),
+    for one padded key count.
 
     Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead); each candidate is
-    one compile (a few seconds). Two query-block sizes that keep the score tiles at 4k–8k floats, times 4 or 8
-    warps; for ≤ 96 key columns also 128 queries on 8 warps; for > 128 key columns (SANA's 300 tokens) each
-    also with 4 query blocks per program, which reads the (large) keys and values once for 4 blocks. The kernel
-    only writes its outputs, so re-running it while tuning is harmless.
+    one compile (a few seconds). The kernel only writes its outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": bm, "QUERY_BLOCKS": qb}, num_warps=w, num_stages=1)
-                   for bm, qb, w in launch_candidates(n_cols)]
+        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm, w in launch_candidates(n_cols)]
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
@@ -275,13 +320,12 @@ def _autotuned_kernel(n_cols: int):
     return _AUTOTUNED[n_cols]
 
 
-def launch_candidates(n_cols: int) -> list[tuple[int, int, int]]:
-    """The (BLOCK_M, QUERY_BLOCKS, num_warps) the autotuner tries for ``n_cols`` padded key columns."""
+def launch_candidates(n_cols: int) -> list[tuple[int, int]]:
+    """The (BLOCK_M, num_warps) the autotuner tries for ``n_cols`` padded key columns."""
     sizes = (32, 64) if n_cols <= 128 else (16, 32)
-    blocks_per_program = (1,) if n_cols <= 128 else (1, 4)
-    candidates = [(bm, qb, w) for bm in sizes for w in (4, 8) for qb in blocks_per_program]
+    candidates = [(bm, w) for bm in sizes for w in (4, 8)]
     if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
-        candidates.append((128, 1, 8))
+        candidates.append((128, 8))
     return candidates
 
 
@@ -290,8 +334,8 @@ def tuned_launch_configs() -> list[dict]:
     provenance: which query-block size and warp count each shape ran with)."""
     names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
              "WITH_STATS")
-    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "QUERY_BLOCKS": qb,
-             "num_warps": w} for key, (bm, qb, w) in _TUNED.items()]
+    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w}
+            for key, (bm, w) in _TUNED.items()]
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -303,11 +347,11 @@ def padded_keys(meta: dict) -> int:
     return meta["BLOCK_N"] + (meta["BLOCK_T"] if meta["HAS_TAIL"] else 0)
 
 
-def default_launch(meta: dict) -> tuple[int, int, int]:
-    """(BLOCK_M, QUERY_BLOCKS, num_warps) without the autotuner, for the constexprs ``meta``."""
+def default_launch(meta: dict) -> tuple[int, int]:
+    """(BLOCK_M, num_warps) without the autotuner, for the constexprs ``meta``."""
     n_cols = padded_keys(meta)
     block_m = _block_m(n_cols, max(meta["BLOCK_D"], meta["BLOCK_DV"]))
-    return block_m, _query_blocks(n_cols), _num_warps(block_m, n_cols)
+    return block_m, _num_warps(block_m, n_cols)
 
 
 def _block_m(n_cols: int, block_d: int) -> int:
@@ -317,11 +361,6 @@ def _block_m(n_cols: int, block_d: int) -> int:
     return max(16, min(64, 1 << (rows.bit_length() - 1) if rows > 0 else 1))   # a power of two
 
 
-def _query_blocks(n_cols: int) -> int:
-    """Query blocks per program without the autotuner: one (only measurements can say when more pay off)."""
-    return 1
-
-
 def _num_warps(block_m: int, n_cols: int) -> int:
     return 4 if block_m * n_cols <= 4096 else 8
 
@@ -329,7 +368,7 @@ def _num_warps(block_m: int, n_cols: int) -> int:
 def kernel_constexprs(dtype: torch.dtype, lk: int, d: int, dv: int, *, alpha: float, mask_kind: int,
                       need_softmax: bool, need_entmax: bool, with_stats: bool, on_cuda: bool = True) -> dict:
     """The kernel's compile-time arguments for one call signature, all but the launch shape (``BLOCK_M``,
-    ``QUERY_BLOCKS``). ``mask_kind``: 0 none, 1 boolean, 2 additive."""
+    ``num_warps``). ``mask_kind``: 0 none, 1 boolean, 2 additive."""
     kind, q_int = alpha_flavour(alpha) if need_entmax else (KIND_NEWTON, 2)
     block_n, block_t = split_blocks(lk)
     return dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
@@ -339,7 +378,7 @@ def kernel_constexprs(dtype: torch.dtype, lk: int, d: int, dv: int, *, alpha: fl
                 # tensor cores).
                 UPCAST_DOT=not on_cuda,
                 BLOCK_N=block_n, HAS_TAIL=block_t > 0, BLOCK_T=max(block_t, 16),
-                BLOCK_D=block_size(d), BLOCK_DV=block_size(dv))
+                BLOCK_D=block_size(d), BLOCK_DV=block_size(dv), D_CHUNK=min(block_size(d), HEAD_DIM_CHUNK))
 
 
 def _to_4d(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -442,24 +481,24 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         n_cols = padded_keys(meta)
-        block_m, query_blocks, num_warps = default_launch(meta)
+        block_m, num_warps = default_launch(meta)
         if _use_autotune(q.device):
             key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, meta["KIND"], meta["Q_INT"],
                    return_stats)
             tuned = _TUNED.get(key)
             if tuned is None:
                 tuner = _autotuned_kernel(n_cols)
-                tuner[lambda m: (cdiv(cdiv(lq, m["BLOCK_M"]), m["QUERY_BLOCKS"]), nb * nh)](*args, **meta)
+                tuner[lambda m: (cdiv(lq, m["BLOCK_M"]), nb * nh)](*args, **meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
-                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.kwargs["QUERY_BLOCKS"], best.num_warps)
+                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps)
                 return (out, stats) if return_stats else out
-            block_m, query_blocks, num_warps = tuned
-        grid = (cdiv(cdiv(lq, block_m), query_blocks), nb * nh)
-        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, QUERY_BLOCKS=query_blocks,
+            block_m, num_warps = tuned
+        grid = (cdiv(lq, block_m), nb * nh)
+        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m,
                                                   num_warps=num_warps, num_stages=1)
         if plan_key is not None and compiled is not None:
-            constexprs = {**meta, "BLOCK_M": block_m, "QUERY_BLOCKS": query_blocks}
+            constexprs = {**meta, "BLOCK_M": block_m}
             out_shape = (nb, lq, nh, dv) if head_split else (*lead, lq, dv)
             stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
             try:
