@@ -90,27 +90,21 @@ def _dot(a, b, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr):
 
 
 @triton.jit
-def _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, cols_t, Lk, D, sqm, sqd, skn, skd,
-                IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, HAS_TAIL: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-                D_CHUNK: tl.constexpr):
-    """q kᵀ of a block of queries against the head keys ``cols`` and the tail keys ``cols_t``, accumulated over
-    chunks of D_CHUNK head dimensions (kᵀ is loaded as such, so the compiler stages it in shared memory)."""
-    z = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    z_t = tl.zeros((BLOCK_M, BLOCK_T), dtype=tl.float32)
+def _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, Lk, D, sqm, sqd, skn, skd,
+                IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr, BLOCK_M: tl.constexpr, N: tl.constexpr,
+                BLOCK_D: tl.constexpr, D_CHUNK: tl.constexpr):
+    """q kᵀ of a block of queries against the keys ``cols`` (N of them), accumulated over chunks of D_CHUNK head
+    dimensions (kᵀ is loaded as such, so the compiler stages it in shared memory)."""
+    z = tl.zeros((BLOCK_M, N), dtype=tl.float32)
     for start in tl.static_range(0, BLOCK_D, D_CHUNK):
         dims = start + tl.arange(0, D_CHUNK)
         dim_in = dims < D
         q = tl.load(Q + q_base + rows[:, None] * sqm + dims[None, :] * sqd,
                     mask=row_in[:, None] & dim_in[None, :], other=0.0)                      # (BLOCK_M, D_CHUNK)
         k = tl.load(K + k_base + dims[:, None] * skd + cols[None, :] * skn,
-                    mask=dim_in[:, None] & (cols < Lk)[None, :], other=0.0)                 # (D_CHUNK, BLOCK_N)
+                    mask=dim_in[:, None] & (cols < Lk)[None, :], other=0.0)                 # (D_CHUNK, N)
         z = _dot(q, k, z, IEEE_FP32, UPCAST_DOT)
-        if HAS_TAIL:
-            k_t = tl.load(K + k_base + dims[:, None] * skd + cols_t[None, :] * skn,
-                          mask=dim_in[:, None] & (cols_t < Lk)[None, :], other=0.0)         # (D_CHUNK, BLOCK_T)
-            z_t = _dot(q, k_t, z_t, IEEE_FP32, UPCAST_DOT)
-    return z, z_t
+    return z
 
 
 @triton.jit
@@ -223,11 +217,14 @@ def _fused_pladis_fwd_kernel(
     cols_t = BLOCK_N + tl.arange(0, BLOCK_T)
     row_in = rows < Lq
     m_base = b * smb + h * smh
-    z, z_t = _raw_scores(Q, b * sqb + h * sqh, K, b * skb + h * skh, rows, row_in, cols, cols_t, Lk, D, sqm, sqd,
-                         skn, skd, IEEE_FP32, UPCAST_DOT, HAS_TAIL, BLOCK_M, BLOCK_N, BLOCK_T, BLOCK_D,
-                         D_CHUNK)                                                # (BLOCK_M, BLOCK_N), (BLOCK_M, BLOCK_T)
+    q_base = b * sqb + h * sqh
+    k_base = b * skb + h * skh
+    z = _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, Lk, D, sqm, sqd, skn, skd, IEEE_FP32, UPCAST_DOT,
+                    BLOCK_M, BLOCK_N, BLOCK_D, D_CHUNK)                                      # (BLOCK_M, BLOCK_N)
     z, valid = _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale, MASK_KIND)
     if HAS_TAIL:
+        z_t = _raw_scores(Q, q_base, K, k_base, rows, row_in, cols_t, Lk, D, sqm, sqd, skn, skd, IEEE_FP32,
+                          UPCAST_DOT, BLOCK_M, BLOCK_T, BLOCK_D, D_CHUNK)                    # (BLOCK_M, BLOCK_T)
         z_t, valid_t = _masked_scores(z_t, MASK, m_base, rows, row_in, cols_t, Lk, smm, smn, score_scale,
                                       MASK_KIND)
     else:
