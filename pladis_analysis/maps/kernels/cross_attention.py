@@ -9,9 +9,10 @@ The key axis is a power-of-two head block plus, when that saves padding, a power
 64 + 16 columns instead of 128; 300: 256 + 64 instead of 512): every elementwise step of the search runs over
 the padded columns, so padding is work. Keys and values never sit whole in registers: q kᵀ accumulates over
 chunks of :data:`HEAD_DIM_CHUNK` head dimensions, and A·V over chunks of :data:`KEY_CHUNK` keys. A tensor-core
-operand is held whole by every warp that uses it, and whole operands at SANA's 300 keys × 128 dims filled the
-register file and spilled even without the threshold search (``results/kernel_resources.csv``; the chunks
-cut the registers to 128–168 per thread there, without spills, at the same launch configurations).
+operand is held whole in registers by every warp that uses it, and whole operands at SANA's 300 keys × 128
+dims filled the register file and spilled even without the threshold search; with the chunks the default
+launch there needs 128–129 registers per thread instead of 239–252 (α ≤ 2; ``results/kernel_resources.csv``
+and its history).
 
     z   = (q kᵀ) · score_scale + bias        bias: additive mask, or −inf where a boolean mask is False
     S   = softmax(z),  E = α-entmax(z)
