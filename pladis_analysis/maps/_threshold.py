@@ -248,6 +248,22 @@ def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 COMPACT_FRACTION = 0.3
 
 
+def _record_finished(final: dict, values: dict, sel, active, selected: tuple[str, ...] = ()) -> None:
+    """Write the per-row ``values`` of the finished rows into ``final`` at their chunk indices.
+
+    ``values`` hold one row per active row (``selected`` names those already reduced to the finished ones);
+    ``sel`` are the finished rows' active positions (None: all active rows finished); ``active`` the chunk
+    index of each active row (None: all rows, in their original order)."""
+    rows_done = active if sel is None else (sel if active is None else active.index_select(0, sel))
+    for key, value in values.items():
+        if sel is not None and key not in selected:
+            value = value.index_select(0, sel)
+        if rows_done is None:
+            final[key].copy_(value)
+        else:
+            final[key].index_copy_(0, rows_done, value)
+
+
 def _entmax_newton(zs, alpha, p, s, scratch):
     """α-entmax, 1 < α ≤ 2, of the rows of ``zs`` (R, d) = z' (max 0 per row), written into ``p`` and ``s``.
 
@@ -299,18 +315,10 @@ def _entmax_newton(zs, alpha, p, s, scratch):
         n_done = n if iteration == MAX_ITERATIONS - 1 else int(done.sum())
         if n_done == n or n_done >= COMPACT_FRACTION * n:
             sel = None if n_done == n else done.view(-1).nonzero().view(-1)  # active positions that are done
-            rows_done = active if sel is None else (sel if active is None else active.index_select(0, sel))
             stats = {"tau": tau, "sum_q": sum_q, "sum_q1": sum_q1}
-            if sel is not None:
-                stats = {key: value.index_select(0, sel) for key, value in stats.items()}
             if q == 2.0:
-                t_done = t if sel is None else t.index_select(0, sel)
-                stats["count"] = torch.sign(t_done).sum(dim=-1, keepdim=True)
-            for key, value in stats.items():
-                if rows_done is None:
-                    final[key].copy_(value)
-                else:
-                    final[key].index_copy_(0, rows_done, value)
+                stats["count"] = torch.sign(t if sel is None else t.index_select(0, sel)).sum(dim=-1, keepdim=True)
+            _record_finished(final, stats, sel, active, selected=("count",))
             if n_done == n:
                 break
             keep = (~done).view(-1).nonzero().view(-1)
@@ -409,13 +417,7 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
         n_done = int(done.sum())
         if n_done == n or n_done >= COMPACT_FRACTION * n:
             sel = None if n_done == n else done.view(-1).nonzero().view(-1)  # active positions that are done
-            rows_done = active if sel is None else (sel if active is None else active.index_select(0, sel))
-            for key, value in (("tau", tau), ("converged", converged), ("lo", lo), ("hi", hi)):
-                value = value if sel is None else value.index_select(0, sel)
-                if rows_done is None:
-                    final[key].copy_(value)
-                else:
-                    final[key].index_copy_(0, rows_done, value)
+            _record_finished(final, {"tau": tau, "converged": converged, "lo": lo, "hi": hi}, sel, active)
             if n_done == n:
                 break
             keep = (~done).view(-1).nonzero().view(-1)
