@@ -5,6 +5,8 @@
 * :mod:`.cross_attention` — scores → softmax and α-entmax → A = S + λ(E − S) → A·V in one pass, with
   optional per-row statistics for the probes; keys as a power-of-two head block plus a small tail block.
 * :mod:`.dispatch` — ``backend="auto" | "triton" | "torch"`` and the stated reason for every fallback.
+* :mod:`.offline` — compile a kernel for sm_90 on any machine and read its registers, spills, shared memory,
+  occupancy and SASS counts (``experiments/kernel_resources.py``).
 
 Importing this package does not import Triton; the kernel modules are imported on first use. Kernels run on
 CUDA, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before first import).
