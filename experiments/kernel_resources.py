@@ -10,7 +10,8 @@ configuration the autotuner picks is fast or slow.
 
 Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
 bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}, and ``softmax``: the softmax-only
-skeleton the benchmark calls ``triton_softmax``), and every launch configuration the autotuner tries there.
+skeleton the benchmark calls ``triton_softmax``), and every launch configuration the autotuner tries there
+(queries per block, warps, and a register cap: ``maxnreg`` 0 means none, ptxas decides).
 Lq does not change the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's
 configuration (what runs without the autotuner).
 
@@ -64,7 +65,7 @@ def run(config: Config, out: Path) -> Path:
     from pladis_analysis.maps.kernels import offline
 
     table = ResultsTable(out / "kernel_resources.csv",
-                         keys=["family", "variant", "alpha", "block_m", "num_warps"],
+                         keys=["family", "variant", "alpha", "block_m", "num_warps", "maxnreg"],
                          config=config.to_dict(), device="sm_90 (offline compile; no GPU)")
     dtype = getattr(torch, config.dtype)
     jobs = []
@@ -76,12 +77,15 @@ def run(config: Config, out: Path) -> Path:
             for launch in dict.fromkeys([*ca.launch_candidates(ca.padded_keys(meta)), default]):
                 jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default))
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
-    for family, lk, d, variant, alpha, meta, (block_m, num_warps), chosen in tqdm(
+    for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen in tqdm(
             jobs, desc="compile sm_90"):
-        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, num_warps=num_warps)
+        # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
+        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, num_warps=num_warps,
+                   maxnreg=maxnreg or 0)
         if table.has(**key):
             continue
-        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m}, num_warps)
+        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m}, num_warps,
+                                        maxnreg=maxnreg)
         found = offline.resources(compiled, num_warps)
         table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "d_chunk": meta["D_CHUNK"],
                    "chosen": chosen,
@@ -93,7 +97,7 @@ def run(config: Config, out: Path) -> Path:
 
 def report(path: Path) -> None:
     df = pd.read_csv(path)
-    cols = ["family", "variant", "alpha", "block_m", "num_warps", "chosen", "scores_per_thread",
+    cols = ["family", "variant", "alpha", "block_m", "num_warps", "maxnreg", "chosen", "scores_per_thread",
             "registers",
             "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers"]
     print(df[cols].to_string(index=False))

@@ -86,5 +86,7 @@ def test_kernel_resources_quick_grid(tmp_path):
     assert (df.groupby("variant").chosen.sum() == 1).all()
     assert (df.registers.between(1, 255)).all() and (df.warps_per_sm >= df.num_warps).all()
     # The softmax-only skeleton is a strict subset of the PLADIS kernel's work.
-    merged = df[df.variant == "pladis"].merge(df[df.variant == "softmax"], on=["block_m", "num_warps"])
+    merged = df[df.variant == "pladis"].merge(df[df.variant == "softmax"], on=["block_m", "num_warps", "maxnreg"])
     assert (merged.sass_instructions_x > merged.sass_instructions_y).all()
+    capped = df[df.maxnreg > 0]
+    assert len(capped) == len(df) / 2 and (capped.registers <= capped.maxnreg).all()

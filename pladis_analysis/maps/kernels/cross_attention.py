@@ -295,21 +295,23 @@ def _fused_pladis_fwd_kernel(
 
 
 _AUTOTUNED: dict[int, object] = {}
-# (BLOCK_M, num_warps) the autotuner chose, per launch key: later calls launch the kernel directly
+# (BLOCK_M, num_warps, maxnreg) the autotuner chose, per launch key: later calls launch the kernel directly
 # with it, since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion
 # shapes.
-_TUNED: dict[tuple, tuple[int, int]] = {}
+_TUNED: dict[tuple, tuple[int, int, int | None]] = {}
 
 
 def _autotuned_kernel(n_cols: int):
-    """The kernel wrapped in ``triton.autotune`` over queries per block and warps (:func:`launch_candidates`),
+    """The kernel wrapped in ``triton.autotune`` over queries per block, warps and a register cap
+    (:func:`launch_candidates`),
     for one padded key count.
 
     Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead); each candidate is
     one compile (a few seconds). The kernel only writes its outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm, w in launch_candidates(n_cols)]
+        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1, maxnreg=cap)
+                   for bm, w, cap in launch_candidates(n_cols)]
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
@@ -318,13 +320,21 @@ def _autotuned_kernel(n_cols: int):
     return _AUTOTUNED[n_cols]
 
 
-def launch_candidates(n_cols: int) -> list[tuple[int, int]]:
-    """The (BLOCK_M, num_warps) the autotuner tries for ``n_cols`` padded key columns."""
+# ptxas gives these kernels more registers than they need when it may (165–168 per thread at SD's shape with
+# 64 queries on 8 warps, for α = 1.25 and 2): capped at 128 the same code compiles without spills and twice as
+# many warps fit on an SM (results/kernel_resources.csv). Which is faster is the autotuner's measurement.
+REGISTER_CAP = 128
+
+
+def launch_candidates(n_cols: int) -> list[tuple[int, int, int | None]]:
+    """The (BLOCK_M, num_warps, maxnreg) the autotuner tries for ``n_cols`` padded key columns: two query-block
+    sizes that keep the score tiles at 2k–8k floats, times 4 or 8 warps (for ≤ 96 columns also 128 queries on 8
+    warps), each with ptxas's own register count and capped at :data:`REGISTER_CAP`."""
     sizes = (32, 64) if n_cols <= 128 else (16, 32)
-    candidates = [(bm, w) for bm in sizes for w in (4, 8)]
+    shapes = [(bm, w) for bm in sizes for w in (4, 8)]
     if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
-        candidates.append((128, 8))
-    return candidates
+        shapes.append((128, 8))
+    return [(bm, w, cap) for bm, w in shapes for cap in (None, REGISTER_CAP)]
 
 
 def tuned_launch_configs() -> list[dict]:
@@ -332,8 +342,8 @@ def tuned_launch_configs() -> list[dict]:
     provenance: which query-block size and warp count each shape ran with)."""
     names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
              "WITH_STATS")
-    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w}
-            for key, (bm, w) in _TUNED.items()]
+    return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w,
+             "maxnreg": cap} for key, (bm, w, cap) in _TUNED.items()]
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -345,11 +355,11 @@ def padded_keys(meta: dict) -> int:
     return meta["BLOCK_N"] + (meta["BLOCK_T"] if meta["HAS_TAIL"] else 0)
 
 
-def default_launch(meta: dict) -> tuple[int, int]:
-    """(BLOCK_M, num_warps) without the autotuner, for the constexprs ``meta``."""
+def default_launch(meta: dict) -> tuple[int, int, int | None]:
+    """(BLOCK_M, num_warps, maxnreg) without the autotuner, for the constexprs ``meta`` (no register cap)."""
     n_cols = padded_keys(meta)
     block_m = _block_m(n_cols, max(meta["BLOCK_D"], meta["BLOCK_DV"]))
-    return block_m, _num_warps(block_m, n_cols)
+    return block_m, _num_warps(block_m, n_cols), None
 
 
 def _block_m(n_cols: int, block_d: int) -> int:
@@ -479,7 +489,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         n_cols = padded_keys(meta)
-        block_m, num_warps = default_launch(meta)
+        block_m, num_warps, maxnreg = default_launch(meta)
         if _use_autotune(q.device):
             key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, meta["KIND"], meta["Q_INT"],
                    return_stats)
@@ -489,12 +499,13 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                 tuner[lambda m: (cdiv(lq, m["BLOCK_M"]), nb * nh)](*args, **meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
-                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps)
+                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps, getattr(best, "maxnreg", None))
                 return (out, stats) if return_stats else out
-            block_m, num_warps = tuned
+            block_m, num_warps, maxnreg = tuned
         grid = (cdiv(lq, block_m), nb * nh)
-        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m,
-                                                  num_warps=num_warps, num_stages=1)
+        cap = {} if maxnreg is None else {"maxnreg": maxnreg}
+        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps, num_stages=1,
+                                                  **cap)
         if plan_key is not None and compiled is not None:
             constexprs = {**meta, "BLOCK_M": block_m}
             out_shape = (nb, lq, nh, dv) if head_split else (*lead, lq, dv)

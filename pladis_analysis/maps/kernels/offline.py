@@ -48,9 +48,11 @@ def _tool(name: str) -> str:
     return path
 
 
-def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages: int = 1):
+def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages: int = 1,
+                 maxnreg: int | None = None):
     """``fn`` (a ``@triton.jit`` kernel) compiled for an H100: ``types`` maps argument names to Triton types
-    (others default to ``i32``), ``consts`` gives the constexprs. Returns Triton's compiled kernel."""
+    (others default to ``i32``), ``consts`` gives the constexprs, ``maxnreg`` caps registers per thread (None:
+    ptxas decides). Returns Triton's compiled kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -59,8 +61,10 @@ def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_st
         raise OfflineCompileError("the kernels were imported under TRITON_INTERPRET=1; compile in a fresh process "
                                   "without it")
     signature = {name: "constexpr" if name in consts else types.get(name, "i32") for name in fn.arg_names}
-    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32), options=options)
 
 
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
