@@ -10,10 +10,10 @@ configuration the autotuner picks is fast or slow.
 
 Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
 bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}, and ``softmax``: the softmax-only
-skeleton the benchmark calls ``triton_softmax``), and every launch configuration the autotuner tries there
-(queries per block, warps, and a register cap: ``maxnreg`` 0 means none, ptxas decides).
-Lq does not change the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's
-configuration (what runs without the autotuner).
+skeleton the benchmark calls ``triton_softmax``), and every launch shape the autotuner tries there (queries per
+block, warps), each without and with the register cap (``maxnreg``; 0: none, ptxas decides). Lq does not change
+the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's configuration (what runs without
+the autotuner), ``autotuned`` the configurations the autotuner tries.
 
     python experiments/kernel_resources.py           # writes results/kernel_resources.csv (+ .meta.json); resumes
     python experiments/kernel_resources.py --quick   # SD family, α = 1.5 and softmax only (tests)
@@ -74,10 +74,12 @@ def run(config: Config, out: Path) -> Path:
             meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=alpha if variant == "pladis" else 1.5, mask_kind=0,
                                         need_softmax=True, need_entmax=variant == "pladis", with_stats=False)
             default = ca.default_launch(meta)
-            for launch in dict.fromkeys([*ca.launch_candidates(ca.padded_keys(meta)), default]):
-                jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default))
+            tried = ca.launch_candidates(ca.padded_keys(meta))
+            shapes = dict.fromkeys([*ca.launch_shapes(ca.padded_keys(meta)), default[:2]])
+            for launch in [(bm, w, cap) for bm, w in shapes for cap in (None, ca.REGISTER_CAP)]:
+                jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default, launch in tried))
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
-    for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen in tqdm(
+    for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
             jobs, desc="compile sm_90"):
         # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
         key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, num_warps=num_warps,
@@ -88,7 +90,7 @@ def run(config: Config, out: Path) -> Path:
                                         maxnreg=maxnreg)
         found = offline.resources(compiled, num_warps)
         table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "d_chunk": meta["D_CHUNK"],
-                   "chosen": chosen,
+                   "chosen": chosen, "autotuned": autotuned,
                    # one fp32 score tile's entries per thread: what each live tile of the search costs in registers
                    "scores_per_thread": block_m * ca.padded_keys(meta) // (32 * num_warps), **found.as_dict()})
         table.flush(target="sm_90a", dtype=config.dtype)

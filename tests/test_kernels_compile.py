@@ -90,3 +90,4 @@ def test_kernel_resources_quick_grid(tmp_path):
     assert (merged.sass_instructions_x > merged.sass_instructions_y).all()
     capped = df[df.maxnreg > 0]
     assert len(capped) == len(df) / 2 and (capped.registers <= capped.maxnreg).all()
+    assert df.autotuned.all()  # 77 keys: the autotuner tries every shape with and without the cap

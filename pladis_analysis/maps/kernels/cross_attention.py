@@ -322,19 +322,28 @@ def _autotuned_kernel(n_cols: int):
 
 # ptxas gives these kernels more registers than they need when it may (165–168 per thread at SD's shape with
 # 64 queries on 8 warps, for α = 1.25 and 2): capped at 128 the same code compiles without spills and twice as
-# many warps fit on an SM (results/kernel_resources.csv). Which is faster is the autotuner's measurement.
+# many warps fit on an SM. At SANA's 300 keys a cap spills hundreds of bytes wherever ptxas wanted more than 128
+# (results/kernel_resources.csv), so the capped candidates are for short key rows only. Which is faster is the
+# autotuner's measurement.
 REGISTER_CAP = 128
 
 
-def launch_candidates(n_cols: int) -> list[tuple[int, int, int | None]]:
-    """The (BLOCK_M, num_warps, maxnreg) the autotuner tries for ``n_cols`` padded key columns: two query-block
-    sizes that keep the score tiles at 2k–8k floats, times 4 or 8 warps (for ≤ 96 columns also 128 queries on 8
-    warps), each with ptxas's own register count and capped at :data:`REGISTER_CAP`."""
+def launch_shapes(n_cols: int) -> list[tuple[int, int]]:
+    """The (BLOCK_M, num_warps) the autotuner tries for ``n_cols`` padded key columns: two query-block sizes
+    that keep the score tiles at 2k–8k floats, times 4 or 8 warps, and for ≤ 96 columns also 128 queries on 8
+    warps."""
     sizes = (32, 64) if n_cols <= 128 else (16, 32)
     shapes = [(bm, w) for bm in sizes for w in (4, 8)]
     if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
         shapes.append((128, 8))
-    return [(bm, w, cap) for bm, w in shapes for cap in (None, REGISTER_CAP)]
+    return shapes
+
+
+def launch_candidates(n_cols: int) -> list[tuple[int, int, int | None]]:
+    """The (BLOCK_M, num_warps, maxnreg) the autotuner tries: each of :func:`launch_shapes` with ptxas's own
+    register count and, for ≤ 128 key columns, capped at :data:`REGISTER_CAP`."""
+    caps = (None, REGISTER_CAP) if n_cols <= 128 else (None,)
+    return [(bm, w, cap) for bm, w in launch_shapes(n_cols) for cap in caps]
 
 
 def tuned_launch_configs() -> list[dict]:
