@@ -222,6 +222,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "bench_probe_overhead.csv": ("plot_probe_overhead", "bench_probe_overhead.png"),
     "bench_cross_attention.csv": ("plot_bench_cross_attention", "bench_cross_attention.png"),
     "search_steps.csv": ("plot_search_steps", "search_steps.png"),
+    "kernel_resources.csv": ("plot_kernel_resources", "kernel_resources.png"),
 }
 
 

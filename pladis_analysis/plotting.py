@@ -183,6 +183,30 @@ def plot_probe_overhead(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """What the fused kernel costs an H100 SM, compiled offline (``results/kernel_resources.csv``): registers per
+    thread, spilled stack and resident warps per SM for every launch configuration (queries per block × warps,
+    ``/128``: registers capped at 128), per key/head-dim family and kernel variant. Registers at 255 with a
+    stack are spills; more resident warps hide more latency."""
+    df = _load(table).copy()
+    df["launch"] = (df["block_m"].astype(str) + "×" + df["num_warps"].astype(str)
+                    + df["maxnreg"].map(lambda cap: f"/{cap}" if cap else ""))
+    df["kernel"] = df["variant"].where(df["variant"] != "pladis", "α = " + df["alpha"].map("{:g}".format))
+    metrics = {"registers": "registers per thread", "stack_bytes": "spilled stack (bytes)",
+               "warps_per_sm": "warps per SM (of 64)"}
+    long = df.melt(id_vars=["family", "launch", "kernel"], value_vars=list(metrics), var_name="metric")
+    long["metric"] = long["metric"].map(metrics)
+    grid = sns.catplot(data=long, x="launch", y="value", hue="kernel", col="family", row="metric", kind="bar",
+                       sharex="col", sharey="row", height=2.6, aspect=2.0, palette="deep",
+                       row_order=list(metrics.values()))
+    for ax in grid.axes.flat:
+        ax.tick_params(axis="x", rotation=30)
+    grid.set_titles("{col_name} | {row_name}")
+    grid.set_axis_labels("queries per block × warps [/register cap]", "")
+    grid.figure.suptitle("Fused kernel, compiled for sm_90 offline: registers, spills, occupancy", y=1.02)
+    return grid.figure
+
+
 def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """The Triton kernel's threshold-search steps per block of queries (``results/search_steps.csv``): what a
     block costs with the ℓ1 stopping bound (bfloat16 scores, the kernel's default rule), and how many steps the

@@ -61,3 +61,18 @@ def test_fused_kernel_types_names_the_dtype():
     assert offline.fused_kernel_types("float16", 2)["Q"] == "*fp16"
     with pytest.raises(ValueError, match="float64"):
         offline.fused_kernel_types("float64", 0)
+
+
+def test_plot_kernel_resources_draws_one_panel_per_family_and_metric(tmp_path):
+    import pandas as pd
+
+    from pladis_analysis import plotting
+
+    rows = [dict(family=family, variant=variant, alpha=alpha, block_m=bm, num_warps=4, maxnreg=cap,
+                 registers=128 if cap else 200, stack_bytes=0 if cap else 16, warps_per_sm=16 if cap else 8)
+            for family, bm in (("sd_sdxl", 64), ("sana", 16)) for variant, alpha in (("pladis", 1.5),
+                                                                                      ("softmax", float("nan")))
+            for cap in (0, 128)]
+    figure = plotting.plot_kernel_resources(pd.DataFrame(rows))
+    assert len(figure.axes) == 2 * 3
+    assert plotting.save_figure(figure, tmp_path / "kernel_resources.png").stat().st_size > 0

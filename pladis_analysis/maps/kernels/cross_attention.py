@@ -322,9 +322,9 @@ def _autotuned_kernel(n_cols: int):
 
 # ptxas gives these kernels more registers than they need when it may (165–168 per thread at SD's shape with
 # 64 queries on 8 warps, for α = 1.25 and 2): capped at 128 the same code compiles without spills and twice as
-# many warps fit on an SM. At SANA's 300 keys a cap spills hundreds of bytes wherever ptxas wanted more than 128
-# (results/kernel_resources.csv), so the capped candidates are for short key rows only. Which is faster is the
-# autotuner's measurement.
+# many warps fit on an SM. At SANA's 300 keys a cap spills 424–2504 bytes per thread, except with 16 queries on 8
+# warps, which need 128–158 registers uncapped anyway (results/kernel_resources.csv); so the capped candidates
+# are for short key rows only. Which is faster is the autotuner's measurement.
 REGISTER_CAP = 128
 
 
