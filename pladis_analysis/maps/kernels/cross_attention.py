@@ -144,6 +144,7 @@ def _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexp
 @triton.jit
 def _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
           M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """acc + a · V[first : first + N], N ≤ 2 · KEY_CHUNK."""
     if N <= KEY_CHUNK:
         acc = _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N, BLOCK_DV)
     else:
@@ -157,6 +158,7 @@ def _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, U
 @triton.jit
 def _av_4(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
           M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """acc + a · V[first : first + N], N ≤ 4 · KEY_CHUNK."""
     if N <= 2 * KEY_CHUNK:
         acc = _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N, BLOCK_DV)
     else:
@@ -303,8 +305,7 @@ _TUNED: dict[tuple, tuple[int, int, int | None]] = {}
 
 def _autotuned_kernel(n_cols: int):
     """The kernel wrapped in ``triton.autotune`` over queries per block, warps and a register cap
-    (:func:`launch_candidates`),
-    for one padded key count.
+    (:func:`launch_candidates`), for one padded key count.
 
     Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead); each candidate is
     one compile (a few seconds). The kernel only writes its outputs, so re-running it while tuning is harmless.
@@ -348,7 +349,7 @@ def launch_candidates(n_cols: int) -> list[tuple[int, int, int | None]]:
 
 def tuned_launch_configs() -> list[dict]:
     """The launch configurations the autotuner chose in this process, one dict per launch key (for benchmark
-    provenance: which query-block size and warp count each shape ran with)."""
+    provenance: which query-block size, warp count and register cap each shape ran with)."""
     names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
              "WITH_STATS")
     return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w,
