@@ -79,6 +79,7 @@ def run(config: Config, out: Path) -> Path:
             for launch in [(bm, w, cap) for bm, w in shapes for cap in (None, ca.REGISTER_CAP)]:
                 jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default, launch in tried))
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
+    ptxas = offline.ptxas_version()
     for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
             jobs, desc="compile sm_90"):
         # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
@@ -93,8 +94,8 @@ def run(config: Config, out: Path) -> Path:
                    "chosen": chosen, "autotuned": autotuned,
                    # one fp32 score tile's entries per thread: what each live tile of the search costs in registers
                    "scores_per_thread": block_m * ca.padded_keys(meta) // (32 * num_warps), **found.as_dict()})
-        table.flush(target="sm_90a", dtype=config.dtype)
-    return table.flush(target="sm_90a", dtype=config.dtype)
+        table.flush(target="sm_90a", dtype=config.dtype, ptxas=ptxas)
+    return table.flush(target="sm_90a", dtype=config.dtype, ptxas=ptxas)
 
 
 def report(path: Path) -> None:

@@ -48,6 +48,15 @@ def _tool(name: str) -> str:
     return path
 
 
+def ptxas_version() -> str:
+    """The version line of the ptxas Triton uses for sm_90 here (register allocation depends on it: a GPU
+    machine with another Triton may allocate differently)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    out = subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-2] if len(out.strip().splitlines()) > 1 else out.strip()
+
+
 def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages: int = 1,
                  maxnreg: int | None = None):
     """``fn`` (a ``@triton.jit`` kernel) compiled for an H100: ``types`` maps argument names to Triton types
