@@ -124,8 +124,8 @@ def _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scal
 
 
 # A·V over key chunks. Triton cannot slice a register tile, but it can split one in two: (M, N) → (M, 2, N/2) →
-# (M, N/2, 2) → two (M, N/2) halves. Each level below halves a tile wider than its limit and hands the halves
-# down, so a tile of up to 8 · KEY_CHUNK keys (512) reaches the tensor cores KEY_CHUNK keys at a time.
+# (M, N/2, 2) → two (M, N/2) halves. _times_values halves a tile wider than KEY_CHUNK and recurses on the halves
+# (N is a constexpr, so each width is its own specialisation and the recursion ends at KEY_CHUNK).
 
 @triton.jit
 def _halves(a, M: tl.constexpr, N: tl.constexpr):
@@ -134,52 +134,19 @@ def _halves(a, M: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-              N: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """acc + a · V[first : first + N] (a: (M, N) weights; rows of V at or past Lk read as 0)."""
-    v = _load_rows(V, v_base, first + tl.arange(0, N), Lk, DV, svn, svd, BLOCK_DV)       # (N, BLOCK_DV)
-    return _dot(a, v, acc, IEEE_FP32, UPCAST_DOT)
-
-
-@triton.jit
-def _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-          M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """acc + a · V[first : first + N], N ≤ 2 · KEY_CHUNK."""
-    if N <= KEY_CHUNK:
-        acc = _av_chunk(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N, BLOCK_DV)
-    else:
-        a0, a1 = _halves(a, M, N)
-        acc = _av_chunk(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N // 2, BLOCK_DV)
-        acc = _av_chunk(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, N // 2,
-                        BLOCK_DV)
-    return acc
-
-
-@triton.jit
-def _av_4(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
-          M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """acc + a · V[first : first + N], N ≤ 4 · KEY_CHUNK."""
-    if N <= 2 * KEY_CHUNK:
-        acc = _av_2(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N, BLOCK_DV)
-    else:
-        a0, a1 = _halves(a, M, N)
-        acc = _av_2(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2, BLOCK_DV)
-        acc = _av_2(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2,
-                    BLOCK_DV)
-    return acc
-
-
-@triton.jit
 def _times_values(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
                   M: tl.constexpr, N: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """acc + a · V[first : first + N] for an (M, N) tile of weights, N ≤ 8 · KEY_CHUNK, KEY_CHUNK keys at a time."""
-    if N <= 4 * KEY_CHUNK:
-        acc = _av_4(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N, BLOCK_DV)
+    """acc + a · V[first : first + N] for an (M, N) tile of weights, KEY_CHUNK keys at a time (rows of V at or
+    past Lk read as 0)."""
+    if N <= KEY_CHUNK:
+        v = _load_rows(V, v_base, first + tl.arange(0, N), Lk, DV, svn, svd, BLOCK_DV)   # (N, BLOCK_DV)
+        acc = _dot(a, v, acc, IEEE_FP32, UPCAST_DOT)
     else:
         a0, a1 = _halves(a, M, N)
-        acc = _av_4(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2, BLOCK_DV)
-        acc = _av_4(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2,
-                    BLOCK_DV)
+        acc = _times_values(a0, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M, N // 2,
+                            BLOCK_DV)
+        acc = _times_values(a1, V, v_base, first + N // 2, Lk, DV, svn, svd, acc, IEEE_FP32, UPCAST_DOT, M,
+                            N // 2, BLOCK_DV)
     return acc
 
 
