@@ -707,3 +707,17 @@ def test_diffusion_processor_backend_triton():
                     outs[backend] = run_model(model, sample, timestep, text, encoder_attention_mask=padding)
             assert_close(outs["triton"], outs["torch"].double(), name=f"tiny {family} with {map_name}, triton vs torch")
 
+
+
+def test_autotuner_tries_the_launch_candidates_with_their_register_caps():
+    """The autotuner's configurations are exactly launch_candidates: capped at REGISTER_CAP registers as well as
+    uncapped for 77 keys (80 columns), uncapped only for 300 (320 columns), where a cap spills."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    for n_cols in (80, 320):
+        tuner = ca._autotuned_kernel(n_cols)
+        tried = [(c.kwargs["BLOCK_M"], c.num_warps, c.maxnreg) for c in tuner.configs]
+        assert tried == ca.launch_candidates(n_cols)
+    assert {cap for _, _, cap in ca.launch_candidates(80)} == {None, ca.REGISTER_CAP}
+    assert {cap for _, _, cap in ca.launch_candidates(320)} == {None}

@@ -278,8 +278,10 @@ def _autotuned_kernel(n_cols: int):
     one compile (a few seconds). The kernel only writes its outputs, so re-running it while tuning is harmless.
     """
     if n_cols not in _AUTOTUNED:
-        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1, maxnreg=cap)
-                   for bm, w, cap in launch_candidates(n_cols)]
+        # A Triton without register caps in its configs (older than 3.0) gets the uncapped candidates only.
+        caps_supported = "maxnreg" in inspect.signature(triton.Config).parameters
+        configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1, **({"maxnreg": cap} if cap else {}))
+                   for bm, w, cap in launch_candidates(n_cols) if cap is None or caps_supported]
         _AUTOTUNED[n_cols] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
