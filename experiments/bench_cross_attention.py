@@ -523,7 +523,8 @@ def _kernel_provenance() -> dict:
     except ImportError:  # no Triton
         return {}
     return dict(kernel_launch_configs=cross_attention.tuned_launch_configs(),
-                kernel_launch_plans=cross_attention.launch_plan_status())
+                kernel_launch_plans=cross_attention.launch_plan_status(),
+                kernel_register_cap_candidates=cross_attention.register_cap_enabled())
 
 
 def summarize(df, on_cuda: bool = True) -> dict:

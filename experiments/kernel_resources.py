@@ -13,7 +13,8 @@ bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3},
 skeleton the benchmark calls ``triton_softmax``), and every launch shape the autotuner tries there (queries per
 block, warps), each without and with the register cap (``maxnreg``; 0: none, ptxas decides). Lq does not change
 the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's configuration (what runs without
-the autotuner), ``autotuned`` the configurations the autotuner tries.
+the autotuner), ``autotuned`` the configurations the autotuner tries (the capped ones with
+``PLADIS_TRITON_REGISTER_CAP=1``).
 
     python experiments/kernel_resources.py           # writes results/kernel_resources.csv (+ .meta.json); resumes
     python experiments/kernel_resources.py --quick   # SD family, α = 1.5 and softmax only (tests)
@@ -74,7 +75,7 @@ def run(config: Config, out: Path) -> Path:
             meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=alpha if variant == "pladis" else 1.5, mask_kind=0,
                                         need_softmax=True, need_entmax=variant == "pladis", with_stats=False)
             default = ca.default_launch(meta)
-            tried = ca.launch_candidates(ca.padded_keys(meta))
+            tried = ca.launch_candidates(ca.padded_keys(meta), register_cap=True)
             shapes = dict.fromkeys([*ca.launch_shapes(ca.padded_keys(meta)), default[:2]])
             for launch in [(bm, w, cap) for bm, w in shapes for cap in (None, ca.REGISTER_CAP)]:
                 jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default, launch in tried))

@@ -139,9 +139,11 @@ if [ -n "$TRAIN_PID" ]; then
         >> "$STATUS" 2>&1 || note "train: nothing to pack"
 fi
 
-# 4. benchmark, alone on the GPU
+# 4. benchmark, alone on the GPU; the autotuner also tries register-capped launches (opt-in until measured: the
+#    meta's kernel_launch_configs say whether it picked them)
 if [ "$RUN_BENCH" = 1 ]; then
     # shellcheck disable=SC2086
+    PLADIS_TRITON_REGISTER_CAP=${PLADIS_TRITON_REGISTER_CAP:-1} \
     timeout "$BENCH_TIMEOUT" "$PY" experiments/bench_cross_attention.py --out "$OUT/bench_cross_attention.csv" \
         $BENCH_ARGS > "$OUT/bench.log" 2>&1
     rc=$?

@@ -709,15 +709,19 @@ def test_diffusion_processor_backend_triton():
 
 
 
-def test_autotuner_tries_the_launch_candidates_with_their_register_caps():
-    """The autotuner's configurations are exactly launch_candidates: capped at REGISTER_CAP registers as well as
-    uncapped for 77 keys (80 columns), uncapped only for 300 (320 columns), where a cap spills."""
+@pytest.mark.parametrize("opt_in", ["0", "1"])
+def test_autotuner_tries_the_launch_candidates_with_their_register_caps(opt_in, monkeypatch):
+    """The autotuner's configurations are exactly launch_candidates. With PLADIS_TRITON_REGISTER_CAP=1 that is
+    every launch shape capped at REGISTER_CAP registers as well as uncapped for 77 keys (80 columns), and
+    uncapped only for 300 (320 columns), where a cap spills; without it, uncapped only."""
     pytest.importorskip("triton", reason="Triton is not installed")
     from pladis_analysis.maps.kernels import cross_attention as ca
 
+    monkeypatch.setenv("PLADIS_TRITON_REGISTER_CAP", opt_in)
     for n_cols in (80, 320):
         tuner = ca._autotuned_kernel(n_cols)
         tried = [(c.kwargs["BLOCK_M"], c.num_warps, c.maxnreg) for c in tuner.configs]
         assert tried == ca.launch_candidates(n_cols)
-    assert {cap for _, _, cap in ca.launch_candidates(80)} == {None, ca.REGISTER_CAP}
+    expected_caps = {None, ca.REGISTER_CAP} if opt_in == "1" else {None}
+    assert {cap for _, _, cap in ca.launch_candidates(80)} == expected_caps
     assert {cap for _, _, cap in ca.launch_candidates(320)} == {None}

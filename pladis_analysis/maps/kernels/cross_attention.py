@@ -263,7 +263,7 @@ def _fused_pladis_fwd_kernel(
         tl.store(base + 4, neg, mask=row_in)
 
 
-_AUTOTUNED: dict[int, object] = {}
+_AUTOTUNED: dict[tuple[int, bool], object] = {}
 # (BLOCK_M, num_warps, maxnreg) the autotuner chose, per launch key: later calls launch the kernel directly
 # with it, since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion
 # shapes.
@@ -277,25 +277,33 @@ def _autotuned_kernel(n_cols: int):
     Only used on CUDA (set ``PLADIS_TRITON_AUTOTUNE=0`` to use the fixed heuristic instead); each candidate is
     one compile (a few seconds). The kernel only writes its outputs, so re-running it while tuning is harmless.
     """
-    if n_cols not in _AUTOTUNED:
+    key = (n_cols, register_cap_enabled())
+    if key not in _AUTOTUNED:
         # A Triton without register caps in its configs (older than 3.0) gets the uncapped candidates only.
         caps_supported = "maxnreg" in inspect.signature(triton.Config).parameters
         configs = [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1, **({"maxnreg": cap} if cap else {}))
                    for bm, w, cap in launch_candidates(n_cols) if cap is None or caps_supported]
-        _AUTOTUNED[n_cols] = triton.autotune(
+        _AUTOTUNED[key] = triton.autotune(
             configs=configs,
             key=["Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
                  "WITH_STATS"],
         )(_fused_pladis_fwd_kernel)
-    return _AUTOTUNED[n_cols]
+    return _AUTOTUNED[key]
 
 
 # ptxas gives these kernels more registers than they need when it may (165–168 per thread at SD's shape with
 # 64 queries on 8 warps, for α = 1.25 and 2): capped at 128 the same code compiles without spills and twice as
 # many warps fit on an SM. At SANA's 300 keys a cap spills 424–2504 bytes per thread, except with 16 queries on 8
 # warps, which need 128–158 registers uncapped anyway (results/kernel_resources.csv); so the capped candidates
-# are for short key rows only. Which is faster is the autotuner's measurement.
+# are for short key rows only. Which is faster is the autotuner's measurement, and no GPU has made it yet: the
+# capped candidates are opt-in (PLADIS_TRITON_REGISTER_CAP=1; scripts/gpu_check.sh sets it) until one does, since
+# they double the autotuner's compiles on first use.
 REGISTER_CAP = 128
+
+
+def register_cap_enabled() -> bool:
+    """Whether the autotuner also tries register-capped launches (``PLADIS_TRITON_REGISTER_CAP=1``)."""
+    return os.environ.get("PLADIS_TRITON_REGISTER_CAP", "0") == "1"
 
 
 def launch_shapes(n_cols: int) -> list[tuple[int, int]]:
@@ -309,10 +317,12 @@ def launch_shapes(n_cols: int) -> list[tuple[int, int]]:
     return shapes
 
 
-def launch_candidates(n_cols: int) -> list[tuple[int, int, int | None]]:
+def launch_candidates(n_cols: int, register_cap: bool | None = None) -> list[tuple[int, int, int | None]]:
     """The (BLOCK_M, num_warps, maxnreg) the autotuner tries: each of :func:`launch_shapes` with ptxas's own
-    register count and, for ≤ 128 key columns, capped at :data:`REGISTER_CAP`."""
-    caps = (None, REGISTER_CAP) if n_cols <= 128 else (None,)
+    register count and, for ≤ 128 key columns when ``register_cap`` (default: :func:`register_cap_enabled`),
+    capped at :data:`REGISTER_CAP`."""
+    register_cap = register_cap_enabled() if register_cap is None else register_cap
+    caps = (None, REGISTER_CAP) if n_cols <= 128 and register_cap else (None,)
     return [(bm, w, cap) for bm, w in launch_shapes(n_cols) for cap in caps]
 
 
