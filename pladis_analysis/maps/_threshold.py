@@ -391,7 +391,8 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
     Rows differ a lot here (a few Newton steps, or ~25 when rounding keeps |f| above ε and the bracket must
     shrink to its resolution), so rows that are done leave the loop as in :func:`_entmax_newton`: once
     :data:`COMPACT_FRACTION` of the active rows are done they are recorded and the rest copied into a compact
-    buffer. ``t_out``/``w_out`` serve as the loop's scratch and are filled for every row by one last pass.
+    buffer. ``t_out``/``w_out`` serve as the loop's scratch; when rows were dropped, one last pass fills them
+    for every row (otherwise the last iteration already did).
     """
     eps = SUM_TOLERANCE[zs.dtype]
     tiny = torch.finfo(zs.dtype).tiny
@@ -424,14 +425,15 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
             z_act = z_act.index_select(0, keep)
             active = keep if active is None else active.index_select(0, keep)
             tau, lo, hi, f, sum_q1 = (v.index_select(0, keep) for v in (tau, lo, hi, f, sum_q1))
-            done = done.index_select(0, keep)
+            done = done.new_zeros((n - n_done, 1))  # every kept row is still active
         new = tau + f / (q * sum_q1).clamp(min=tiny)
         inside = (new > lo) & (new < hi)  # False for NaN
         new = torch.where(inside, new, _split(lo, hi, relative))
         tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
     tau = final["tau"]
-    t = torch.sub(zs, tau, out=t_out).clamp_(min=0.0)
-    sum_q = _row_dot(_power_into(t, q - 1.0, w_out), t)
+    if active is not None:  # rows were dropped: t_out/w_out hold scratch, not every row's final t
+        t = torch.sub(zs, tau, out=t_out).clamp_(min=0.0)
+        sum_q = _row_dot(_power_into(t, q - 1.0, w_out), t)
     return tau, sum_q, final["converged"], final["lo"], final["hi"]
 
 
