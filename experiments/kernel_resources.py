@@ -86,8 +86,8 @@ def run(config: Config, out: Path) -> Path:
                    maxnreg=maxnreg or 0)
         if table.has(**key):
             continue
-        compiled = offline.compile_sm90(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m}, num_warps,
-                                        maxnreg=maxnreg)
+        compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m},
+                                           num_warps, maxnreg=maxnreg)
         found = offline.resources(compiled, num_warps)
         table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "d_chunk": meta["D_CHUNK"],
                    "chosen": chosen, "autotuned": autotuned,

@@ -44,6 +44,8 @@ def _devices() -> list:
 
 
 DEVICES = _devices()
+_INTERPRETED = dispatch.interpreter_ready()
+_NEEDS_INTERPRETER = "needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALPHAS = [1.5, 2.0, 1.25, 4.0 / 3.0, 1.1, 3.0]
 
@@ -549,9 +551,11 @@ def test_dispatch_reasons_on_cpu():
         dispatch.choose_attention_backend(q, k, k, backend="triton")
     with pytest.raises(ValueError, match="head dim"):
         dispatch.choose_attention_backend(big, big, big, backend="triton")
-    with pytest.raises(ValueError, match="shared memory"):
-        wide = torch.randn(1, 2, 500, 128)                                              # 512 key columns
-        dispatch.choose_attention_backend(q.new_zeros(1, 2, 8, 128), wide, wide, backend="triton")
+    # float32 at the largest shape: the kernel stages key/value chunks (≤ 68 KiB of shared memory compiled,
+    # results/kernel_builds.csv), so nothing static refuses it; a GPU with less shared memory fails the launch
+    # (a build failure: see the tests below).
+    wide = torch.randn(1, 2, 500, 128)                                                  # 512 key columns
+    assert dispatch.choose_attention_backend(q.new_zeros(1, 2, 8, 128), wide, wide, backend="triton")[0] == "triton"
 
 
 @pytest.mark.skipif(not (dispatch.interpreter_ready()),
@@ -567,6 +571,121 @@ def test_dispatch_runs_kernels_on_cpu_under_interpreter():
     q, k, v = _qkv((1, 1, 5, 7, 16), torch.float32, "cpu")
     out = dispatch.maybe_triton_attention(q, k, v, map_name="sparsemax", backend="triton")
     assert_close(out, _reference_attention(q, k, v, 1.0, 2.0)[0], name="dispatched sparsemax attention")
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels that do not build: KernelBuildError, and the torch path under "auto"
+# --------------------------------------------------------------------------------------------------
+
+def _out_of_resources():
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources(101376, 65536, "shared memory")
+
+
+class _FailingKernel:
+    """Stands in for a @triton.jit kernel whose every launch fails with ``error`` (counts the launches)."""
+
+    def __init__(self, error: Exception):
+        self.error, self.launches = error, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+            raise self.error
+        return launch
+
+
+@pytest.fixture
+def fresh_build_state(monkeypatch):
+    """No kernel launched yet, no build failure remembered, no cached decision (module state restored after)."""
+    from pladis_analysis.maps.kernels import build_failures
+
+    monkeypatch.setattr(build_failures, "_LAUNCHED", set())
+    monkeypatch.setattr(dispatch, "_BUILD_FAILURES", {})
+    monkeypatch.setattr(dispatch, "_ATTENTION_DECISIONS", {})
+
+
+def test_launching_tells_build_failures_from_input_errors(fresh_build_state):
+    from pladis_analysis.maps.kernels.build_failures import KernelBuildError, launching
+
+    cpu = torch.device("cpu")
+    # Triton's own errors are build failures on any launch, and the message says which kernel and why.
+    with pytest.raises(KernelBuildError, match=r"Triton toy kernel .*OutOfResources.*shared memory") as info:
+        with launching("toy", ("sig",), cpu):
+            raise _out_of_resources()
+    assert type(info.value.__cause__).__name__ == "OutOfResources"
+    # Anything else is one on the signature's first launch only (compiler passes raise plain RuntimeError) ...
+    with pytest.raises(KernelBuildError, match="PassManager"):
+        with launching("toy", ("sig",), cpu):
+            raise RuntimeError("PassManager::run failed")
+    with launching("toy", ("sig",), cpu):
+        pass
+    # ... after which the kernel evidently builds: the error is the caller's, unchanged.
+    with pytest.raises(RuntimeError, match="device-side") as info:
+        with launching("toy", ("sig",), cpu):
+            raise RuntimeError("device-side assert")
+    assert type(info.value) is RuntimeError
+    with pytest.raises(KernelBuildError):                            # another signature: a first launch again
+        with launching("toy", ("other",), cpu):
+            raise RuntimeError("PassManager::run failed")
+    with pytest.raises(torch.cuda.OutOfMemoryError):                 # memory is about the tensors, never the build
+        with launching("toy", ("new",), cpu):
+            raise torch.cuda.OutOfMemoryError("out of memory")
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+def test_fused_kernel_that_does_not_build_raises_once_then_is_remembered(fresh_build_state, monkeypatch):
+    from pladis_analysis import attention as A
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels.build_failures import KernelBuildError
+
+    failing = _FailingKernel(_out_of_resources())
+    monkeypatch.setattr(ca, "_fused_pladis_fwd_kernel", failing)
+    q, k, v = _qkv((1, 2, 5, 9, 16), torch.float32, "cpu")
+    with pytest.raises(KernelBuildError, match="fused cross-attention.*out of resource") as info:
+        A.pladis_attention(q, k, v, scale=2.0, alpha=1.5, backend="triton")
+    assert failing.launches == 1 and type(info.value.__cause__).__name__ == "OutOfResources"
+    # The failure is remembered for the signature: no second compile, the same cause stated.
+    with pytest.raises(KernelBuildError, match="failed earlier in this process.*out of resource"):
+        A.pladis_attention(q, k, v, scale=2.0, alpha=1.5, backend="triton")
+    assert failing.launches == 1
+    # Another query count has the same signature; another map or key count does not.
+    with pytest.raises(KernelBuildError, match="failed earlier"):
+        A.pladis_attention(q[..., :3, :], k, v, scale=2.0, alpha=1.5, backend="triton")
+    with pytest.raises(KernelBuildError, match="fused cross-attention"):
+        A.pladis_attention(q, k[..., :7, :], v[..., :7, :], scale=2.0, alpha=1.5, backend="triton")
+    assert failing.launches == 2
+    # "auto" decides on the remembered failure like on any other reason (the device check is bypassed here:
+    # on CPU "auto" never reaches the kernels).
+    monkeypatch.setattr(dispatch, "_device_reason", lambda tensors, backend: None)
+    chosen, reason = dispatch.choose_attention_backend(q, k, v, map_name="pladis", alpha=1.5, backend="auto")
+    assert chosen == "torch" and "failed earlier" in reason and "out of resource" in reason
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+def test_auto_takes_the_torch_path_when_a_kernel_does_not_build(fresh_build_state, monkeypatch, caplog):
+    from pladis_analysis import maps
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels import entmax_rowwise as er
+
+    monkeypatch.setattr(ca, "_fused_pladis_fwd_kernel", _FailingKernel(RuntimeError("PassManager::run failed")))
+    monkeypatch.setattr(er, "_entmax_fwd_kernel", _FailingKernel(_out_of_resources()))
+    q, k, v = _qkv((1, 2, 5, 9, 16), torch.float32, "cpu")
+    signature = dispatch._attention_signature(q, k, v, None, "pladis", 1.5)
+    launch = lambda: ca.fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=1.5)  # noqa: E731
+    with caplog.at_level("WARNING", logger="pladis_analysis.kernels"):
+        assert dispatch._kernel_or_torch(signature, "auto", launch) is None
+    assert "torch path instead" in caplog.text and "PassManager" in caplog.text
+    assert "PassManager" in dispatch._BUILD_FAILURES[signature]
+    # The row-wise map kernel: the public map raises under "triton" and names the kernel.
+    from pladis_analysis.maps.kernels.build_failures import KernelBuildError
+
+    with pytest.raises(KernelBuildError, match="row-wise entmax"):
+        maps.entmax(torch.randn(3, 20), 1.5, backend="triton")
+    # A kernel that works is not affected by another one's failure.
+    chosen, _ = dispatch.choose_map_backend(torch.randn(3, 21), "entmax", alpha=1.5, backend="triton")
+    assert chosen == "triton"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -632,8 +751,6 @@ def _takes_backend(fn) -> bool:
     return "backend" in inspect.signature(fn).parameters
 
 
-_INTERPRETED = dispatch.interpreter_ready()
-_NEEDS_INTERPRETER = "needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)"
 
 
 @pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)

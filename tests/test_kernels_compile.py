@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow,
                                  reason="slow (tens of seconds per kernel); set PLADIS_AOT_CHECK=1 to run")]
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
+tl = pytest.importorskip("triton.language")
 torch = pytest.importorskip("torch")
 
 
@@ -24,7 +25,7 @@ def _compile(fn, types: dict, consts: dict, num_warps: int):
     from pladis_analysis.maps.kernels import offline
 
     try:
-        return offline.compile_sm90(fn, types, consts, num_warps)
+        return offline.compile_for_gpu(fn, types, consts, num_warps)
     except offline.OfflineCompileError as exc:
         pytest.skip(str(exc))
 
@@ -91,3 +92,31 @@ def test_kernel_resources_quick_grid(tmp_path):
     capped = df[df.maxnreg > 0]
     assert len(capped) == len(df) / 2 and (capped.registers <= capped.maxnreg).all()
     assert df.autotuned.all()  # 77 keys: the autotuner tries every shape with and without the cap
+
+
+def test_kernel_builds_quick_grid(tmp_path):
+    """experiments/kernel_builds.py --quick: every kernel builds for sm_80 and sm_90 within the shared memory a
+    block may have there, and a kernel the compiler rejects becomes a row, not an error of the script."""
+    from experiment_scripts import load_experiment
+
+    experiment = load_experiment("kernel_builds")
+    from pladis_analysis.maps.kernels import offline
+
+    try:
+        path = experiment.run(experiment.Config.quick(), tmp_path)
+    except offline.OfflineCompileError as exc:
+        pytest.skip(str(exc))
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    assert set(df.arch) == {80, 90} and set(df.kernel) == {"fused_attention", "rowwise_forward", "rowwise_backward"}
+    assert df.built.all() and df.fits_shared.all() and df.registers.between(1, 255).all()
+    rejected = experiment.build(dict(fn=_not_a_kernel(), types={}, consts={}, num_warps=4), arch=90)
+    assert rejected["built"] is False and rejected["error"]
+
+
+def _not_a_kernel():
+    @triton.jit
+    def kernel(X, BLOCK: tl.constexpr):
+        tl.store(X + tl.arange(0, BLOCK), tl.undefined_function())  # noqa: F821  (the compiler must reject it)
+    return kernel

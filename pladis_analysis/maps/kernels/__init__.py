@@ -5,6 +5,8 @@
 * :mod:`.cross_attention` — scores → softmax and α-entmax → A = S + λ(E − S) → A·V in one pass, with
   optional per-row statistics for the probes; keys as a power-of-two head block plus a small tail block.
 * :mod:`.dispatch` — ``backend="auto" | "triton" | "torch"`` and the stated reason for every fallback.
+* :mod:`.build_failures` — a kernel that does not build on this GPU or Triton raises
+  :class:`KernelBuildError`, on which ``"auto"`` takes the torch path instead.
 * :mod:`.offline` — compile a kernel for sm_90 on any machine and read its registers, spills, shared memory,
   occupancy and SASS counts (``experiments/kernel_resources.py``).
 
@@ -12,10 +14,11 @@ Importing this package does not import Triton; the kernel modules are imported o
 CUDA, or on CPU tensors under the Triton interpreter (``TRITON_INTERPRET=1`` set before first import).
 """
 
+from .build_failures import KernelBuildError
 from .dispatch import (BACKENDS, check_backend, choose_attention_backend, choose_map_backend,
                        maybe_triton_attention, maybe_triton_map, triton_import_error)
 
-__all__ = ["BACKENDS", "check_backend", "choose_attention_backend", "choose_map_backend",
+__all__ = ["BACKENDS", "KernelBuildError", "check_backend", "choose_attention_backend", "choose_map_backend",
            "maybe_triton_attention", "maybe_triton_map", "triton_import_error",
            "triton_entmax", "fused_pladis_attention", "STAT_NAMES"]
 

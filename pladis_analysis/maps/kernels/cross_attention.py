@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
+from .build_failures import launching
 from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum,
                              stop_tolerance)
 
@@ -479,13 +480,15 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         n_cols = padded_keys(meta)
         block_m, num_warps, maxnreg = default_launch(meta)
+        build_key = (str(q.dtype), *sorted(meta.items()))   # what the compiled variant depends on, bar the launch
         if _use_autotune(q.device):
             key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, meta["KIND"], meta["Q_INT"],
                    return_stats)
             tuned = _TUNED.get(key)
             if tuned is None:
                 tuner = _autotuned_kernel(n_cols)
-                tuner[lambda m: (cdiv(lq, m["BLOCK_M"]), nb * nh)](*args, **meta)
+                with launching("fused cross-attention", (*build_key, "autotuned"), q.device):
+                    tuner[lambda m: (cdiv(lq, m["BLOCK_M"]), nb * nh)](*args, **meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
                     _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps, getattr(best, "maxnreg", None))
@@ -493,8 +496,9 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
             block_m, num_warps, maxnreg = tuned
         grid = (cdiv(lq, block_m), nb * nh)
         cap = {} if maxnreg is None else {"maxnreg": maxnreg}
-        compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps, num_stages=1,
-                                                  **cap)
+        with launching("fused cross-attention", (*build_key, block_m, num_warps, maxnreg), q.device):
+            compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps,
+                                                      num_stages=1, **cap)
         if plan_key is not None and compiled is not None:
             constexprs = {**meta, "BLOCK_M": block_m}
             out_shape = (nb, lq, nh, dv) if head_split else (*lead, lq, dv)

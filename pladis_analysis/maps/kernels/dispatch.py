@@ -7,9 +7,16 @@
   :func:`choose_map_backend` / :func:`choose_attention_backend` return and that is logged at DEBUG level on
   the ``pladis_analysis.kernels`` logger. CPU tensors always take the torch path under ``"auto"``: the
   Triton interpreter is a testing tool, far slower than torch on CPU.
-* ``"triton"``: the kernels, or a ``ValueError`` saying why they cannot run. CPU tensors are accepted when
+* ``"triton"``: the kernels, or a ``ValueError`` saying why they cannot run (:class:`KernelBuildError` when
+  they fail to build). CPU tensors are accepted when
   ``TRITON_INTERPRET=1`` was set before the kernels were first imported (that is how the tests run them).
 * ``"torch"``: the torch path, always.
+
+A kernel that fails to build or launch on the device at hand (a Triton error, shared memory the GPU lacks, a
+compiler pass an older Triton cannot run: :mod:`.build_failures`) is a fallback too under ``"auto"``: the call
+takes the torch path, a WARNING names the cause once, and later calls of that signature (device, dtype, key
+count, head dims, mask, map) go straight to the torch path with that reason. Under ``"triton"`` it raises
+:class:`KernelBuildError`.
 
 One contract differs on the kernel path: the torch path raises ValueError for NaN or +inf scores, the kernels
 do not look (a check costs a full extra pass over q and k plus a host synchronisation, more than the kernel
@@ -29,7 +36,8 @@ from functools import lru_cache
 
 import torch
 
-from .._shapes import block_size, broadcast_shapes, split_blocks
+from .._shapes import broadcast_shapes
+from .build_failures import KernelBuildError
 
 logger = logging.getLogger("pladis_analysis.kernels")
 
@@ -163,6 +171,8 @@ def choose_map_backend(z: torch.Tensor, map_name: str, *, dim: int = -1, alpha: 
             reason = "empty rows"
     if reason is None and z.dim() == 0:
         reason = "a scalar has no rows"
+    if reason is None:
+        reason = _build_failure(_map_signature(z, alpha, dim), backend, what)
     return _decide(reason, backend, what)
 
 
@@ -216,9 +226,6 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             reason = f"head dim {max(q.shape[-1], v.shape[-1])} > {MAX_HEAD_DIM}"
         elif k.shape[-2] == 0 or q.shape[-1] == 0:
             reason = "empty key or head dimension"
-        elif shared_memory_bytes(k.shape[-2], q.shape[-1], v.shape[-1], q.dtype) > MAX_SHARED_BYTES:
-            reason = (f"{str(q.dtype).replace('torch.', '')} keys and values of Lk={k.shape[-2]}, "
-                      f"d={q.shape[-1]} do not fit in one SM's shared memory (use bfloat16/float16)")
         elif attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
             reason = f"attn_mask dtype {attn_mask.dtype} (bool or floating masks only)"
         else:
@@ -228,6 +235,8 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     broadcast_shapes(attn_mask.shape, (*lead, q.shape[-2], k.shape[-2]))
             except RuntimeError:
                 reason = "shapes of q/k/v/attn_mask do not broadcast"
+    if reason is None:
+        reason = _build_failure(_attention_signature(q, k, v, attn_mask, map_name, alpha), backend, what)
     decision = _decide(reason, backend, what)
     if key is not None:
         if len(_ATTENTION_DECISIONS) >= 4096:  # a bound, not a policy: shapes in one session are few
@@ -239,15 +248,47 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 
 
-# Shared memory one program of the fused kernel needs for its K/V tiles (padded to one or two power-of-two key
-# blocks), and the most we allow: 160 KiB leaves headroom under the 227 KiB an H100/H200 SM offers one block
-# (A100: 163 KiB).
-MAX_SHARED_BYTES = 160 * 1024
+# --------------------------------------------------------------------------------------------------
+# Kernels that do not build here: remembered per signature, so that the torch path takes over
+# --------------------------------------------------------------------------------------------------
+# (No shared-memory rule: the fused kernel stages key and value chunks, not whole tiles, and compiles to
+# 8–68 KiB of shared memory at every supported shape on sm_75 … sm_90 (results/kernel_builds.csv); a GPU with
+# less is answered by Triton's out-of-resources error at launch, which is a build failure like any other.)
+
+_BUILD_FAILURES: dict[tuple, str] = {}   # dispatch signature → why its kernel did not build
 
 
-def shared_memory_bytes(lk: int, d: int, dv: int, dtype: torch.dtype) -> int:
-    """Bytes of the K (or V) tile the compiler stages in shared memory (the two are staged one at a time)."""
-    return sum(split_blocks(lk)) * max(block_size(d), block_size(dv)) * dtype.itemsize
+def _attention_signature(q, k, v, attn_mask, map_name: str, alpha: float) -> tuple:
+    mask = None if attn_mask is None else attn_mask.dtype
+    return ("attention", q.device, q.dtype, k.shape[-2], q.shape[-1], v.shape[-1], mask, map_name, alpha)
+
+
+def _map_signature(z: torch.Tensor, alpha: float, dim: int) -> tuple:
+    return ("row-wise map", z.device, z.dtype, z.shape[dim], alpha)   # sparse maps and PLADIS share the kernel
+
+
+def _build_failure(signature: tuple, backend: str, what: str) -> str | None:
+    """Why the kernel cannot run for ``signature`` (it failed to build earlier in this process), else None;
+    under ``backend="triton"`` that is a :class:`KernelBuildError`."""
+    failure = _BUILD_FAILURES.get(signature)
+    if failure is not None and backend == "triton":
+        raise KernelBuildError(f"backend='triton' cannot run {what}: {failure}")
+    return failure
+
+
+def _kernel_or_torch(signature: tuple, backend: str, launch):
+    """``launch()``'s result, or ``None`` (take the torch path) when its kernel does not build here: the
+    failure is remembered for ``signature`` and logged once; under ``backend="triton"`` it is raised."""
+    try:
+        return launch()
+    except KernelBuildError as exc:
+        _BUILD_FAILURES[signature] = f"its kernel failed earlier in this process ({exc})"
+        _ATTENTION_DECISIONS.clear()   # cached "triton" decisions must now read the failure
+        if backend == "triton":
+            raise
+        logger.warning("torch path instead of the Triton kernel from now on for %s: %s",
+                       ", ".join(map(str, signature)), exc)
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -274,7 +315,9 @@ def maybe_triton_map(map_name: str, z: torch.Tensor, *, dim: int = -1, backend: 
         return None
     from .entmax_rowwise import entmax_rowwise
 
-    e = entmax_rowwise(z, a, dim)
+    e = _kernel_or_torch(_map_signature(z, a, dim), backend, lambda: entmax_rowwise(z, a, dim))
+    if e is None:
+        return None
     support = (e.detach() > 0).sum(dim=dim)
     if map_name != "pladis":
         return e, support
@@ -302,8 +345,9 @@ def maybe_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     from .cross_attention import fused_pladis_attention
 
     lam = float(pladis_scale) if map_name == "pladis" else 1.0
-    return fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=a, attn_mask=attn_mask,
-                                  score_scale=score_scale, return_stats=return_stats)
+    return _kernel_or_torch(_attention_signature(q, k, v, attn_mask, map_name, a), backend,
+                            lambda: fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=a, attn_mask=attn_mask,
+                                                           score_scale=score_scale, return_stats=return_stats))
 
 
 _FUNCTION_MAPS = {"SoftmaxFunction": "softmax", "EntmaxFunction": "entmax", "PladisFunction": "pladis"}

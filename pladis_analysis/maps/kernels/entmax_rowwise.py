@@ -57,6 +57,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, cdiv
+from .build_failures import launching
 
 # Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
 # safeguarded Halley for α > 2. With Newton, an integer q = 1/(α−1) up to INTEGER_Q_MAX is passed as Q_INT so
@@ -510,9 +511,11 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
         kind, q_int = alpha_flavour(alpha)
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
-        _entmax_fwd_kernel[grid](rows, out, steps, n_rows, n_cols, rows.stride(0), out.stride(0), alpha, tol,
-                                 KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), WITH_STEPS=return_steps,
-                                 BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
+        signature = (str(rows.dtype), str(out.dtype), kind, q_int, return_steps, block_cols)
+        with launching("row-wise entmax", signature, rows.device):
+            _entmax_fwd_kernel[grid](rows, out, steps, n_rows, n_cols, rows.stride(0), out.stride(0), alpha, tol,
+                                     KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), WITH_STEPS=return_steps,
+                                     BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
     p = out.reshape(moved_shape).movedim(-1, dim)
     if return_steps:
         return p, steps.reshape(moved_shape[:-1])
@@ -529,9 +532,12 @@ def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int 
     if p_rows.numel() > 0:
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
-        _entmax_bwd_kernel[grid](p_rows, g_rows, dz, n_rows, n_cols, p_rows.stride(0), g_rows.stride(0),
-                                 dz.stride(0), alpha, Q_INT=alpha_flavour(alpha)[1],
-                                 BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
+        q_int = alpha_flavour(alpha)[1]
+        with launching("row-wise entmax backward", (str(p_rows.dtype), str(g_rows.dtype), q_int, block_cols),
+                       p_rows.device):
+            _entmax_bwd_kernel[grid](p_rows, g_rows, dz, n_rows, n_cols, p_rows.stride(0), g_rows.stride(0),
+                                     dz.stride(0), alpha, Q_INT=q_int,
+                                     BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
     return dz.reshape(moved_shape).movedim(-1, dim)
 
 

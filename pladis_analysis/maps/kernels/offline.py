@@ -1,7 +1,11 @@
-"""What a kernel costs an H100 before it runs: compile for sm_90 on any machine and read the cubin.
+"""What a kernel costs a GPU before it runs: compile for sm_90 (or another architecture) on any machine and
+read the cubin.
 
 Triton ships ptxas, cuobjdump and nvdisasm, so the whole pipeline source → PTX → cubin runs without a GPU.
-From the cubin this module reads what decides a latency-bound kernel's speed and does not depend on timing:
+That answers two questions. Does the kernel build for a given architecture with this Triton
+(``experiments/kernel_builds.py``: sm_75 to sm_90, every dtype, the largest shapes)? And what does it cost an
+H100? From the cubin this module reads what decides a latency-bound kernel's speed and does not depend on
+timing:
 
 * registers per thread and local-memory stack (``STACK`` > 0: values spilled out of registers);
 * shared memory per block (Triton's dynamic allocation plus the static part);
@@ -11,7 +15,7 @@ From the cubin this module reads what decides a latency-bound kernel's speed and
 
 None of this is a time; it says where a kernel cannot be fast (spills, one block per SM) and lets a change to
 the kernel be checked on a CPU before a GPU times it. ``experiments/kernel_resources.py`` tabulates it for the
-fused kernel at the benchmark's shapes; ``tests/test_kernels_compile.py`` uses :func:`compile_sm90`.
+fused kernel at the benchmark's shapes; ``tests/test_kernels_compile.py`` uses :func:`compile_for_gpu`.
 
 Compiling must not happen under ``TRITON_INTERPRET=1`` (the kernels are then interpreter objects); run in a
 process that imported the kernels without it.
@@ -34,6 +38,16 @@ SM90_SHARED_BYTES = 228 * 1024
 SM90_SHARED_RESERVED = 1024       # per block, taken by the runtime
 SM90_MAX_SHARED_PER_BLOCK = 227 * 1024
 
+# The architectures the kernels are built for offline: GPUs of each, and the most shared memory one block may
+# use there (opt-in limit; CUDA C Programming Guide, technical specifications per compute capability).
+ARCHITECTURES = {
+    75: ("T4, RTX 20xx", 64 * 1024),
+    80: ("A100, A30", 163 * 1024),
+    86: ("RTX 30xx, A10, A40", 99 * 1024),
+    89: ("RTX 40xx, L4, L40S", 99 * 1024),
+    90: ("H100, H200", SM90_MAX_SHARED_PER_BLOCK),
+}
+
 
 class OfflineCompileError(RuntimeError):
     """The kernels cannot be compiled offline here (interpreter active, or Triton's NVIDIA tools missing)."""
@@ -48,20 +62,21 @@ def _tool(name: str) -> str:
     return path
 
 
-def ptxas_version() -> str:
-    """The version line of the ptxas Triton uses for sm_90 here (register allocation depends on it: a GPU
+def ptxas_version(arch: int = 90) -> str:
+    """The version line of the ptxas Triton uses for ``arch`` here (register allocation depends on it: a GPU
     machine with another Triton may allocate differently)."""
     from triton.backends.nvidia.compiler import get_ptxas
 
-    out = subprocess.run([get_ptxas(90).path, "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([get_ptxas(arch).path, "--version"], capture_output=True, text=True, check=True).stdout
     return out.strip().splitlines()[-2] if len(out.strip().splitlines()) > 1 else out.strip()
 
 
-def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_stages: int = 1,
-                 maxnreg: int | None = None):
-    """``fn`` (a ``@triton.jit`` kernel) compiled for an H100: ``types`` maps argument names to Triton types
-    (others default to ``i32``), ``consts`` gives the constexprs, ``maxnreg`` caps registers per thread (None:
-    ptxas decides). Returns Triton's compiled kernel."""
+def compile_for_gpu(fn, types: dict[str, str], consts: dict, num_warps: int, *, arch: int = 90,
+                    num_stages: int = 1, maxnreg: int | None = None):
+    """``fn`` (a ``@triton.jit`` kernel) compiled for compute capability ``arch`` (90: H100/H200): ``types``
+    maps argument names to Triton types (others default to ``i32``), ``consts`` gives the constexprs,
+    ``maxnreg`` caps registers per thread (None: ptxas decides). Returns Triton's compiled kernel; a kernel
+    Triton cannot build raises Triton's own error."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -73,7 +88,7 @@ def compile_sm90(fn, types: dict[str, str], consts: dict, num_warps: int, num_st
     options = {"num_warps": num_warps, "num_stages": num_stages}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
-    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32), options=options)
+    return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", arch, 32), options=options)
 
 
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -81,7 +96,7 @@ _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 def fused_kernel_types(dtype: str, mask_kind: int) -> dict[str, str]:
     """Argument types of the fused cross-attention kernel for inputs of ``dtype`` (``"bfloat16"`` …) and a
-    mask of ``mask_kind`` (0 none, 1 boolean, 2 additive), as :func:`compile_sm90` takes them."""
+    mask of ``mask_kind`` (0 none, 1 boolean, 2 additive), as :func:`compile_for_gpu` takes them."""
     if dtype not in _TRITON_TYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_TRITON_TYPES)}")
     pointer = "*" + _TRITON_TYPES[dtype]
@@ -149,16 +164,25 @@ def occupancy(registers: int, shared_bytes: int, num_warps: int) -> tuple[int, i
     return blocks, blocks * num_warps
 
 
-def resources(compiled, num_warps: int) -> Resources:
-    """Read a compiled kernel's cubin with cuobjdump (see :class:`Resources`)."""
+def _cuobjdump(compiled, flag: str) -> str:
     with tempfile.TemporaryDirectory() as folder:
         cubin = os.path.join(folder, "kernel.cubin")
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
-        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True, check=True)
-        sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True)
-    usage_counts = parse_resource_usage(usage.stdout)
-    shared = int(compiled.metadata.shared) + usage_counts["SHARED"]
-    blocks, warps = occupancy(usage_counts["REG"], shared, num_warps)
-    return Resources(registers=usage_counts["REG"], stack_bytes=usage_counts["STACK"], shared_bytes=shared,
-                     num_warps=num_warps, blocks_per_sm=blocks, warps_per_sm=warps, **count_sass(sass.stdout))
+        return subprocess.run([_tool("cuobjdump"), flag, cubin], capture_output=True, text=True, check=True).stdout
+
+
+def usage(compiled) -> dict[str, int]:
+    """``registers`` per thread, spilled ``stack_bytes`` and ``shared_bytes`` per block of a compiled kernel,
+    for any architecture (Triton's dynamic shared memory plus the static part)."""
+    found = parse_resource_usage(_cuobjdump(compiled, "-res-usage"))
+    return {"registers": found["REG"], "stack_bytes": found["STACK"],
+            "shared_bytes": int(compiled.metadata.shared) + found["SHARED"]}
+
+
+def resources(compiled, num_warps: int) -> Resources:
+    """Read a kernel compiled for sm_90 with cuobjdump (see :class:`Resources`)."""
+    found = usage(compiled)
+    blocks, warps = occupancy(found["registers"], found["shared_bytes"], num_warps)
+    return Resources(**found, num_warps=num_warps, blocks_per_sm=blocks, warps_per_sm=warps,
+                     **count_sass(_cuobjdump(compiled, "-sass")))
