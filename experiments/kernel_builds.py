@@ -13,10 +13,15 @@ kernel (PLADIS at α = 1.5, Newton search, and α = 3, Halley search) at SD/SDXL
 warps); the row-wise entmax forward and backward kernels at rows of 77, 300 and 4096. A build failure is a
 row with ``built = False`` and the compiler's message, not an error of the script.
 
-What this cannot say: whether a kernel that builds is fast there (only a GPU can time it), and what another
-Triton version would do (the meta records this one's version and ptxas).
+Every row names the Triton that compiled it and its ptxas: register allocation differs between versions, and
+users run several (the GPU machine of ``scripts/gpu_check.sh`` has Triton 3.6, this project's CI 3.9). The
+table accumulates: run it once per Triton version, with the other version first on the path
+(``scripts/with_triton.sh``).
 
-    python experiments/kernel_builds.py           # writes results/kernel_builds.csv (+ .meta.json); resumes
+What this cannot say: whether a kernel that builds is fast there (only a GPU can time it).
+
+    python experiments/kernel_builds.py                                     # results/kernel_builds.csv; resumes
+    scripts/with_triton.sh 3.6.0 python experiments/kernel_builds.py        # the same grid with Triton 3.6.0
     python experiments/kernel_builds.py --quick   # sm_80 and sm_90, bfloat16, 77 keys only (tests)
 """
 
@@ -128,24 +133,28 @@ def run(config: Config, out: Path) -> Path:
     unknown = sorted(set(config.archs) - set(offline.ARCHITECTURES))
     if unknown:
         raise ValueError(f"archs={unknown}: expected compute capabilities among {sorted(offline.ARCHITECTURES)}")
-    table = ResultsTable(out / "kernel_builds.csv", keys=["arch", "kernel", "dtype", "length", "d", "alpha"],
-                         config=config.to_dict())  # meta: the compiling CPU as device; the targets are the rows
-    ptxas = {f"sm_{arch}": offline.ptxas_version(arch) for arch in config.archs}
+    import triton
+
+    # meta: the compiling CPU as device and the last run's versions; each row names its own Triton and ptxas
+    table = ResultsTable(out / "kernel_builds.csv",
+                         keys=["triton", "arch", "kernel", "dtype", "length", "d", "alpha"], config=config.to_dict())
+    ptxas = {arch: offline.ptxas_version(arch) for arch in config.archs}
     jobs = [(arch, job) for arch in config.archs for job in _attention_jobs(config) + _rowwise_jobs(config)]
-    for arch, job in tqdm(jobs, desc="compile"):
-        key = {"arch": arch, **{name: job[name] for name in ("kernel", "dtype", "length", "d", "alpha")}}
+    for arch, job in tqdm(jobs, desc=f"compile (Triton {triton.__version__})"):
+        key = {"triton": triton.__version__, "arch": arch,
+               **{name: job[name] for name in ("kernel", "dtype", "length", "d", "alpha")}}
         if table.has(**key):
             continue
         gpus, limit = offline.ARCHITECTURES[arch]
-        table.add({**key, "gpus": gpus, "block_m": job["block_m"], "num_warps": job["num_warps"],
-                   "shared_limit": limit, **build(job, arch)})
-        table.flush(ptxas=ptxas)
-    return table.flush(ptxas=ptxas)
+        table.add({**key, "ptxas": ptxas[arch], "gpus": gpus, "block_m": job["block_m"],
+                   "num_warps": job["num_warps"], "shared_limit": limit, **build(job, arch)})
+        table.flush()
+    return table.flush()
 
 
 def report(path: Path) -> None:
     df = pd.read_csv(path)
-    cols = ["arch", "kernel", "dtype", "length", "d", "alpha", "block_m", "num_warps", "built", "registers",
+    cols = ["triton", "arch", "kernel", "dtype", "length", "d", "alpha", "block_m", "num_warps", "built", "registers",
             "stack_bytes", "shared_bytes", "shared_limit", "fits_shared", "error"]
     print(df[cols].to_string(index=False))
 

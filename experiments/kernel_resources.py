@@ -16,7 +16,12 @@ the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's 
 the autotuner), ``autotuned`` the configurations the autotuner tries (the capped ones with
 ``PLADIS_TRITON_REGISTER_CAP=1``).
 
+Every row names the Triton that compiled it (a key column) and its ptxas: the same source compiles to very
+different register counts under Triton 3.6 (the GPU machine's, and torch 2.11's) and 3.9 (this project's CI).
+The table accumulates: run it once per version, the other one first on the path (``scripts/with_triton.sh``).
+
     python experiments/kernel_resources.py           # writes results/kernel_resources.csv (+ .meta.json); resumes
+    scripts/with_triton.sh 3.6.0 python experiments/kernel_resources.py     # the same grid with Triton 3.6.0
     python experiments/kernel_resources.py --quick   # SD family, α = 1.5 and softmax only (tests)
 """
 
@@ -60,12 +65,15 @@ def variants(config: Config) -> list[tuple[str, float]]:
 
 
 def run(config: Config, out: Path) -> Path:
+    import triton
+
     from pladis_analysis.maps.kernels import cross_attention as ca
     from pladis_analysis.maps.kernels import offline
 
+    # meta: the compiling CPU as device, sm_90a as target, the last run's versions; rows name their Triton
     table = ResultsTable(out / "kernel_resources.csv",
-                         keys=["family", "variant", "alpha", "block_m", "num_warps", "maxnreg"],
-                         config=config.to_dict())  # meta: the compiling CPU as device, sm_90a as target
+                         keys=["triton", "family", "variant", "alpha", "block_m", "num_warps", "maxnreg"],
+                         config=config.to_dict())
     dtype = getattr(torch, config.dtype)
     jobs = []
     for family, lk, d in config.families:
@@ -80,26 +88,26 @@ def run(config: Config, out: Path) -> Path:
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
     ptxas = offline.ptxas_version()
     for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
-            jobs, desc="compile sm_90"):
+            jobs, desc=f"compile sm_90 (Triton {triton.__version__})"):
         # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
-        key = dict(family=family, variant=variant, alpha=alpha, block_m=block_m, num_warps=num_warps,
-                   maxnreg=maxnreg or 0)
+        key = dict(triton=triton.__version__, family=family, variant=variant, alpha=alpha, block_m=block_m,
+                   num_warps=num_warps, maxnreg=maxnreg or 0)
         if table.has(**key):
             continue
         compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m},
                                            num_warps, maxnreg=maxnreg)
         found = offline.resources(compiled, num_warps)
-        table.add({**key, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta), "d_chunk": meta["D_CHUNK"],
-                   "chosen": chosen, "autotuned": autotuned,
+        table.add({**key, "ptxas": ptxas, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta),
+                   "d_chunk": meta["D_CHUNK"], "chosen": chosen, "autotuned": autotuned,
                    # one fp32 score tile's entries per thread: what each live tile of the search costs in registers
                    "scores_per_thread": block_m * ca.padded_keys(meta) // (32 * num_warps), **found.as_dict()})
-        table.flush(target="sm_90a", dtype=config.dtype, ptxas=ptxas)
-    return table.flush(target="sm_90a", dtype=config.dtype, ptxas=ptxas)
+        table.flush(target="sm_90a", dtype=config.dtype)
+    return table.flush(target="sm_90a", dtype=config.dtype)
 
 
 def report(path: Path) -> None:
     df = pd.read_csv(path)
-    cols = ["family", "variant", "alpha", "block_m", "num_warps", "maxnreg", "chosen", "scores_per_thread",
+    cols = ["triton", "family", "variant", "alpha", "block_m", "num_warps", "maxnreg", "chosen", "scores_per_thread",
             "registers", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers"]
     print(df[cols].to_string(index=False))
 

@@ -76,3 +76,6 @@ def test_plot_kernel_resources_draws_one_panel_per_family_and_metric(tmp_path):
     figure = plotting.plot_kernel_resources(pd.DataFrame(rows))
     assert len(figure.axes) == 2 * 3
     assert plotting.save_figure(figure, tmp_path / "kernel_resources.png").stat().st_size > 0
+    # Rows of two Triton versions: a column of panels per family and version.
+    two = pd.DataFrame([{**row, "triton": version} for row in rows for version in ("3.6.0", "3.9.0")])
+    assert len(plotting.plot_kernel_resources(two).axes) == 4 * 3
