@@ -17,7 +17,7 @@ the autotuner), ``autotuned`` the configurations the autotuner tries (the capped
 ``PLADIS_TRITON_REGISTER_CAP=1``).
 
 Every row names the Triton that compiled it (a key column) and its ptxas: the same source compiles to very
-different register counts under Triton 3.6 (the GPU machine's, and torch 2.11's) and 3.9 (this project's CI).
+different register counts under Triton 3.6 (the GPU machine's) and 3.9 (this project's CI).
 The table accumulates: run it once per version, the other one first on the path (``scripts/with_triton.sh``).
 
     python experiments/kernel_resources.py           # writes results/kernel_resources.csv (+ .meta.json); resumes
