@@ -27,8 +27,6 @@ What this cannot say: whether a kernel that builds is fast there (only a GPU can
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -160,15 +158,9 @@ def report(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small grid for tests")
-    parser.add_argument("--out", type=Path, default=ROOT / "results", help="folder for the results table")
-    args = parser.parse_args(argv)
-    # Compiling needs the real kernels, not the interpreter's objects (decided when they are first imported).
-    os.environ["TRITON_INTERPRET"] = "0"
-    path = run(Config.quick() if args.quick else Config(), args.out)
-    report(path)
-    return path
+    from pladis_analysis.maps.kernels.offline import experiment_main
+
+    return experiment_main(argv, __doc__.splitlines()[0], run, Config, report, ROOT / "results")
 
 
 if __name__ == "__main__":

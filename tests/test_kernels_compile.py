@@ -68,21 +68,25 @@ def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
     assert fwd.asm["cubin"] and bwd.asm["cubin"]
 
 
+def _quick_grid(name: str, out):
+    """Run experiments/<name>.py's quick grid into ``out``: (the experiment module, its table)."""
+    import pandas as pd
+    from experiment_scripts import load_experiment
+
+    from pladis_analysis.maps.kernels import offline
+
+    experiment = load_experiment(name)
+    try:
+        path = experiment.run(experiment.Config.quick(), out)
+    except offline.OfflineCompileError as exc:
+        pytest.skip(str(exc))
+    return experiment, pd.read_csv(path)
+
+
 def test_kernel_resources_quick_grid(tmp_path):
     """experiments/kernel_resources.py --quick: every launch candidate compiles, fits an SM at least once, and
     the heuristic's configuration is one row per variant."""
-    from experiment_scripts import load_experiment
-
-    experiment = load_experiment("kernel_resources")
-    from pladis_analysis.maps.kernels import offline
-
-    try:
-        path = experiment.run(experiment.Config.quick(), tmp_path)
-    except offline.OfflineCompileError as exc:
-        pytest.skip(str(exc))
-    import pandas as pd
-
-    df = pd.read_csv(path)
+    _, df = _quick_grid("kernel_resources", tmp_path)
     assert set(df.variant) == {"pladis", "softmax"}
     assert (df.groupby("variant").chosen.sum() == 1).all()
     assert (df.registers.between(1, 255)).all() and (df.warps_per_sm >= df.num_warps).all()
@@ -97,18 +101,7 @@ def test_kernel_resources_quick_grid(tmp_path):
 def test_kernel_builds_quick_grid(tmp_path):
     """experiments/kernel_builds.py --quick: every kernel builds for sm_80 and sm_90 within the shared memory a
     block may have there, and a kernel the compiler rejects becomes a row, not an error of the script."""
-    from experiment_scripts import load_experiment
-
-    experiment = load_experiment("kernel_builds")
-    from pladis_analysis.maps.kernels import offline
-
-    try:
-        path = experiment.run(experiment.Config.quick(), tmp_path)
-    except offline.OfflineCompileError as exc:
-        pytest.skip(str(exc))
-    import pandas as pd
-
-    df = pd.read_csv(path)
+    experiment, df = _quick_grid("kernel_builds", tmp_path)
     assert set(df.arch) == {80, 90} and set(df.kernel) == {"fused_attention", "rowwise_forward", "rowwise_backward"}
     assert df.built.all() and df.fits_shared.all() and df.registers.between(1, 255).all()
     rejected = experiment.build(dict(fn=_not_a_kernel(), types={}, consts={}, num_warps=4), arch=90)

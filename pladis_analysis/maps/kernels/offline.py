@@ -91,6 +91,24 @@ def compile_for_gpu(fn, types: dict[str, str], consts: dict, num_warps: int, *, 
     return triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", arch, 32), options=options)
 
 
+def experiment_main(argv: list[str] | None, description: str, run, config_class, report, default_out):
+    """The command line of the offline-compile experiments (``experiments/kernel_resources.py``,
+    ``kernel_builds.py``): ``--quick`` runs ``config_class.quick()``, ``--out`` names the results folder; prints
+    ``report(path)`` and returns the table's path."""
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small grid for tests")
+    parser.add_argument("--out", type=Path, default=default_out, help="folder for the results table")
+    args = parser.parse_args(argv)
+    # Compiling needs the real kernels, not the interpreter's objects (decided when they are first imported).
+    os.environ["TRITON_INTERPRET"] = "0"
+    path = run(config_class.quick() if args.quick else config_class(), args.out)
+    report(path)
+    return path
+
+
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
 
 
