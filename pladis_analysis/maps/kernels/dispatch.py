@@ -276,12 +276,14 @@ def _build_failure(signature: tuple, backend: str, what: str) -> str | None:
     return failure
 
 
-def _kernel_or_torch(signature: tuple, backend: str, launch):
+def _kernel_or_torch(signature, backend: str, launch):
     """``launch()``'s result, or ``None`` (take the torch path) when its kernel does not build here: the
-    failure is remembered for ``signature`` and logged once; under ``backend="triton"`` it is raised."""
+    failure is remembered for ``signature()`` (called only then, off the hot path) and logged once; under
+    ``backend="triton"`` it is raised."""
     try:
         return launch()
     except KernelBuildError as exc:
+        signature = signature()
         _BUILD_FAILURES[signature] = f"its kernel failed earlier in this process ({exc})"
         _ATTENTION_DECISIONS.clear()   # cached "triton" decisions must now read the failure
         if backend == "triton":
@@ -315,7 +317,7 @@ def maybe_triton_map(map_name: str, z: torch.Tensor, *, dim: int = -1, backend: 
         return None
     from .entmax_rowwise import entmax_rowwise
 
-    e = _kernel_or_torch(_map_signature(z, a, dim), backend, lambda: entmax_rowwise(z, a, dim))
+    e = _kernel_or_torch(lambda: _map_signature(z, a, dim), backend, lambda: entmax_rowwise(z, a, dim))
     if e is None:
         return None
     support = (e.detach() > 0).sum(dim=dim)
@@ -345,7 +347,7 @@ def maybe_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     from .cross_attention import fused_pladis_attention
 
     lam = float(pladis_scale) if map_name == "pladis" else 1.0
-    return _kernel_or_torch(_attention_signature(q, k, v, attn_mask, map_name, a), backend,
+    return _kernel_or_torch(lambda: _attention_signature(q, k, v, attn_mask, map_name, a), backend,
                             lambda: fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=a, attn_mask=attn_mask,
                                                            score_scale=score_scale, return_stats=return_stats))
 
