@@ -54,7 +54,7 @@ _LAUNCHED: set[tuple] = set()   # (kernel, device, signature) that launched once
 
 def _triton_errors() -> tuple[type, ...]:
     try:
-        from triton.errors import TritonError  # Triton ≥ 3.2: the base of all of its errors
+        from triton.errors import TritonError  # the base of all of its errors, where Triton has one
         return (TritonError,)
     except ImportError:
         from triton.compiler.errors import CompilationError
