@@ -41,8 +41,10 @@ from pladis_analysis.results import ResultsTable  # noqa: E402
 
 ARCHS = (75, 80, 86, 89, 90)
 DTYPES = ("float16", "bfloat16", "float32")
-# (Lk, d) of the fused kernel: SD1.5/SDXL, SANA, and the kernel's limits (MAX_KEYS, MAX_HEAD_DIM)
-ATTENTION_SHAPES = ((77, 64), (300, 112), (512, 128))
+# (Lk, d, heads) of the fused kernel: SD1.5/SDXL, SANA, and the kernel's limits (MAX_KEYS, MAX_HEAD_DIM); the
+# heads set the strides of the diffusers layout the launcher specialises on
+ATTENTION_SHAPES = ((77, 64, 10), (300, 112, 20), (512, 128, 8))
+ROWS = 2 * 20 * 4096   # rows of scores for the row-wise kernels: a (2, 20, 4096, n) score tensor
 ROW_LENGTHS = (77, 300, 4096)
 
 
@@ -50,7 +52,7 @@ ROW_LENGTHS = (77, 300, 4096)
 class Config:
     archs: tuple[int, ...] = ARCHS
     dtypes: tuple[str, ...] = DTYPES
-    attention_shapes: tuple[tuple[int, int], ...] = ATTENTION_SHAPES
+    attention_shapes: tuple[tuple[int, int, int], ...] = ATTENTION_SHAPES
     alphas: tuple[float, ...] = (1.5, 3.0)
     row_lengths: tuple[int, ...] = ROW_LENGTHS
 
@@ -70,7 +72,9 @@ def _attention_jobs(config: Config) -> list[dict]:
 
     jobs = []
     for dtype in config.dtypes:
-        for lk, d in config.attention_shapes:
+        for lk, d, heads in config.attention_shapes:
+            specialised, attrs = offline.launcher_specialization(
+                ca._fused_pladis_fwd_kernel, offline.fused_attention_call(lk, d, heads, dtype=dtype))
             for alpha in config.alphas:
                 meta = ca.kernel_constexprs(getattr(torch, dtype), lk, d, d, alpha=alpha, mask_kind=0,
                                             need_softmax=True, need_entmax=True, with_stats=False)
@@ -78,13 +82,14 @@ def _attention_jobs(config: Config) -> list[dict]:
                 jobs.append(dict(kernel="fused_attention", dtype=dtype, length=lk, d=d, alpha=alpha, block_m=block_m,
                                  num_warps=num_warps, fn=ca._fused_pladis_fwd_kernel,
                                  types=offline.fused_kernel_types(dtype, mask_kind=0),
-                                 consts={**meta, "BLOCK_M": block_m}))
+                                 consts={**meta, **specialised, "BLOCK_M": block_m}, attrs=attrs))
     return jobs
 
 
 def _rowwise_jobs(config: Config) -> list[dict]:
     """Forward (at each α) and backward row-wise entmax kernels at each row length, as the launcher sizes them."""
     from pladis_analysis.maps.kernels import entmax_rowwise as er
+    from pladis_analysis.maps.kernels import offline
 
     pointer = {"float16": "*fp16", "bfloat16": "*bf16", "float32": "*fp32"}
     jobs = []
@@ -92,20 +97,25 @@ def _rowwise_jobs(config: Config) -> list[dict]:
         for n in config.row_lengths:
             block_rows, block_cols, num_warps = er._launch_shape(n)
             shape = dict(dtype=dtype, length=n, d=0, block_m=block_rows, num_warps=num_warps)
+            specialised, attrs = offline.launcher_specialization(er._entmax_fwd_kernel,
+                                                                 offline.rowwise_call(ROWS, n, dtype))
             for alpha in config.alphas:
                 kind, q_int = er.alpha_flavour(alpha)
                 jobs.append(dict(kernel="rowwise_forward", alpha=alpha, fn=er._entmax_fwd_kernel, **shape,
                                  types={"Z": pointer[dtype], "P": "*fp32", "STEPS": "*i32", "alpha": "fp32",
                                         "stop_tol": "fp32"},
                                  consts=dict(KIND=kind, Q_INT=q_int, MAX_ITER=er.max_iterations(kind),
-                                             WITH_STEPS=False, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols)))
+                                             WITH_STEPS=False, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+                                             **specialised), attrs=attrs))
             # The backward runs on float32 weights whatever the input dtype (EntmaxRowwise keeps them so).
             if dtype == config.dtypes[0]:
+                specialised, attrs = offline.launcher_specialization(er._entmax_bwd_kernel,
+                                                                     offline.rowwise_call(ROWS, n, backward=True))
                 jobs.append(dict(kernel="rowwise_backward", alpha=config.alphas[0], fn=er._entmax_bwd_kernel,
                                  **{**shape, "dtype": "float32"},
                                  types={"P": "*fp32", "G": "*fp32", "DZ": "*fp32", "alpha": "fp32"},
                                  consts=dict(Q_INT=er.alpha_flavour(config.alphas[0])[1], BLOCK_ROWS=block_rows,
-                                             BLOCK_COLS=block_cols)))
+                                             BLOCK_COLS=block_cols, **specialised), attrs=attrs))
     return jobs
 
 
@@ -114,7 +124,8 @@ def build(job: dict, arch: int) -> dict:
     from pladis_analysis.maps.kernels import offline
 
     try:
-        compiled = offline.compile_for_gpu(job["fn"], job["types"], job["consts"], job["num_warps"], arch=arch)
+        compiled = offline.compile_for_gpu(job["fn"], job["types"], job["consts"], job["num_warps"], arch=arch,
+                                           attrs=job.get("attrs"))
         found = offline.usage(compiled)
     except offline.OfflineCompileError:
         raise  # no toolchain here: nothing to tabulate

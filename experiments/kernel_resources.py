@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from pladis_analysis.results import ResultsTable  # noqa: E402
 
-# (family, Lk, d): the benchmark's shapes, by what changes the compiled kernel
-FAMILIES = (("sd_sdxl", 77, 64), ("sana", 300, 112))
+# (family, Lk, d, heads): the benchmark's shapes, by what changes the compiled kernel; the heads set the strides
+# of the diffusers layout the launcher specialises on (SDXL's 10 heads of 64, SANA's 20 of 112)
+FAMILIES = (("sd_sdxl", 77, 64, 10), ("sana", 300, 112, 20))
 
 
 @dataclass
 class Config:
-    families: tuple[tuple[str, int, int], ...] = FAMILIES
+    families: tuple[tuple[str, int, int, int], ...] = FAMILIES
     alphas: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0)
     dtype: str = "bfloat16"
 
@@ -74,7 +75,11 @@ def run(config: Config, out: Path) -> Path:
                          config=config.to_dict())
     dtype = getattr(torch, config.dtype)
     jobs = []
-    for family, lk, d in config.families:
+    for family, lk, d, heads in config.families:
+        # what the launcher specialises for a diffusers call at this shape (unit strides, multiples of 16)
+        specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel,
+                                                             offline.fused_attention_call(lk, d, heads,
+                                                                                          dtype=config.dtype))
         for variant, alpha in variants(config):
             meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=alpha if variant == "pladis" else 1.5, mask_kind=0,
                                         need_softmax=True, need_entmax=variant == "pladis", with_stats=False)
@@ -82,10 +87,11 @@ def run(config: Config, out: Path) -> Path:
             tried = ca.launch_candidates(ca.padded_keys(meta), register_cap=True)
             shapes = dict.fromkeys([*ca.launch_shapes(ca.padded_keys(meta)), default[:2]])
             for launch in [(bm, w, cap) for bm, w in shapes for cap in (None, ca.REGISTER_CAP)]:
-                jobs.append((family, lk, d, variant, alpha, meta, launch, launch == default, launch in tried))
+                jobs.append((family, lk, d, variant, alpha, {**meta, **specialised}, attrs, launch, launch == default,
+                             launch in tried))
     types = offline.fused_kernel_types(config.dtype, mask_kind=0)
     ptxas = offline.ptxas_version()
-    for family, lk, d, variant, alpha, meta, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
+    for family, lk, d, variant, alpha, meta, attrs, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
             jobs, desc=f"compile sm_90 (Triton {triton.__version__})"):
         # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
         key = dict(triton=triton.__version__, family=family, variant=variant, alpha=alpha, block_m=block_m,
@@ -93,7 +99,7 @@ def run(config: Config, out: Path) -> Path:
         if table.has(**key):
             continue
         compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m},
-                                           num_warps, maxnreg=maxnreg)
+                                           num_warps, maxnreg=maxnreg, attrs=attrs)
         found = offline.resources(compiled, num_warps)
         table.add({**key, "ptxas": ptxas, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta),
                    "d_chunk": meta["D_CHUNK"], "chosen": chosen, "autotuned": autotuned,

@@ -79,3 +79,22 @@ def test_plot_kernel_resources_draws_one_panel_per_family_and_metric(tmp_path):
     # Rows of two Triton versions: a column of panels per family and version.
     two = pd.DataFrame([{**row, "triton": version} for row in rows for version in ("3.6.0", "3.9.0")])
     assert len(plotting.plot_kernel_resources(two).axes) == 4 * 3
+
+
+def test_offline_compiles_specialise_like_the_launcher():
+    """The capture of a diffusers-layout call: unit strides become constants, multiples of 16 and aligned
+    tensors get the divisibility attribute, other integers and the floats nothing; the kernel is restored."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    kernel = ca._fused_pladis_fwd_kernel
+    call = offline.fused_attention_call(300, 112, 20, queries=1000)
+    assert ca._fused_pladis_fwd_kernel is kernel                       # the recorder is gone again
+    assert (call["sqm"], call["sqd"], call["Lk"], call["Lq"]) == (20 * 112, 1, 300, 1000)
+    constants, attrs = offline.launcher_specialization(kernel, call)
+    assert constants == {"sqd": 1, "skd": 1, "svd": 1, "sod": 1}
+    marked = {kernel.arg_names[index] for (index,) in attrs}
+    assert {"Q", "K", "V", "OUT", "sqm", "skn", "D", "DV"} <= marked
+    assert not marked & {"Lq", "Lk", "H", "score_scale", "alpha", "BLOCK_M"}  # 1000, 300, 20; floats; constexprs
+    rows = offline.rowwise_call(40, 77)
+    assert (rows["n_rows"], rows["n_cols"], rows["stride_z"]) == (40, 77, 77)
