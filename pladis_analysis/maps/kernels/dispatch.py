@@ -252,7 +252,7 @@ _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 # Kernels that do not build here: remembered per signature, so that the torch path takes over
 # --------------------------------------------------------------------------------------------------
 # (No shared-memory rule: the fused kernel stages key and value chunks, not whole tiles, and compiles to
-# 16–68 KiB of shared memory up to 512 keys × 128 dims on sm_75 … sm_90 (results/kernel_builds.csv); a GPU
+# 16–67 KiB of shared memory up to 512 keys × 128 dims on sm_75 … sm_90 (results/kernel_builds.csv); a GPU
 # with less is answered by Triton's out-of-resources error at launch, a build failure like any other.)
 
 _BUILD_FAILURES: dict[tuple, str] = {}   # dispatch signature → why its kernel did not build
