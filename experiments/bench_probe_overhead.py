@@ -11,7 +11,10 @@ under each condition:
     probe_entropy_support  record_attention on every cross-attention layer: entropy, support size/fraction of
                            softmax, entmax(1.5) and pladis(2, 1.5) side by side
     probe_basic            every basic statistic (adds Tsallis entropy, max weight, BOS mass, ‖A‖₁, negative
-                           mass, top gap, one-hot fraction)
+                           mass, top gap, one-hot fraction); on CUDA from the fused kernel's statistics
+                           (record_attention's backend="auto")
+    probe_basic_torch      the same statistics recomputed by the torch path (backend="torch"), to price the
+                           kernel's statistics against it in the same run (on CPU both conditions run torch)
     probe_sensitivity      basic statistics + query/text perturbation sensitivities at 3 sizes and the
                            power-iteration Lipschitz estimate (8 iterations, 64 sampled query rows per call)
 
@@ -57,10 +60,10 @@ SMALL_UNET = dict(
     cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
 )
 CONDITIONS = ("stock", "pladis(2, 1.5)", "pladis(2, 1.25)", "probe_entropy_support", "probe_basic",
-              "probe_sensitivity")
+              "probe_basic_torch", "probe_sensitivity")
 # overhead targets of the diffusion issue (fractions over stock); None = priced, no target
 TARGETS = {"pladis(2, 1.5)": 0.05, "pladis(2, 1.25)": 0.05, "probe_entropy_support": 0.30,
-           "probe_basic": None, "probe_sensitivity": None}
+           "probe_basic": None, "probe_basic_torch": None, "probe_sensitivity": None}
 PROBE_VARIANTS = ("softmax", "entmax(1.5)", "pladis(2, 1.5)")
 
 
@@ -117,6 +120,8 @@ def condition_context(unet, condition: str):
         return record_attention(unet, stats=["entropy", "support_size", "support_fraction"], variants=PROBE_VARIANTS)
     if condition == "probe_basic":
         return record_attention(unet, stats="basic", variants=PROBE_VARIANTS)
+    if condition == "probe_basic_torch":
+        return record_attention(unet, stats="basic", variants=PROBE_VARIANTS, backend="torch")
     if condition == "probe_sensitivity":
         return record_attention(unet, stats="basic", variants=PROBE_VARIANTS, sensitivity=SensitivityConfig())
     raise ValueError(f"condition={condition!r}")
@@ -124,15 +129,18 @@ def condition_context(unet, condition: str):
 
 @torch.inference_mode()
 def time_run(unet, condition: str, latents, text, steps: int) -> float:
-    """Seconds for ``steps`` CFG UNet evaluations under ``condition`` (installing/removing not timed)."""
+    """Seconds for ``steps`` CFG UNet evaluations under ``condition`` (installing/removing not timed), and for
+    probes the path that measured their calls (``"triton"``, ``"torch"``, ``"mixed"``; ``""`` otherwise)."""
     timesteps = torch.linspace(999, 1, steps).round()
-    with condition_context(unet, condition):
+    with condition_context(unet, condition) as context:
         start = time.perf_counter()
         for t in timesteps:
             unet(torch.cat([latents] * 2), t, encoder_hidden_states=text)
         if latents.is_cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+    paths = [path for path, calls in getattr(context, "calls_by_path", {}).items() if calls]
+    return seconds, paths[0] if len(paths) == 1 else ("mixed" if paths else "")
 
 
 def run(config: Config, out: Path, device: str | None = None) -> Path:
@@ -152,7 +160,7 @@ def run(config: Config, out: Path, device: str | None = None) -> Path:
             text = torch.randn(2 * latents.shape[0], config.text_tokens, cross_dim, generator=g).to(device)
             # warm-up of every condition on a small latent: lazy imports, first-call dispatch, allocator
             for c in config.conditions:
-                time_run(unet, c, latents[..., :8, :8], text, 1)
+                time_run(unet, c, latents[..., :8, :8], text, 1)  # also compiles and tunes the kernels
             for r in range(config.repeats):
                 # rotate the order every repeat so no condition always follows another (interleaving)
                 order = config.conditions[r % n:] + config.conditions[:r % n]
@@ -160,9 +168,9 @@ def run(config: Config, out: Path, device: str | None = None) -> Path:
                     bar.update(1)
                     if runs.has(latent=size, condition=condition, repeat=r):
                         continue
-                    seconds = time_run(unet, condition, latents, text, config.steps)
+                    seconds, probe_path = time_run(unet, condition, latents, text, config.steps)
                     runs.add({"latent": size, "condition": condition, "repeat": r, "seconds": seconds,
-                              "steps": config.steps, "batch": 2 * latents.shape[0]})
+                              "steps": config.steps, "batch": 2 * latents.shape[0], "probe_path": probe_path})
                 runs.flush()
     return write_summary(runs.dataframe(), config, out, device)
 
@@ -184,12 +192,22 @@ def write_summary(df: pd.DataFrame, config: Config, out: Path, device: str) -> P
                          "seconds_per_step": medians[condition] / config.steps, "overhead": overhead,
                          "paired_overhead": paired, "target": target,
                          "meets_target": None if target is None else bool(overhead <= target),
-                         "n_runs": int((group.condition == condition).sum())})
+                         "n_runs": int((group.condition == condition).sum()),
+                         "probe_path": _probe_path(group[group.condition == condition])})
     summary = pd.DataFrame(rows)
     meta = provenance(config.to_dict(), seeds=[config.seed], device=device,
                       unet_config=SD15_UNET if config.unet == "sd15" else SMALL_UNET,
                       description="UNet sampling time per condition vs stock; median of interleaved runs")
     return write_table(summary, out / "bench_probe_overhead.csv", meta)
+
+
+def _probe_path(runs: pd.DataFrame) -> str:
+    """The one path the condition's probes took in every run, or ``"mixed"`` (runs files from before the
+    column have none: ``""``)."""
+    if "probe_path" not in runs:
+        return ""
+    paths = set(runs.probe_path.fillna("").astype(str))
+    return paths.pop() if len(paths) == 1 else "mixed"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, help="override the number of repeats")
     parser.add_argument("--steps", type=int, help="override UNet evaluations per timed run")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
+    parser.add_argument("--conditions", nargs="+", help=f"a subset of {CONDITIONS} (with 'stock')")
     parser.add_argument("--out", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
     config = Config.quick() if args.quick else Config()
     overrides = {k: v for k, v in (("latent_sizes", args.latent_sizes), ("repeats", args.repeats),
-                                   ("steps", args.steps), ("threads", args.threads)) if v is not None}
+                                   ("steps", args.steps), ("threads", args.threads),
+                                   ("conditions", args.conditions)) if v is not None}
     config = Config(**{**config.to_dict(), **overrides})
     path = run(config, args.out)
     summary = pd.read_csv(path)

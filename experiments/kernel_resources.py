@@ -9,8 +9,9 @@ speed; this table lets a kernel change be judged on a CPU before a GPU times it,
 configuration the autotuner picks is fast or slow.
 
 Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
-bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}, and ``softmax``: the softmax-only
-skeleton the benchmark calls ``triton_softmax``), and every launch shape the autotuner tries there (queries per
+bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}; ``softmax``: the softmax-only
+skeleton the benchmark calls ``triton_softmax``; ``pladis_stats``: PLADIS at α = 1.5 also writing the per-row
+statistics, as record_attention launches it on CUDA), and every launch shape the autotuner tries there (queries per
 block, warps), each without and with the register cap (``maxnreg``; 0: none, ptxas decides). Lq does not change
 the compiled kernel, so it is not a grid axis. ``chosen`` marks the heuristic's configuration (what runs without
 the autotuner), ``autotuned`` the configurations the autotuner tries (the capped ones with
@@ -48,19 +49,22 @@ FAMILIES = (("sd_sdxl", 77, 64, 10), ("sana", 300, 112, 20))
 class Config:
     families: tuple[tuple[str, int, int, int], ...] = FAMILIES
     alphas: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0)
+    stats_alpha: float | None = 1.5   # α of the variant with statistics (None: not compiled)
     dtype: str = "bfloat16"
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(families=FAMILIES[:1], alphas=(1.5,))
+        return cls(families=FAMILIES[:1], alphas=(1.5,), stats_alpha=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def variants(config: Config) -> list[tuple[str, float]]:
-    """(variant, α) pairs: PLADIS at each α, and the softmax-only skeleton once (α does not enter it)."""
-    return [("pladis", a) for a in config.alphas] + [("softmax", float("nan"))]
+    """(variant, α) pairs: PLADIS at each α, the softmax-only skeleton once (α does not enter it), and PLADIS
+    with statistics at ``config.stats_alpha``."""
+    stats = [] if config.stats_alpha is None else [("pladis_stats", float(config.stats_alpha))]
+    return [("pladis", a) for a in config.alphas] + [("softmax", float("nan"))] + stats
 
 
 def run(config: Config, out: Path) -> Path:
@@ -76,13 +80,14 @@ def run(config: Config, out: Path) -> Path:
     dtype = getattr(torch, config.dtype)
     jobs = []
     for family, lk, d, heads in config.families:
-        # what the launcher specialises for a diffusers call at this shape (unit strides, multiples of 16)
-        specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel,
-                                                             offline.fused_attention_call(lk, d, heads,
-                                                                                          dtype=config.dtype))
         for variant, alpha in variants(config):
-            meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=alpha if variant == "pladis" else 1.5, mask_kind=0,
-                                        need_softmax=True, need_entmax=variant == "pladis", with_stats=False)
+            with_stats = variant == "pladis_stats"
+            # what the launcher specialises for a diffusers call at this shape (unit strides, multiples of 16)
+            specialised, attrs = offline.launcher_specialization(
+                ca._fused_pladis_fwd_kernel,
+                offline.fused_attention_call(lk, d, heads, dtype=config.dtype, return_stats=with_stats))
+            meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=1.5 if variant == "softmax" else alpha, mask_kind=0,
+                                        need_softmax=True, need_entmax=variant != "softmax", with_stats=with_stats)
             default = ca.default_launch(meta)
             tried = ca.launch_candidates(ca.padded_keys(meta), register_cap=True)
             shapes = dict.fromkeys([*ca.launch_shapes(ca.padded_keys(meta)), default[:2]])

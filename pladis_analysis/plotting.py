@@ -194,7 +194,9 @@ def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
         df["family"] = df["family"] + " · Triton " + df["triton"].astype(str)
     df["launch"] = (df["block_m"].astype(str) + "×" + df["num_warps"].astype(str)
                     + df["maxnreg"].map(lambda cap: f"/{cap}" if cap else ""))
-    df["kernel"] = df["variant"].where(df["variant"] != "pladis", "α = " + df["alpha"].map("{:g}".format))
+    alpha = "α = " + df["alpha"].map("{:g}".format)
+    df["kernel"] = df["variant"].where(df["variant"] != "pladis", alpha).where(df["variant"] != "pladis_stats",
+                                                                               alpha + " + statistics")
     metrics = {"registers": "registers per thread", "stack_bytes": "spilled stack (bytes)",
                "warps_per_sm": "warps per SM (of 64)"}
     long = df.melt(id_vars=["family", "launch", "kernel"], value_vars=list(metrics), var_name="metric")

@@ -9,15 +9,18 @@
 #      (SDXL-shaped UNet end to end first, then SD1.5/SDXL/SANA attention shapes, bf16).
 #   5. profiles the host side of one kernel call, and
 #   6. counts the kernel's threshold-search steps on the random scores (experiments/search_steps.py: the same
-#      counts as the CPU interpreter's in results/search_steps.csv, up to the order of float32 sums).
+#      counts as the CPU interpreter's in results/search_steps.csv, up to the order of float32 sums), and
+#   7. prices record_attention's statistics from the fused kernel against the torch path's on an SD1.5-shaped
+#      UNet (experiments/bench_probe_overhead.py: stock, probe_basic, probe_basic_torch at 64×64 latents).
 # It writes at most 8 files to $OUT (default ./gpu_out): status.txt, bench_cross_attention.csv and .meta.json,
-# search_steps.csv and .meta.json, shapes_train.tar.gz (exported EMA weights + loss table), logs.tar.gz (env,
-# pytest, junit, bench, train and search-steps logs, launch profile).
+# search_steps.csv and .meta.json, shapes_train.tar.gz (exported EMA weights + loss table), probe_overhead.tar.gz
+# (its summary and runs tables with their meta), logs.tar.gz (env, pytest, junit, bench, train, search-steps
+# and probe logs, launch profile).
 #
 #   OUT=/some/dir scripts/gpu_check.sh [--skip-tests] [--skip-bench] [--bench-args "..."]
 #                                      [--train-minutes N] [--train-args "..."]
 # Time limits (seconds) per stage: TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 240), STEPS_TIMEOUT
-# (default 90); training stops itself
+# (default 90), PROBE_TIMEOUT (default 90); training stops itself
 # at its time budget (TRAIN_TIMEOUT, default budget + 120 s, is the backstop). Defaults fit a 10-minute command
 # with --train-minutes 4. The benchmark flushes its table after every shape, so a timeout keeps the rows so far.
 set -uo pipefail
@@ -27,6 +30,7 @@ PY=${PY:-python3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 STEPS_TIMEOUT=${STEPS_TIMEOUT:-90}
+PROBE_TIMEOUT=${PROBE_TIMEOUT:-90}
 RUN_TESTS=1
 RUN_BENCH=1
 BENCH_ARGS=""
@@ -190,8 +194,20 @@ if [ "$RUN_BENCH" = 1 ]; then
     note "search steps: exit $?"
 fi
 
+# 7. probes: statistics from the kernel (backend "auto" on CUDA) against the torch path, interleaved in one run;
+#    the default launch, no autotuning (its compiles would take the stage's time)
+if [ "$RUN_BENCH" = 1 ]; then
+    PROBE_DIR=/tmp/probe_overhead
+    rm -rf "$PROBE_DIR" && mkdir -p "$PROBE_DIR"
+    PLADIS_TRITON_AUTOTUNE=0 timeout "$PROBE_TIMEOUT" "$PY" experiments/bench_probe_overhead.py --latent-sizes 64 \
+        --repeats 3 --conditions stock probe_basic probe_basic_torch --out "$PROBE_DIR" > "$OUT/probe.log" 2>&1
+    note "probe overhead: exit $?"
+    tail -n 4 "$OUT/probe.log" >> "$STATUS"
+    tar czf "$OUT/probe_overhead.tar.gz" -C "$PROBE_DIR" . >> "$STATUS" 2>&1 || note "probe overhead: nothing to pack"
+fi
+
 # At most 8 files come back: the logs travel as one archive.
 (cd "$OUT" && tar czf logs.tar.gz --ignore-failed-read env.txt pytest.txt junit.xml bench.log train.log \
-    launch_profile.txt search_steps.log 2>/dev/null
- rm -f env.txt pytest.txt junit.xml bench.log train.log launch_profile.txt search_steps.log)
+    launch_profile.txt search_steps.log probe.log 2>/dev/null
+ rm -f env.txt pytest.txt junit.xml bench.log train.log launch_profile.txt search_steps.log probe.log)
 cat "$STATUS"

@@ -473,7 +473,13 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_fused_attention_statistics(device):
+@pytest.mark.parametrize("tsallis_alpha", [1.5, 1.0, 3.0])
+def test_fused_attention_statistics(device, tsallis_alpha):
+    """Every statistic of every map against the probes' NumPy twin (probes.stats.row_stats_reference) on the
+    float64 weights: ties at the top (within and across the 32 + 16 key blocks), an all-masked query, a query
+    with one key; Tsallis of order 1 is the Shannon entropy."""
+    from pladis_analysis.probes.stats import row_stats_reference
+
     q, k, v = _qkv((1, 2, 23, 45, 32), torch.float32, device, seed=7)
     k[0, 1, 3] = k[0, 1, 4]                                                             # duplicate key: exact ties
     k[0, 0, 40] = k[0, 0, 2]                                        # ...and one across the 32 + 16 key blocks
@@ -481,27 +487,31 @@ def test_fused_attention_statistics(device):
     mask[..., 5, :] = False                                                             # one all-masked query
     mask[..., 6, 1:] = False                                                            # one query with one key
     mask = mask.to(device)
-    out, stats = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=1.5, attn_mask=mask, return_stats=True)
+    out, stats = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=1.5, attn_mask=mask, return_stats=True,
+                                        tsallis_alpha=tsallis_alpha)
     assert stats.shape == (1, 2, 23, len(STAT_NAMES)) and stats.dtype == torch.float32
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name="out with stats")
-    _, a, z = _reference_attention(q, k, v, 2.0, 1.5, mask)
-    s, e = R.softmax(z), R.entmax(z, 1.5)
-    zs = np.sort(np.where(np.isfinite(z), z, -np.inf), axis=-1)
+    expected_out, a, z = _reference_attention(q, k, v, 2.0, 1.5, mask)
+    assert_close(out, expected_out, name="out with stats")
+    weights = {"softmax": np.nan_to_num(R.softmax(z)), "entmax": np.nan_to_num(R.entmax(z, 1.5)), "pladis": a}
+    expected = {}
+    for name, w in weights.items():
+        for stat, value in row_stats_reference(w, tsallis_alpha=tsallis_alpha).items():
+            expected[f"{stat}_{name}"] = value
+    zs = np.sort(z, axis=-1)
     with np.errstate(invalid="ignore"):
-        gap = np.where(np.isfinite(zs[..., -2]), zs[..., -1] - zs[..., -2], np.inf)
-    expected = {
-        "entropy_softmax": R.shannon_entropy(s),
-        "entropy_entmax": R.shannon_entropy(e),
-        "support_entmax": R.support_size(z, 1.5).astype(np.float64),
-        "top_gap": gap,
-        "negative_mass": np.where(a < 0, -a, 0.0).sum(-1),
-    }
-    # Entropy and gap are computed from float32 scores: a score error of ~1e-6 moves them by as much.
+        expected["top_gap"] = np.where(np.isfinite(zs[..., -2]), zs[..., -1] - zs[..., -2], np.inf)
+    assert set(STAT_NAMES) <= set(expected)
+    tol = tolerance(torch.float32)
     for i, name in enumerate(STAT_NAMES):
-        tol = tolerance(torch.float32)
-        assert_close(stats[..., i], expected[name], dtype=torch.float32,
-                     atol=tol["atol"] * 10 if name in ("top_gap", "entropy_softmax") else None, name=name)
-    assert stats[0, 0, 5].tolist()[:3] == [0.0, 0.0, 0.0]
+        # Entropies and the gap come from float32 scores: a score error of ~1e-6 moves them by as much.
+        loose = name == "top_gap" or "entropy" in name
+        assert_close(stats[..., i], expected[name], dtype=torch.float32, atol=tol["atol"] * 10 if loose else None,
+                     name=name)
+    assert stats[0, 0, 5, STAT_NAMES.index("l1_norm_pladis")] == 0                 # the all-masked row: zero weights
+    assert stats[0, 0, 6, STAT_NAMES.index("support_size_entmax")] == 1
+    if tsallis_alpha == 1.0:
+        assert torch.equal(stats[..., STAT_NAMES.index("tsallis_entropy_pladis")],
+                           stats[..., STAT_NAMES.index("entropy_pladis")])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -14,6 +14,8 @@ def test_quick_benchmark_writes_summary_and_runs(tmp_path):
     assert set(summary.condition) == set(bench.CONDITIONS)
     assert len(runs) == 2 * len(bench.CONDITIONS) and (runs.seconds > 0).all()
     assert summary.set_index("condition").loc["stock", "overhead"] == 0
+    paths = summary.set_index("condition").probe_path.fillna("")
+    assert paths["stock"] == "" and paths["probe_basic"] == paths["probe_basic_torch"] == "torch"   # CPU: torch
     meta = read_meta(tmp_path / "bench_probe_overhead.csv")
     assert meta["config"]["unet"] == "small" and "git_commit" in meta and "device" in meta
     # a rerun resumes: nothing new is timed

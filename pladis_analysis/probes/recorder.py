@@ -16,6 +16,14 @@ inside one context (several prompts) are averaged per step (``n_calls`` counts t
 Step and timestep come from a forward pre-hook on the denoiser (:mod:`pladis_analysis.diffusion.tracking`), so
 they reach the probe for bare models in hand-written loops and for models that pass no kwargs to their
 processors (SANA).
+
+On CUDA the per-row statistics come from the fused kernel instead (``backend="auto"``, the default): one launch
+per distinct (α, λ) among the variants writes every weight statistic of softmax, α-entmax and the PLADIS mix
+and the top gap (:data:`pladis_analysis.maps.kernels.STAT_NAMES`), so the probe never materialises a score
+matrix. The weight and gap statistics only: output statistics, sensitivities and heat maps need the weights,
+and take the torch path. Two conventions differ on degenerate rows: a query whose keys are all masked has top
+gap +inf there (the torch path: NaN), and every statistic is computed from the model's own q/k/v dtype with
+float32 accumulation (the torch path upcasts q/k/v first), so the two agree to float32 rounding of the scores.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from ..diffusion.layers import LayerSpec, _group_and_block
 from ..diffusion.patch import processor_for, swap_processors
 from ..diffusion.processor import AttentionCall, AttentionMap
 from ..diffusion.tracking import parse_layout
+from ..maps.kernels.dispatch import check_backend, maybe_triton_attention
 from . import stats as st
 from .sensitivity import SensitivityConfig, lipschitz_power_iteration, relative_perturbation
 
@@ -43,6 +52,8 @@ STAT_GROUPS = {
     "all": st.BASIC_STATS + st.OUTPUT_STATS,
 }
 KNOWN_STATS = st.BASIC_STATS + st.OUTPUT_STATS
+# what the fused kernel's statistics give (weight statistics and the top gap, not the outputs)
+FUSED_STATS = st.BASIC_STATS
 KEY_COLUMNS = ("step", "timestep", "layer", "head", "branch", "variant")
 
 
@@ -79,7 +90,7 @@ class AttentionRecorder:
                  variants: Sequence[str | AttentionMap] = DEFAULT_VARIANTS, layers: LayerSpec = "cross",
                  sensitivity: SensitivityConfig | bool | None = None, heatmap_steps: Iterable[int] = (),
                  heatmap_size: int = 16, batch_layout: str | Sequence[str] | None = "auto",
-                 tsallis_alpha: float = 1.5):
+                 tsallis_alpha: float = 1.5, backend: str = "auto"):
         self.stats = parse_stats(stats)
         self.variants = tuple(AttentionMap.parse(v) for v in variants)
         if not self.variants:
@@ -97,6 +108,12 @@ class AttentionRecorder:
         if not (tsallis_alpha > 0 and math.isfinite(tsallis_alpha)):
             raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
         self.tsallis_alpha = float(tsallis_alpha)
+        self.backend = check_backend(backend)
+        self._why_not_fused = _why_not_fused(self.stats, self.sensitivity, self.heatmap_steps)
+        if backend == "triton" and self._why_not_fused:
+            raise ValueError(f"backend='triton': {self._why_not_fused}; use backend='auto' or 'torch'")
+        self._launches = _fused_launches(self.variants)
+        self.calls_by_path = {"triton": 0, "torch": 0}   # how many attention calls each path measured
         self.layers_spec = layers
         self.batch_layout = parse_layout(batch_layout)
         self.stat_names = self.stats + (self.sensitivity.stat_names() if self.sensitivity else ())
@@ -153,6 +170,17 @@ class AttentionRecorder:
         layout = call.layout
         n_chunks = len(layout)
 
+        if self.backend != "torch" and not self._why_not_fused:
+            fused = self._fused_rows(call)
+            if fused is not None:
+                self.calls_by_path["triton"] += 1
+                for variant, rows in fused.items():
+                    values = [_branch_means(rows[name], n_chunks) for name in self.stats]  # each (n_chunks, H)
+                    self._accumulate((step, timestep, layer, layout, variant.label, call.map.label,
+                                      call.query.shape[-2]), torch.stack(values).double())
+                return
+        self.calls_by_path["torch"] += 1
+
         q, k, v = call.query.float(), call.key.float(), call.value.float()  # (B, H, Lq|Lk, d)
         mask = call.mask
         if mask is not None and mask.dtype != torch.bool:
@@ -178,15 +206,46 @@ class AttentionRecorder:
             if self.sensitivity is not None:
                 values += self._sensitivity(call, q, k, v, mask, weights, variant, n_chunks)
             stacked = torch.stack(values).double()  # (n_stats, n_chunks, H)
-            key = (step, timestep, layer, layout, variant.label, call.map.label, q.shape[-2])
-            slot = self._acc.get(key)
-            if slot is None:
-                self._acc[key] = [stacked, 1]
-            else:
-                slot[0] += stacked
-                slot[1] += 1
+            self._accumulate((step, timestep, layer, layout, variant.label, call.map.label, q.shape[-2]), stacked)
             if heat:
                 self._add_heatmap(step, layer, layout, variant.label, a, call)
+
+    def _accumulate(self, key: tuple, stacked: torch.Tensor) -> None:
+        slot = self._acc.get(key)
+        if slot is None:
+            self._acc[key] = [stacked, 1]
+        else:
+            slot[0] += stacked
+            slot[1] += 1
+
+    def _fused_rows(self, call: AttentionCall) -> dict[AttentionMap, dict[str, torch.Tensor]] | None:
+        """Per-row statistics (B, H, Lq) of every variant from the fused kernel's, or ``None`` where the dispatch
+        sends this call to the torch path (under ``auto``: not CUDA, a shape or dtype the kernel does not take,
+        a kernel that does not build)."""
+        from ..maps.kernels import STAT_NAMES
+
+        per_launch = {}
+        for alpha, lam in self._launches:
+            result = maybe_triton_attention(call.query, call.key, call.value, map_name="pladis",
+                                            attn_mask=call.mask, score_scale=call.scale, pladis_scale=lam,
+                                            alpha=alpha, backend=self.backend, return_stats=True,
+                                            tsallis_alpha=self.tsallis_alpha)
+            if result is None:
+                return None
+            per_launch[alpha, lam] = result[1]                                               # (B, H, Lq, n_stats)
+        valid = st.valid_keys(call.mask, call.key.shape[-2])
+        out = {}
+        for variant in self.variants:
+            launch, map_name = _fused_source(variant, self._launches)
+            stats = per_launch[launch]
+            column = lambda name: stats[..., STAT_NAMES.index(name)]  # noqa: E731
+            rows = {name: column(f"{name}_{map_name}") for name in st.WEIGHT_STATS if name != "support_fraction"}
+            valid_rows = valid.float().clamp_min(1) if isinstance(valid, torch.Tensor) else float(max(valid, 1))
+            rows["support_fraction"] = rows["support_size"] / valid_rows
+            rows["top_gap"] = column("top_gap")
+            rows["onehot_fraction"] = (rows["top_gap"] >= st.onehot_threshold(variant.entmax_alpha)).float()
+            out[variant] = rows
+        return out
 
     def _sensitivity(self, call, q, k, v, mask, weights, variant, n_chunks) -> list[torch.Tensor]:
         cfg = self.sensitivity
@@ -291,7 +350,8 @@ class AttentionRecorder:
                 "layers": self.layers, "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
                 "heatmap_steps": sorted(self.heatmap_steps), "heatmap_size": self.heatmap_size,
                 "batch_layout": list(self.batch_layout) if self.batch_layout else "auto",
-                "tsallis_alpha": self.tsallis_alpha}
+                "tsallis_alpha": self.tsallis_alpha, "backend": self.backend,
+                "calls_by_path": dict(self.calls_by_path)}
 
     def save(self, path, seeds: Iterable[int] | None = None, **meta) -> "object":
         """Write :meth:`to_dataframe` as CSV with ``<name>.meta.json`` (provenance + :meth:`config`)."""
@@ -339,6 +399,40 @@ class _VariantWeights:
                 "scale": variant.scale}
 
 
+def _why_not_fused(stats: Sequence[str], sensitivity, heatmap_steps) -> str:
+    """Why the fused kernel's statistics cannot serve this recorder ('' when they can)."""
+    missing = [name for name in stats if name not in FUSED_STATS]
+    if missing:
+        return f"stats {missing} need the weights themselves (the kernel gives {list(FUSED_STATS)})"
+    if sensitivity is not None:
+        return "sensitivity= perturbs the inputs and recomputes the weights"
+    if heatmap_steps:
+        return "heatmap_steps= keeps the weights themselves"
+    return ""
+
+
+def _fused_launches(variants: Sequence[AttentionMap]) -> list[tuple[float, float]]:
+    """The (α, λ) of the kernel launches that cover ``variants``: one per PLADIS (α, λ), one per other α-entmax
+    α (λ = 1), and for softmax alone any one (every launch also gives softmax's statistics)."""
+    launches: list[tuple[float, float]] = []
+    for variant in variants:
+        if variant.kind == "pladis" and (variant.alpha, variant.scale) not in launches:
+            launches.append((variant.alpha, variant.scale))
+    for variant in variants:
+        if variant.kind in ("entmax", "sparsemax") and all(a != variant.alpha for a, _ in launches):
+            launches.append((variant.alpha, 1.0))
+    return launches or [(2.0, 0.0)]
+
+
+def _fused_source(variant: AttentionMap, launches: list[tuple[float, float]]) -> tuple[tuple[float, float], str]:
+    """The launch whose statistics hold ``variant``'s, and the map's name among them."""
+    if variant.kind == "softmax":
+        return launches[0], "softmax"
+    if variant.kind == "pladis":
+        return (variant.alpha, variant.scale), "pladis"
+    return next(launch for launch in launches if launch[0] == variant.alpha), "entmax"
+
+
 def _branch_means(rows: torch.Tensor, n_chunks: int) -> torch.Tensor:
     """(B, H, L) per-row values -> (n_chunks, H): mean over each chunk's batch items and the rows."""
     b = rows.shape[0]
@@ -361,7 +455,7 @@ def record_attention(model_or_pipeline, stats: str | Iterable[str] = "basic",
                      variants: Sequence[str | AttentionMap] = DEFAULT_VARIANTS, layers: LayerSpec = "cross",
                      sensitivity: SensitivityConfig | bool | None = None, heatmap_steps: Iterable[int] = (),
                      heatmap_size: int = 16, batch_layout: str | Sequence[str] | None = "auto",
-                     tsallis_alpha: float = 1.5) -> AttentionRecorder:
+                     tsallis_alpha: float = 1.5, backend: str = "auto") -> AttentionRecorder:
     """Record attention statistics of ``variants`` at the selected layers while the model runs.
 
     Args:
@@ -377,9 +471,13 @@ def record_attention(model_or_pipeline, stats: str | Iterable[str] = "basic",
         batch_layout: guidance layout (``"auto"``, ``"cfg"``, ``"cfg+pag"``, ...), see
             :mod:`pladis_analysis.diffusion.tracking`.
         tsallis_alpha: α of the Tsallis entropy column (one α for all variants, so they compare).
+        backend: where the weight and gap statistics come from: ``"auto"`` (the fused kernel on CUDA when the
+            requested statistics allow, else torch), ``"triton"`` (the kernel, also on CPU under
+            ``TRITON_INTERPRET=1``; a ValueError if the statistics need the weights), ``"torch"``.
+            :meth:`AttentionRecorder.config` counts the calls each path measured.
 
     Use as ``with record_attention(model) as rec: ...`` then ``rec.to_dataframe()``.
     """
     return AttentionRecorder(model_or_pipeline, stats=stats, variants=variants, layers=layers,
                              sensitivity=sensitivity, heatmap_steps=heatmap_steps, heatmap_size=heatmap_size,
-                             batch_layout=batch_layout, tsallis_alpha=tsallis_alpha)
+                             batch_layout=batch_layout, tsallis_alpha=tsallis_alpha, backend=backend)

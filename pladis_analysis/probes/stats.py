@@ -133,9 +133,12 @@ def row_stats_reference(weights, scores=None, valid=None, alpha=None, tsallis_al
     p = np.divide(a, total, out=np.zeros_like(a), where=total > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         plogp = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = -plogp.sum(-1)
     out = {
-        "entropy": -plogp.sum(-1),
-        "tsallis_entropy": (1 - (p ** tsallis_alpha).sum(-1)) / (tsallis_alpha * (tsallis_alpha - 1)),
+        "entropy": entropy,
+        # order 1 is the Shannon entropy (the limit), as in tsallis_entropy
+        "tsallis_entropy": entropy if tsallis_alpha == 1 else
+        (1 - (p ** tsallis_alpha).sum(-1)) / (tsallis_alpha * (tsallis_alpha - 1)),
         "support_size": (w != 0).sum(-1).astype(np.float64),
         "max_weight": w.max(-1),
         "bos_mass": w[..., 0],

@@ -24,8 +24,9 @@ float32 (for float32 inputs the dot products use IEEE float32, not TF32). A row 
 (all −inf) gets zero weights and a zero output, never NaN. An additive −10000 padding bias (diffusers,
 SANA/PixArt) is an ordinary finite bias: it gives those keys zero weight unless every key has it.
 
-Optionally the kernel also writes per-row statistics (see :data:`STAT_NAMES`) that the probes need, at
-almost no extra cost because the maps are already in registers.
+Optionally the kernel also writes per-row statistics of all three maps (see :data:`STAT_NAMES`), those the
+probes record (:func:`pladis_analysis.probes.record_attention` reads them on CUDA instead of recomputing the
+weights), at little extra cost because the maps are already in registers.
 
 The backward pass recomputes through the torch maps (:mod:`pladis_analysis.maps`), so gradients are those of
 the reference path; it costs a materialised score matrix, which is fine for analysis work.
@@ -58,11 +59,18 @@ HEAD_DIM_CHUNK = 32
 KEY_CHUNK: tl.constexpr = tl.constexpr(64)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-# Per-row statistics, in this order along the last dimension of the stats tensor. Entropies use the natural
-# log; the top gap is z_(1) − z_(2) of the masked, scaled scores (the one-hot regime of α-entmax is
-# gap ≥ 1/(α−1)), +inf when fewer than two keys are valid; negative mass is Σ_{A_i<0} |A_i|, so
-# ‖A‖₁ = 1 + 2·negative_mass. All statistics are 0 on rows whose keys are all masked (gap: +inf).
-STAT_NAMES = ("entropy_softmax", "entropy_entmax", "support_entmax", "top_gap", "negative_mass")
+# Per-row statistics, in this order along the last dimension of the stats tensor: MAP_STATS of each of the three
+# maps (softmax S, α-entmax E, the PLADIS mix A), then the top gap. They are those of
+# pladis_analysis.probes.stats, so that a probe can read them instead of recomputing the weights: entropies
+# (natural log) are of the magnitude distribution |w| / ‖w‖₁, the Tsallis one with the launch's
+# ``tsallis_alpha``; support counts nonzero weights; bos_mass is the first key's weight; negative mass is
+# Σ_{w_i<0} |w_i| (‖A‖₁ = 1 + 2·negative mass). The top gap is z_(1) − z_(2) of the masked, scaled scores (the
+# one-hot regime of α-entmax is gap ≥ 1/(α−1)), 0 on a tie, +inf when fewer than two keys are valid. A row whose
+# keys are all masked has zero weights, and the statistics of a zero row.
+STAT_MAPS = ("softmax", "entmax", "pladis")
+MAP_STATS = ("entropy", "tsallis_entropy", "support_size", "max_weight", "bos_mass", "l1_norm", "negative_mass")
+STAT_NAMES = tuple(f"{stat}_{name}" for name in STAT_MAPS for stat in MAP_STATS) + ("top_gap",)
+_N_MAP_STATS: tl.constexpr = tl.constexpr(len(MAP_STATS))
 
 _MASK_NONE, _MASK_BOOL, _MASK_ADDITIVE = 0, 1, 2
 
@@ -165,9 +173,49 @@ def _entropy_terms(w):
 
 
 @triton.jit
+def _weight_stats(w, w_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL: tl.constexpr):
+    """:data:`MAP_STATS` of one map's weights, per row: a head tile ``w`` and, with HAS_TAIL, a tail ``w_t``
+    (columns at or past Lk hold zero weight)."""
+    mag = tl.abs(w)
+    mag_t = tl.abs(w_t)
+    l1 = row_sum(mag, mag_t, HAS_TAIL)
+    inv_l1 = 1.0 / tl.maximum(l1, 1e-30)                                                  # zero rows stay zero
+    p = mag * inv_l1[:, None]
+    p_t = mag_t * inv_l1[:, None]
+    entropy = row_sum(_entropy_terms(p), _entropy_terms(p_t), HAS_TAIL)
+    power_sum = row_sum(_powers(p, tsallis_alpha), _powers(p_t, tsallis_alpha), HAS_TAIL)
+    tsallis = tl.where(tsallis_alpha == 1.0, entropy,
+                       (1.0 - power_sum) / (tsallis_alpha * (tsallis_alpha - 1.0)))
+    support = row_sum((w != 0.0).to(tl.float32), (w_t != 0.0).to(tl.float32), HAS_TAIL)
+    top = row_max(tl.where((cols < Lk)[None, :], w, float("-inf")),
+                  tl.where((cols_t < Lk)[None, :], w_t, float("-inf")), HAS_TAIL)
+    first = tl.sum(tl.where((cols == 0)[None, :], w, 0.0), axis=1)
+    negative = row_sum(tl.where(w < 0.0, -w, 0.0), tl.where(w_t < 0.0, -w_t, 0.0), HAS_TAIL)
+    return entropy, tsallis, support, top, first, l1, negative
+
+
+@triton.jit
+def _powers(p, exponent):
+    """p ** exponent elementwise for p ≥ 0 (0 where p = 0)."""
+    return tl.where(p > 0.0, tl.exp2(exponent * tl.log2(tl.where(p > 0.0, p, 1.0))), 0.0)
+
+
+@triton.jit
+def _store_weight_stats(ptr, row_in, entropy, tsallis, support, top, first, l1, negative):
+    """Store one map's :data:`MAP_STATS` at ``ptr`` (one pointer per row) and the six columns after it."""
+    tl.store(ptr + 0, entropy, mask=row_in)
+    tl.store(ptr + 1, tsallis, mask=row_in)
+    tl.store(ptr + 2, support, mask=row_in)
+    tl.store(ptr + 3, top, mask=row_in)
+    tl.store(ptr + 4, first, mask=row_in)
+    tl.store(ptr + 5, l1, mask=row_in)
+    tl.store(ptr + 6, negative, mask=row_in)
+
+
+@triton.jit
 def _fused_pladis_fwd_kernel(
         Q, K, V, MASK, OUT, STATS,
-        score_scale, alpha, lam, stop_tol,
+        score_scale, alpha, lam, stop_tol, tsallis_alpha,
         H, Lq, Lk, D, DV,
         sqb, sqh, sqm, sqd,
         skb, skh, skn, skd,
@@ -208,6 +256,7 @@ def _fused_pladis_fwd_kernel(
     else:
         z_t = z
         valid_t = valid
+        cols_t = cols                                           # the tail tiles alias the head tiles, never used
     log2e = 1.4426950408889634
 
     if NEED_ENTMAX:
@@ -250,10 +299,14 @@ def _fused_pladis_fwd_kernel(
 
     if WITH_STATS:
         # WITH_STATS implies both maps were computed (the host sets NEED_SOFTMAX = NEED_ENTMAX = True).
-        ent_s = row_sum(_entropy_terms(expo * inv_sum[:, None]), _entropy_terms(expo_t * inv_sum[:, None]),
-                         HAS_TAIL)
-        ent_e = row_sum(_entropy_terms(e_w), _entropy_terms(e_w_t), HAS_TAIL)
-        support = row_sum((e_w > 0.0).to(tl.float32), (e_w_t > 0.0).to(tl.float32), HAS_TAIL)
+        base = STATS + b * ssb + h * ssh + rows * ssm
+        e0, e1, e2, e3, e4, e5, e6 = _weight_stats(expo * inv_sum[:, None], expo_t * inv_sum[:, None], cols,
+                                                   cols_t, Lk, tsallis_alpha, HAS_TAIL)
+        _store_weight_stats(base, row_in, e0, e1, e2, e3, e4, e5, e6)
+        e0, e1, e2, e3, e4, e5, e6 = _weight_stats(e_w, e_w_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL)
+        _store_weight_stats(base + _N_MAP_STATS, row_in, e0, e1, e2, e3, e4, e5, e6)
+        e0, e1, e2, e3, e4, e5, e6 = _weight_stats(a, a_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL)
+        _store_weight_stats(base + 2 * _N_MAP_STATS, row_in, e0, e1, e2, e3, e4, e5, e6)
         # The top gap in score units from the shifted scores (max = 0 on every row with a valid entry).
         n_at_max = row_sum((valid & (shifted == 0.0)).to(tl.float32), (valid_t & (shifted_t == 0.0)).to(tl.float32),
                             HAS_TAIL)
@@ -262,13 +315,7 @@ def _fused_pladis_fwd_kernel(
         gap = tl.where(n_at_max > 1.0, 0.0, -second / (alpha - 1.0))    # a tie at the top is a zero gap
         n_valid = row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
         gap = tl.where(n_valid > 1.0, gap, float("inf"))
-        neg = row_sum(tl.where(a < 0.0, -a, 0.0), tl.where(a_t < 0.0, -a_t, 0.0), HAS_TAIL)
-        base = STATS + b * ssb + h * ssh + rows * ssm
-        tl.store(base + 0, ent_s, mask=row_in)
-        tl.store(base + 1, ent_e, mask=row_in)
-        tl.store(base + 2, support, mask=row_in)
-        tl.store(base + 3, gap, mask=row_in)
-        tl.store(base + 4, neg, mask=row_in)
+        tl.store(base + 3 * _N_MAP_STATS, gap, mask=row_in)
 
 
 _AUTOTUNED: dict[tuple[int, bool], object] = {}
@@ -421,16 +468,18 @@ def _mask_4d(attn_mask: torch.Tensor, lead: tuple[int, ...], lq: int, lk: int) -
 def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float,
                             alpha: float, attn_mask: torch.Tensor | None = None,
                             score_scale: float | None = None, need_softmax: bool = True,
-                            need_entmax: bool = True, return_stats: bool = False, stop_tol: float | None = None):
+                            need_entmax: bool = True, return_stats: bool = False, stop_tol: float | None = None,
+                            tsallis_alpha: float = 1.5):
     """Launch the fused kernel (no autograd). Returns ``out`` or ``(out, stats)``.
 
     ``q``: [..., Lq, d], ``k``: [..., Lk, d], ``v``: [..., Lk, dv] with the same leading dims (k/v may
     broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
     float32. ``stop_tol``: the threshold search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of the
-    dtype; 0 stops on step size only, as the benchmark's ``triton_step_rule`` does).
+    dtype; 0 stops on step size only, as the benchmark's ``triton_step_rule`` does). ``tsallis_alpha``: the
+    order of the Tsallis entropies among the statistics.
     """
     plan_key = _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax,
-                         return_stats, stop_tol)
+                         return_stats, stop_tol, tsallis_alpha)
     if plan_key is not None:
         plan = _PLANS.get(plan_key)
         if plan is not None:
@@ -482,7 +531,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if lq * nb * nh > 0:
         args = (q4, k4, v4, m4, o4, s4,
                 float(score_scale), float(alpha), float(pladis_scale),
-                stop_tolerance(q.dtype, stop_tol),
+                stop_tolerance(q.dtype, stop_tol), float(tsallis_alpha),
                 nh, lq, lk, d, dv,
                 *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         n_cols = padded_keys(meta)
@@ -579,7 +628,7 @@ def launch_plan_status() -> dict:
 
 
 def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats,
-              stop_tol=None):
+              stop_tol=None, tsallis_alpha=1.5):
     """The signature of a call that a plan can serve, or ``None`` when this call must take the general path."""
     if not q.is_cuda or max(q.dim(), k.dim(), v.dim()) > 4 or not _plans_enabled():
         return None
@@ -590,7 +639,7 @@ def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax
         mask_sig = (attn_mask.shape, attn_mask.stride(), attn_mask.dtype, attn_mask.data_ptr() % 16 == 0)
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
             q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, mask_sig,
-            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol)
+            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol, tsallis_alpha)
 
 
 class _Plan:
@@ -676,28 +725,34 @@ class FusedPladisAttention(torch.autograd.Function):
 
 def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, pladis_scale: float = 2.0,
                            alpha: float = 1.5, attn_mask: torch.Tensor | None = None,
-                           score_scale: float | None = None, return_stats: bool = False):
+                           score_scale: float | None = None, return_stats: bool = False,
+                           tsallis_alpha: float = 1.5):
     """PLADIS attention by the fused kernel: out = (S + λ(E − S)) v with S = softmax, E = α-entmax.
 
     ``pladis_scale`` is λ (0 gives softmax attention, 1 entmax attention); ``score_scale`` multiplies q kᵀ
     (default 1/√d). With ``return_stats=True`` returns ``(out, stats)`` with per-row statistics named by
-    :data:`STAT_NAMES` (no gradient flows through ``stats``). Differentiable in q, k, v.
+    :data:`STAT_NAMES` (no gradient flows through ``stats``; ``tsallis_alpha`` is the order of their Tsallis
+    entropies). Differentiable in q, k, v.
     """
     alpha = float(alpha)
-    if pladis_scale != 0.0 and (not math.isfinite(alpha) or alpha <= 1.0):
+    if (pladis_scale != 0.0 or return_stats) and (not math.isfinite(alpha) or alpha <= 1.0):
         raise ValueError(f"alpha={alpha!r}: α-entmax needs a finite alpha > 1")
     if not math.isfinite(float(pladis_scale)):
         raise ValueError(f"pladis_scale={pladis_scale!r} must be finite")
+    if not (math.isfinite(float(tsallis_alpha)) and tsallis_alpha > 0):
+        raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not needs_grad:
         # Inference (the diffusion use): one launch, no autograd bookkeeping; the statistics come with it.
         return fused_attention_forward(q, k, v, pladis_scale=pladis_scale, alpha=alpha, attn_mask=attn_mask,
                                        score_scale=score_scale, need_softmax=pladis_scale != 1.0,
-                                       need_entmax=pladis_scale != 0.0, return_stats=return_stats)
+                                       need_entmax=pladis_scale != 0.0, return_stats=return_stats,
+                                       tsallis_alpha=tsallis_alpha)
     out = FusedPladisAttention.apply(q, k, v, attn_mask, float(pladis_scale), alpha, score_scale)
     if return_stats:
         with torch.no_grad():  # statistics carry no gradient; a second launch keeps the autograd path simple
             _, stats = fused_attention_forward(q, k, v, pladis_scale=pladis_scale, alpha=alpha,
-                                               attn_mask=attn_mask, score_scale=score_scale, return_stats=True)
+                                               attn_mask=attn_mask, score_scale=score_scale, return_stats=True,
+                                               tsallis_alpha=tsallis_alpha)
         return out, stats
     return out

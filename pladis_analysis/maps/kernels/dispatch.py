@@ -333,7 +333,7 @@ def maybe_triton_map(map_name: str, z: torch.Tensor, *, dim: int = -1, backend: 
 def maybe_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, map_name: str = "pladis",
                            attn_mask: torch.Tensor | None = None, score_scale: float | None = None,
                            pladis_scale: float = 2.0, alpha: float = 1.5, backend: str = "auto",
-                           return_stats: bool = False):
+                           return_stats: bool = False, tsallis_alpha: float = 1.5):
     """The fused kernel's output (or ``(out, stats)``), or ``None`` when the torch path should run.
 
     ``map_name``: ``pladis`` (uses ``pladis_scale`` = λ), or ``sparsemax``/``entmax15``/``entmax`` (λ = 1).
@@ -349,7 +349,8 @@ def maybe_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     lam = float(pladis_scale) if map_name == "pladis" else 1.0
     return _kernel_or_torch(lambda: _attention_signature(q, k, v, attn_mask, map_name, a), backend,
                             lambda: fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=a, attn_mask=attn_mask,
-                                                           score_scale=score_scale, return_stats=return_stats))
+                                                           score_scale=score_scale, return_stats=return_stats,
+                                                           tsallis_alpha=tsallis_alpha))
 
 
 _FUNCTION_MAPS = {"SoftmaxFunction": "softmax", "EntmaxFunction": "entmax", "PladisFunction": "pladis"}

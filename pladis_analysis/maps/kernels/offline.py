@@ -152,10 +152,11 @@ def launcher_specialization(fn, arguments: dict) -> tuple[dict, dict]:
 
 
 def fused_attention_call(lk: int, d: int, heads: int, *, batch: int = 2, queries: int = 4096,
-                         dtype: str = "bfloat16") -> dict:
+                         dtype: str = "bfloat16", return_stats: bool = False) -> dict:
     """The fused kernel's arguments for a diffusers cross-attention call: q, k, v head-split views of
-    (batch, L, heads·d) tensors, as attention processors pass them, no mask, no statistics (the benchmark's
-    layout). Captured from :func:`~.cross_attention.fused_attention_forward` on empty CPU tensors; nothing runs."""
+    (batch, L, heads·d) tensors, as attention processors pass them, no mask (the benchmark's layout), with the
+    per-row statistics when ``return_stats`` (as the probes ask). Captured from
+    :func:`~.cross_attention.fused_attention_forward` on empty CPU tensors; nothing runs."""
     import torch
 
     from . import cross_attention
@@ -166,7 +167,7 @@ def fused_attention_call(lk: int, d: int, heads: int, *, batch: int = 2, queries
 
     with captured_launches(cross_attention, "_fused_pladis_fwd_kernel") as calls:
         cross_attention.fused_attention_forward(heads_view(queries), heads_view(lk), heads_view(lk),
-                                                pladis_scale=2.0, alpha=1.5)
+                                                pladis_scale=2.0, alpha=1.5, return_stats=return_stats)
     return calls[0]
 
 
@@ -215,7 +216,7 @@ def fused_kernel_types(dtype: str, mask_kind: int) -> dict[str, str]:
     if dtype not in _TRITON_TYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {sorted(_TRITON_TYPES)}")
     pointer = "*" + _TRITON_TYPES[dtype]
-    return {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32", "stop_tol": "fp32",
+    return {"score_scale": "fp32", "alpha": "fp32", "lam": "fp32", "stop_tol": "fp32", "tsallis_alpha": "fp32",
             "Q": pointer, "K": pointer, "V": pointer, "OUT": pointer, "STATS": "*fp32",
             "MASK": "*u8" if mask_kind == 1 else pointer}
 
