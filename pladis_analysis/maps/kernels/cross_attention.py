@@ -110,7 +110,7 @@ def _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, Lk, D, sqm, sqd, skn, 
     with 64 queries on 8 warps, α ≤ 2, the unrolled form compiled to 157–184 registers per thread under Triton
     3.6 and 128–168 under 3.9, the loop to 110–127 under both (results/kernel_resources_history/, the aeb9956
     and e7198aa_unspecialised tables, compiled without the launcher's specialisation on unit strides).
-    Compiled as a launch compiles it, the loop takes 91–96 (3.9) and 105–123 (3.6) there
+    Compiled as a launch compiles it, the loop takes 89–94 (3.9) and 106–116 (3.6) there
     (results/kernel_resources.csv); the unrolled form has not been compiled that way."""
     z = tl.zeros((BLOCK_M, N), dtype=tl.float32)
     for start in range(0, BLOCK_D, D_CHUNK):
