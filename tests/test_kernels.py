@@ -698,6 +698,44 @@ def test_auto_takes_the_torch_path_when_a_kernel_does_not_build(fresh_build_stat
     assert chosen == "triton"
 
 
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 3.0])
+def test_rowwise_backward_twin_equals_the_kernel(alpha):
+    """The torch twin of the backward kernel (what a failed build falls back to), along a middle dim."""
+    from pladis_analysis.maps.kernels.entmax_rowwise import entmax_backward, entmax_backward_torch
+
+    gen = torch.Generator().manual_seed(21)
+    z = torch.randn(3, 37, 4, generator=gen) * 3
+    z[0, 5:, 1] = float("-inf")
+    p = entmax_forward(z, alpha, dim=1, out_dtype=torch.float32)
+    g = torch.randn(3, 37, 4, generator=gen)
+    assert_close(entmax_backward_torch(p, g, alpha, dim=1), entmax_backward(p, g, alpha, dim=1),
+                 dtype=torch.float32, name=f"backward twin, alpha={alpha}")
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+def test_rowwise_backward_that_does_not_build(fresh_build_state, monkeypatch, caplog):
+    """Under ``auto`` the backward takes its torch twin (one warning, remembered: no second compile); under
+    ``triton`` the build error reaches the caller."""
+    from pladis_analysis import maps
+    from pladis_analysis.maps.kernels import entmax_rowwise as er
+    from pladis_analysis.maps.kernels.build_failures import KernelBuildError
+
+    failing = _FailingKernel(_out_of_resources())
+    monkeypatch.setattr(er, "_entmax_bwd_kernel", failing)
+    monkeypatch.setattr(er, "_BACKWARD_FAILURES", {})
+    z = torch.randn(4, 30, generator=torch.Generator().manual_seed(22), requires_grad=True)
+    g = torch.randn(4, 30, generator=torch.Generator().manual_seed(23))
+    (expected,) = torch.autograd.grad(maps.entmax(z, 1.5, backend="torch"), z, g)
+    with caplog.at_level("WARNING", logger="pladis_analysis.kernels"):
+        for _ in range(2):
+            (grad,) = torch.autograd.grad(er.entmax_rowwise(z, 1.5, torch_backward_on_failure=True), z, g)
+            assert_close(grad, expected, dtype=torch.float32, name="torch twin after a failed build")
+    assert failing.launches == 1 and caplog.text.count("backward takes the torch path") == 1
+    with pytest.raises(KernelBuildError, match="row-wise entmax backward"):
+        torch.autograd.grad(maps.entmax(z, 1.5, backend="triton"), z, g)
+
+
 # --------------------------------------------------------------------------------------------------
 # Property: the kernel equals the reference on arbitrary rows (few examples: the interpreter is slow)
 # --------------------------------------------------------------------------------------------------

@@ -317,7 +317,8 @@ def maybe_triton_map(map_name: str, z: torch.Tensor, *, dim: int = -1, backend: 
         return None
     from .entmax_rowwise import entmax_rowwise
 
-    e = _kernel_or_torch(lambda: _map_signature(z, a, dim), backend, lambda: entmax_rowwise(z, a, dim))
+    e = _kernel_or_torch(lambda: _map_signature(z, a, dim), backend,
+                         lambda: entmax_rowwise(z, a, dim, torch_backward_on_failure=backend == "auto"))
     if e is None:
         return None
     support = (e.detach() > 0).sum(dim=dim)

@@ -50,6 +50,7 @@ Dispatch between this and the torch path lives in :mod:`pladis_analysis.maps.ker
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -57,7 +58,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, cdiv
-from .build_failures import launching
+from .build_failures import KernelBuildError, launching
 
 # Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
 # safeguarded Halley for α > 2. With Newton, an integer q = 1/(α−1) up to INTEGER_Q_MAX is passed as Q_INT so
@@ -541,29 +542,61 @@ def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int 
     return dz.reshape(moved_shape).movedim(-1, dim)
 
 
+def entmax_backward_torch(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
+    """The backward kernel's torch twin: (diag(s) − s sᵀ/Σs) g along ``dim``, s = p^{2−α} on the support."""
+    from .._threshold import entmax_jvp  # same layer (maps); late, so that maps can import the kernels
+
+    p_last, g_last = p.movedim(dim, -1), grad.movedim(dim, -1)
+    s = None if alpha == 2.0 else torch.where(p_last > 0, p_last.pow(2.0 - alpha), torch.zeros_like(p_last))
+    return entmax_jvp(s, p_last, g_last).movedim(-1, dim)
+
+
+# Backward signatures (device, α, row length) whose kernel did not build: their backward takes the torch twin.
+_BACKWARD_FAILURES: dict[tuple, str] = {}
+logger = logging.getLogger("pladis_analysis.kernels")
+
+
 class EntmaxRowwise(torch.autograd.Function):
-    """α-entmax with Triton forward and closed-form Triton backward (J g, J = diag(s) − s sᵀ/Σs)."""
+    """α-entmax with Triton forward and closed-form Triton backward (J g, J = diag(s) − s sᵀ/Σs).
+
+    With ``torch_backward_on_failure``, a backward kernel that does not build on this GPU gives way to its
+    torch twin (one warning per signature), as the dispatch's ``auto`` does for the forward; without, its
+    :class:`KernelBuildError` propagates (``backend="triton"``)."""
 
     @staticmethod
-    def forward(ctx, z: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+    def forward(ctx, z: torch.Tensor, alpha: float, dim: int, torch_backward_on_failure: bool) -> torch.Tensor:
         # The backward needs the weights at full precision (s = p^{2−α} of a rounded p is a rounded s),
         # so the kernel writes float32 and the rounding to z's dtype happens on the copy we return.
         p32 = entmax_forward(z, alpha, dim, out_dtype=torch.float32)
-        ctx.alpha, ctx.dim = alpha, dim
+        ctx.alpha, ctx.dim, ctx.fallback = alpha, dim, torch_backward_on_failure
         ctx.save_for_backward(p32)
         return p32.to(z.dtype)
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
         (p32,) = ctx.saved_tensors
-        grad_z = entmax_backward(p32, grad_p.to(torch.float32), ctx.alpha, ctx.dim)
-        return grad_z.to(grad_p.dtype), None, None
+        g32 = grad_p.to(torch.float32)
+        signature = (str(p32.device), ctx.alpha, p32.shape[ctx.dim])
+        if ctx.fallback and signature in _BACKWARD_FAILURES:
+            grad_z = entmax_backward_torch(p32, g32, ctx.alpha, ctx.dim)
+        else:
+            try:
+                grad_z = entmax_backward(p32, g32, ctx.alpha, ctx.dim)
+            except KernelBuildError as exc:
+                if not ctx.fallback:
+                    raise
+                _BACKWARD_FAILURES[signature] = str(exc)
+                logger.warning("%s; the backward takes the torch path for this signature from now on", exc)
+                grad_z = entmax_backward_torch(p32, g32, ctx.alpha, ctx.dim)
+        return grad_z.to(grad_p.dtype), None, None, None
 
 
-def entmax_rowwise(z: torch.Tensor, alpha: float = 1.5, dim: int = -1) -> torch.Tensor:
+def entmax_rowwise(z: torch.Tensor, alpha: float = 1.5, dim: int = -1, *,
+                   torch_backward_on_failure: bool = False) -> torch.Tensor:
     """α-entmax along ``dim`` by the row-wise Triton kernel, differentiable.
 
     Float32 inside; the result has ``z``'s dtype. ``−inf`` entries get zero weight; all-``−inf`` rows give
     zeros. No input validation beyond α (the public maps validate before dispatching here).
+    ``torch_backward_on_failure``: see :class:`EntmaxRowwise` (the dispatch sets it under ``auto``).
     """
-    return EntmaxRowwise.apply(z, _check_alpha(alpha), dim)
+    return EntmaxRowwise.apply(z, _check_alpha(alpha), dim, torch_backward_on_failure)
