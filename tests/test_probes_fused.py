@@ -19,7 +19,7 @@ from pladis_analysis.probes import record_attention  # noqa: E402
 from pladis_analysis.probes.recorder import _fused_launches, _fused_source  # noqa: E402
 from pladis_analysis.testing import assert_close  # noqa: E402
 from tiny_models import one_torch_thread  # noqa: E402,F401  (autouse)
-from tiny_models import make_inputs, run_model, tiny_unet  # noqa: E402
+from tiny_models import make_inputs, run_model, tiny_model, tiny_unet  # noqa: E402
 
 pytestmark = pytest.mark.triton
 
@@ -54,31 +54,33 @@ def test_launches_cover_every_variant():
     assert _fused_launches([AttentionMap.softmax()]) == [(2.0, 0.0)]
 
 
-def _record(unet, backend, mask, **options):
-    sample, timestep, text = make_inputs("unet", batch=2, text_len=7)                  # [u1, u2, c1, c2]
-    with record_attention(unet, layers=LAYERS, variants=VARIANTS, backend=backend, **options) as rec:
-        run_model(unet, sample, timestep, text, encoder_attention_mask=mask)
+def _record(model, backend, mask, family="unet", **options):
+    sample, timestep, text = make_inputs(family, batch=2, text_len=7)                  # [u1, u2, c1, c2]
+    layers = LAYERS if family == "unet" else "cross"
+    device = next(model.parameters()).device
+    with record_attention(model, layers=layers, variants=VARIANTS, backend=backend, **options) as rec:
+        run_model(model, sample.to(device), timestep.to(device), text.to(device), encoder_attention_mask=mask)
     return rec
 
 
 @needs_kernel
-@pytest.mark.parametrize("masked", [False, True])
-def test_fused_statistics_equal_the_torch_path(masked):
+@pytest.mark.parametrize("family,masked", [("unet", False), ("unet", True), ("sana", True), ("pixart", True)])
+def test_fused_statistics_equal_the_torch_path(family, masked):
     """Every basic statistic of every variant, per (layer, head, branch): kernel against torch, one run each.
     The mask pads the last keys of two prompts (diffusers turns it into a −10000 bias)."""
-    unet = tiny_unet().to(DEVICE)
+    model = tiny_model(family).to(DEVICE)
     mask = None
     if masked:
         mask = torch.ones(4, 7, dtype=torch.bool)
         mask[0, 4:] = False
         mask[3, 2:] = False
         mask = mask.to(DEVICE)
-    torch_rec = _record(unet, "torch", mask)
-    fused_rec = _record(unet, "triton", mask, tsallis_alpha=2.0 if masked else 1.5)
-    assert torch_rec.calls_by_path == {"triton": 0, "torch": 2}
-    assert fused_rec.calls_by_path == {"triton": 2, "torch": 0}
-    if masked:  # same Tsallis order on both sides
-        torch_rec = _record(unet, "torch", mask, tsallis_alpha=2.0)
+    tsallis_alpha = 2.0 if masked else 1.5
+    torch_rec = _record(model, "torch", mask, family, tsallis_alpha=tsallis_alpha)
+    fused_rec = _record(model, "triton", mask, family, tsallis_alpha=tsallis_alpha)
+    n_calls = torch_rec.calls_by_path["torch"]
+    assert n_calls >= 2 and torch_rec.calls_by_path["triton"] == 0
+    assert fused_rec.calls_by_path == {"triton": n_calls, "torch": 0}
     ours, expected = fused_rec.to_dataframe(), torch_rec.to_dataframe()
     assert len(ours) == len(expected) and set(ours.variant) == set(VARIANTS) and set(ours.branch) == {"uncond", "cond"}
     key = ["step", "layer", "head", "branch", "variant"]
