@@ -699,6 +699,40 @@ def test_auto_takes_the_torch_path_when_a_kernel_does_not_build(fresh_build_stat
 
 
 @pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+def test_statistics_variant_that_does_not_build_is_remembered_apart(fresh_build_state, monkeypatch):
+    """The kernel with statistics (the probes') is a variant of its own: its build failure sends probes to the
+    torch path but leaves PLADIS attention on the kernel."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels.build_failures import KernelBuildError
+
+    real = ca._fused_pladis_fwd_kernel
+
+    class FailsWithStatistics:
+        launches = 0
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                if kwargs["WITH_STATS"]:
+                    self.launches += 1
+                    raise _out_of_resources()
+                return real[grid](*args, **kwargs)
+            return launch
+
+    kernel = FailsWithStatistics()
+    monkeypatch.setattr(ca, "_fused_pladis_fwd_kernel", kernel)
+    q, k, v = _qkv((1, 2, 5, 9, 16), torch.float32, "cpu")
+    for _ in range(2):
+        with pytest.raises(KernelBuildError, match="out of resource"):
+            dispatch.maybe_triton_attention(q, k, v, backend="triton", return_stats=True)
+    assert kernel.launches == 1                                                   # remembered: no second build
+    out = dispatch.maybe_triton_attention(q, k, v, backend="triton")
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5)[0], name="plain kernel after the stats failure")
+    monkeypatch.setattr(dispatch, "_device_reason", lambda tensors, backend: None)   # as if on CUDA
+    assert dispatch.choose_attention_backend(q, k, v, stats=True)[0] == "torch"
+    assert dispatch.choose_attention_backend(q, k, v)[0] == "triton"
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
 @pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25, 3.0])
 def test_rowwise_backward_twin_equals_the_kernel(alpha):
     """The torch twin of the backward kernel (what a failed build falls back to), along a middle dim."""

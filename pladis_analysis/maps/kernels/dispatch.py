@@ -184,11 +184,13 @@ def _dtype_reason(dtype: torch.dtype) -> str | None:
 
 def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              attn_mask: torch.Tensor | None = None, *, map_name: str = "pladis",
-                             alpha: float = 1.5, backend: str = "auto") -> tuple[str, str]:
+                             alpha: float = 1.5, backend: str = "auto", stats: bool = False) -> tuple[str, str]:
     """``("triton" | "torch", reason)`` for attention of ``q`` [..., Lq, d] over ``k``/``v`` [..., Lk, d(v)].
 
     The fused kernel needs one dtype among float16/bfloat16/float32, Lk ≤ 512 and head dims ≤ 128 (text
     cross-attention); ``map_name="softmax"`` always takes the torch path (SDPA is the fused softmax kernel).
+    ``stats``: the call also asks for the per-row statistics (a kernel variant of its own, which may fail to
+    build where the plain one does not).
     """
     # CUDA decisions depend only on shapes, dtypes, devices and arguments: remember them, so that a diffusion
     # model's thousands of identical calls skip the checks (CPU decisions also read the environment: not cached).
@@ -196,7 +198,7 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q.is_cuda and backend != "torch":
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
                None if attn_mask is None else (attn_mask.shape, attn_mask.dtype, attn_mask.device),
-               map_name, alpha, backend)
+               map_name, alpha, backend, stats)
         cached = _ATTENTION_DECISIONS.get(key)
         if cached is not None:
             return cached
@@ -236,7 +238,7 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             except RuntimeError:
                 reason = "shapes of q/k/v/attn_mask do not broadcast"
     if reason is None:
-        reason = _build_failure(_attention_signature(q, k, v, attn_mask, map_name, alpha), backend, what)
+        reason = _build_failure(_attention_signature(q, k, v, attn_mask, map_name, alpha, stats), backend, what)
     decision = _decide(reason, backend, what)
     if key is not None:
         if len(_ATTENTION_DECISIONS) >= 4096:  # a bound, not a policy: shapes in one session are few
@@ -258,9 +260,10 @@ _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 _BUILD_FAILURES: dict[tuple, str] = {}   # dispatch signature → why its kernel did not build
 
 
-def _attention_signature(q, k, v, attn_mask, map_name: str, alpha: float) -> tuple:
+def _attention_signature(q, k, v, attn_mask, map_name: str, alpha: float, stats: bool = False) -> tuple:
     mask = None if attn_mask is None else attn_mask.dtype
-    return ("attention", q.device, q.dtype, k.shape[-2], q.shape[-1], v.shape[-1], mask, map_name, alpha)
+    return ("attention", q.device, q.dtype, k.shape[-2], q.shape[-1], v.shape[-1], mask, map_name, alpha,
+            "with statistics" if stats else "")
 
 
 def _map_signature(z: torch.Tensor, alpha: float, dim: int) -> tuple:
@@ -342,13 +345,14 @@ def maybe_triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if backend == "auto" and not q.is_cuda:
         return None  # the common CPU case decides before any string is formatted
     a = _map_alpha(map_name, alpha)
-    chosen, _ = choose_attention_backend(q, k, v, attn_mask, map_name=map_name, alpha=a, backend=backend)
+    chosen, _ = choose_attention_backend(q, k, v, attn_mask, map_name=map_name, alpha=a, backend=backend,
+                                         stats=return_stats)
     if chosen != "triton":
         return None
     from .cross_attention import fused_pladis_attention
 
     lam = float(pladis_scale) if map_name == "pladis" else 1.0
-    return _kernel_or_torch(lambda: _attention_signature(q, k, v, attn_mask, map_name, a), backend,
+    return _kernel_or_torch(lambda: _attention_signature(q, k, v, attn_mask, map_name, a, return_stats), backend,
                             lambda: fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=a, attn_mask=attn_mask,
                                                            score_scale=score_scale, return_stats=return_stats,
                                                            tsallis_alpha=tsallis_alpha))
