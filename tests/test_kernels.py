@@ -317,6 +317,7 @@ def test_fused_attention_reads_keys_and_values_in_chunks(device, lk, monkeypatch
 
     monkeypatch.setattr(ca, "HEAD_DIM_CHUNK", 16)
     monkeypatch.setattr(ca, "_block_m", lambda n_cols, block_d: 16)
+    monkeypatch.setattr(ca, "_CALLS", {})                            # call plans derived before the patches
     monkeypatch.setenv("PLADIS_TRITON_AUTOTUNE", "0")
     q, k, v = _qkv((1, 2, 19, lk, 40), torch.float32, device, seed=15, dv=24)
     mask = torch.rand(1, 1, 19, lk, generator=torch.Generator().manual_seed(16)) > 0.3
@@ -439,6 +440,43 @@ def test_fused_attention_launch_plans_repeat_the_first_call(monkeypatch):
     assert len(ca._PLANS) >= len(cases)                                                 # one per signature
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_call_plans_are_kept_per_signature_and_hold_no_tensor(device, monkeypatch):
+    """A call plan serves every later call of its signature (new data, same shapes, strides and scalars); other
+    strides, masks or scalars get their own; inputs whose views are copies derive theirs per call."""
+    import gc
+    import weakref
+
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    monkeypatch.setattr(ca, "_CALLS", {})
+    shape = (2, 3, 13, 9, 16)
+    for seed in (30, 31):                                               # same signature, new data: one plan
+        q, k, v = _qkv(shape, torch.float32, device, seed=seed)
+        assert_close(fused_pladis_attention(q, k, v), _reference_attention(q, k, v, 2.0, 1.5)[0], name="plan")
+    assert len(ca._CALLS) == 1
+    q_t = q.transpose(-1, -2).contiguous().transpose(-1, -2)            # same shape, other strides
+    keep = torch.rand(2, 1, 1, 9, generator=torch.Generator().manual_seed(32)).to(device) > 0.3
+    cases = [dict(q=q_t), dict(attn_mask=keep), dict(attn_mask=torch.where(keep, 0.0, -10000.0)),
+             dict(pladis_scale=3.0), dict(alpha=1.25)]
+    for case in cases:
+        args = {**dict(q=q, attn_mask=None, pladis_scale=2.0, alpha=1.5), **case}
+        expected = _reference_attention(args["q"], k, v, args["pladis_scale"], args["alpha"], args["attn_mask"])
+        out = fused_pladis_attention(args.pop("q"), k, v, **args)
+        assert_close(out, expected[0], name=f"plan for {sorted(case)}")
+    assert len(ca._CALLS) == 1 + len(cases)
+    mask64 = torch.where(keep, 0.0, -10000.0).double()                  # converted per call: no plan kept
+    out = fused_pladis_attention(q, k, v, attn_mask=mask64)
+    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask64)[0], name="float64 mask")
+    assert len(ca._CALLS) == 1 + len(cases)
+    big = torch.randn(2, 3, 40, 16, device=device)
+    ref = weakref.ref(big)
+    fused_pladis_attention(big, k, v)
+    del big
+    gc.collect()
+    assert ref() is None                                                # the plan did not keep its tensors
+
+
 def test_launch_plan_keys_and_arguments(monkeypatch):
     """Host logic of the plans, without a GPU: which calls get a key, and what a plan passes to the kernel."""
     from pladis_analysis.maps.kernels import cross_attention as ca
@@ -453,7 +491,8 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
     assert not ca._plans_enabled()
     monkeypatch.setenv("PLADIS_TRITON_PLANS", "1")
     assert ca._plans_enabled()
-    assert ca._plan_key(q, q, q, None, 2.0, 1.5, None, True, True, False) is None               # CPU: never
+    key = ca._call_key(q, q, q, None, (2.0, 1.5, None, True, True, False, None, 1.5))
+    assert key is not None and ca._plan_key(q, q, q, None, key) is None                       # CPU: never
 
     class Recorder:
         def __getitem__(self, grid):

@@ -478,8 +478,14 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     dtype; 0 stops on step size only, as the benchmark's ``triton_step_rule`` does). ``tsallis_alpha``: the
     order of the Tsallis entropies among the statistics.
     """
-    plan_key = _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax,
-                         return_stats, stop_tol, tsallis_alpha)
+    params = (pladis_scale, alpha, score_scale, need_softmax or return_stats, need_entmax or return_stats,
+              return_stats, stop_tol, tsallis_alpha)
+    key = _call_key(q, k, v, attn_mask, params) if not _CALL_PLANS_SET or _CALL_PLANS_SET[-1] else None
+    if key is None:
+        # Inputs whose 4-D views or mask are copies: derive everything, and launch on the copies.
+        call, views = _CallPlan.derive(q, k, v, attn_mask, params)
+        return call.launch(*views)
+    plan_key = _plan_key(q, k, v, attn_mask, key)
     if plan_key is not None:
         plan = _PLANS.get(plan_key)
         if plan is not None:
@@ -488,98 +494,177 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
             except (TypeError, AttributeError, ValueError, IndexError, KeyError) as exc:  # another launcher API
                 _disable_plans(f"{type(exc).__name__}: {exc}")
                 plan_key = None
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: the kernel needs one dtype among "
-                         f"{[str(d) for d in SUPPORTED_DTYPES]}")
-    lq, d = q.shape[-2:]
-    lk, dv = v.shape[-2:]
-    if k.shape[-1] != d or k.shape[-2] != lk:
-        raise ValueError(f"k shape {tuple(k.shape)} does not match q {tuple(q.shape)} / v {tuple(v.shape)}")
-    if lk > MAX_KEYS or d > MAX_HEAD_DIM or dv > MAX_HEAD_DIM:
-        raise ValueError(f"Lk={lk}, d={d}, dv={dv}: the kernel holds at most {MAX_KEYS} keys and head dims "
-                         f"≤ {MAX_HEAD_DIM} in registers")
-    lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    q4 = _to_4d(q.expand(*lead, lq, d), "q")                                                 # (B, H, Lq, d)
-    k4 = _to_4d(k.expand(*lead, lk, d), "k")                                                 # (B, H, Lk, d)
-    v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                                # (B, H, Lk, dv)
-    nb, nh = q4.shape[:2]
-    head_split = q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
-    if head_split:
-        # q is a head-split view of (B, Lq, H·d), as attention processors make it: write the output in that
-        # layout too, so that merging the heads back (transpose + reshape) is a view, not a copy (SDPA does so).
-        out = torch.empty(nb, lq, nh, dv, dtype=q.dtype, device=q.device).transpose(1, 2)   # (B, H, Lq, dv)
-    else:
-        out = torch.empty(*lead, lq, dv, dtype=q.dtype, device=q.device)
-    o4 = _to_4d(out, "out")
+    call = _CALLS.get(key)
+    if call is None:
+        call, _ = _CallPlan.derive(q, k, v, attn_mask, params)
+        if len(_CALLS) >= 4096:  # a bound, not a policy: a session sees few signatures
+            _CALLS.clear()
+        _CALLS[key] = call
+    mask = None if attn_mask is None else (attn_mask.view(torch.uint8) if call.mask_kind == _MASK_BOOL
+                                           else attn_mask)
+    return call.launch(q, k, v, mask, plan_key)
+
+
+# --------------------------------------------------------------------------------------------------
+# Call plans: what a call signature derives on the host, derived once
+# --------------------------------------------------------------------------------------------------
+# A diffusion model makes the same few cross-attention calls thousands of times, and deriving the 4-D views,
+# strides, block sizes and compile-time arguments from the tensors took about half of the ~60 µs of host time
+# per call on an H100 machine (results/gpu_logs/launch_profile_h100_run2.txt). A call plan holds all of it per
+# call signature: the shapes, strides, dtypes and device of q, k, v and the mask, and every scalar argument
+# (not the data pointers, and not their alignment, which Triton's launcher reads itself). The kernel reads q,
+# k, v through explicit strides, so a caller's ≤ 4-D tensor and its 4-D view are interchangeable as pointers;
+# inputs whose views would be copies (more than 4 dims, a float64 mask, a mask on another device) derive a
+# plan per call instead. Settings read when a signature is first seen: PLADIS_TRITON_AUTOTUNE.
+
+_CALLS: dict[tuple, "_CallPlan"] = {}
+_CALL_PLANS_SET: list[bool] = []   # innermost call_plans(...) setting (empty: on)
+
+
+@contextlib.contextmanager
+def call_plans(enabled: bool = True):
+    """Inside the block, calls derive their plan every time (``enabled=False``: the host-overhead benchmark's
+    baseline) or use the kept plans (the default)."""
+    _CALL_PLANS_SET.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _CALL_PLANS_SET.pop()
+
+
+def _call_key(q, k, v, attn_mask, params) -> tuple | None:
+    """The signature a call plan is kept under, or ``None`` when the call must derive its own."""
+    if max(q.dim(), k.dim(), v.dim()) > 4:
+        return None
+    mask_sig = None
     if attn_mask is not None:
-        m4, mask_kind = _mask_4d(attn_mask.to(q.device), tuple(lead), lq, lk)
-        mask_strides = m4.stride()
-    else:
-        m4, mask_kind, mask_strides = q4, _MASK_NONE, (0, 0, 0, 0)   # dummy pointer, never read
-    need_softmax = need_softmax or return_stats
-    need_entmax = need_entmax or return_stats
-    if return_stats:
-        stats = torch.empty(*lead, lq, len(STAT_NAMES), dtype=torch.float32, device=q.device)
-        s4 = _to_4d(stats, "stats")
-        stats_strides = s4.stride()[:3]
-    else:
-        stats, s4, stats_strides = None, o4, (0, 0, 0)
-    if score_scale is None:
-        score_scale = 1.0 / math.sqrt(d)
-    meta = kernel_constexprs(q.dtype, lk, d, dv, alpha=alpha, mask_kind=mask_kind, need_softmax=need_softmax,
-                             need_entmax=need_entmax, with_stats=return_stats, on_cuda=q.is_cuda)
-    if lq * nb * nh > 0:
-        args = (q4, k4, v4, m4, o4, s4,
-                float(score_scale), float(alpha), float(pladis_scale),
-                stop_tolerance(q.dtype, stop_tol), float(tsallis_alpha),
-                nh, lq, lk, d, dv,
-                *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
-        n_cols = padded_keys(meta)
-        block_m, num_warps, maxnreg = default_launch(meta)
-        build_key = (str(q.dtype), *sorted(meta.items()))   # what the compiled variant depends on, bar the launch
-        if _use_autotune(q.device):
-            key = (q.dtype, lq, lk, d, dv, mask_kind, need_softmax, need_entmax, meta["KIND"], meta["Q_INT"],
-                   return_stats)
-            tuned = _TUNED.get(key)
+        if attn_mask.dim() > 4 or attn_mask.dtype == torch.float64 or attn_mask.device != q.device:
+            return None
+        mask_sig = (attn_mask.shape, attn_mask.stride(), attn_mask.dtype)
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            mask_sig, params)
+
+
+class _CallPlan:
+    """Everything one call signature derives on the host: checks, output layout, kernel arguments but the
+    pointers, compile-time arguments, launch shape. It holds no tensor (plans are kept for the process)."""
+
+    @classmethod
+    def derive(cls, q, k, v, attn_mask, params) -> tuple["_CallPlan", tuple]:
+        """The plan of this call, and the 4-D views (q, k, v, mask) it was derived on."""
+        plan = cls.__new__(cls)
+        views = plan._derive(q, k, v, attn_mask, params)
+        return plan, views
+
+    def _derive(self, q, k, v, attn_mask, params) -> tuple:
+        (pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol,
+         tsallis_alpha) = params
+        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"q/k/v dtypes {q.dtype}/{k.dtype}/{v.dtype}: the kernel needs one dtype among "
+                             f"{[str(d) for d in SUPPORTED_DTYPES]}")
+        lq, d = q.shape[-2:]
+        lk, dv = v.shape[-2:]
+        if k.shape[-1] != d or k.shape[-2] != lk:
+            raise ValueError(f"k shape {tuple(k.shape)} does not match q {tuple(q.shape)} / v {tuple(v.shape)}")
+        if lk > MAX_KEYS or d > MAX_HEAD_DIM or dv > MAX_HEAD_DIM:
+            raise ValueError(f"Lk={lk}, d={d}, dv={dv}: the kernel holds at most {MAX_KEYS} keys and head dims "
+                             f"≤ {MAX_HEAD_DIM} in registers")
+        lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        q4 = _to_4d(q.expand(*lead, lq, d), "q")                                             # (B, H, Lq, d)
+        k4 = _to_4d(k.expand(*lead, lk, d), "k")                                             # (B, H, Lk, d)
+        v4 = _to_4d(v.expand(*lead, lk, dv), "v")                                            # (B, H, Lk, dv)
+        nb, nh = q4.shape[:2]
+        self.dtype, self.device = q.dtype, q.device
+        # q as attention processors make it, a head-split view of (B, Lq, H·d): the output is written in that
+        # layout too, so that merging the heads back (transpose + reshape) is a view, not a copy (SDPA does so).
+        self.head_split = q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
+        self.out_shape = (nb, lq, nh, dv) if self.head_split else (*lead, lq, dv)
+        self.stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
+        out, stats = self._outputs()
+        o4 = _to_4d(out, "out")
+        if attn_mask is not None:
+            m4, self.mask_kind = _mask_4d(attn_mask.to(q.device), tuple(lead), lq, lk)
+            mask_strides = m4.stride()
+        else:
+            m4, self.mask_kind, mask_strides = q4, _MASK_NONE, (0, 0, 0, 0)   # dummy pointer, never read
+        stats_strides = _to_4d(stats, "stats").stride()[:3] if return_stats else (0, 0, 0)
+        self.tail_args = (1.0 / math.sqrt(d) if score_scale is None else float(score_scale), float(alpha),
+                          float(pladis_scale), stop_tolerance(q.dtype, stop_tol), float(tsallis_alpha),
+                          nh, lq, lk, d, dv,
+                          *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
+        self.meta = kernel_constexprs(q.dtype, lk, d, dv, alpha=alpha, mask_kind=self.mask_kind,
+                                      need_softmax=need_softmax, need_entmax=need_entmax, with_stats=return_stats,
+                                      on_cuda=q.is_cuda)
+        self.rows, self.programs = lq, nb * nh
+        self.n_cols = padded_keys(self.meta)
+        self.default = default_launch(self.meta)
+        self.build_key = (str(q.dtype), *sorted(self.meta.items()))   # what the compiled variant depends on
+        self.autotune = _use_autotune(q.device)
+        self.tune_key = (q.dtype, lq, lk, d, dv, self.mask_kind, need_softmax, need_entmax, self.meta["KIND"],
+                         self.meta["Q_INT"], return_stats)
+        self._direct: dict[tuple, tuple] = {}
+        return q4, k4, v4, m4
+
+    def _outputs(self):
+        out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device)
+        if self.head_split:
+            out = out.transpose(1, 2)                                                        # (B, H, Lq, dv)
+        stats = None
+        if self.stats_shape is not None:
+            stats = torch.empty(self.stats_shape, dtype=torch.float32, device=self.device)
+        return out, stats
+
+    def launch(self, q, k, v, mask, plan_key=None):
+        """Run the kernel on pointers ``q``, ``k``, ``v``, ``mask`` (tensors with this plan's strides, or views
+        sharing their data); returns ``out`` or ``(out, stats)``."""
+        out, stats = self._outputs()
+        if self.rows * self.programs == 0:
+            return (out, stats) if stats is not None else out
+        args = (q, k, v, q if mask is None else mask, out, out if stats is None else stats, *self.tail_args)
+        block_m, num_warps, maxnreg = self.default
+        if self.autotune:
+            tuned = _TUNED.get(self.tune_key)
             if tuned is None:
-                tuner = _autotuned_kernel(n_cols)
-                with launching("fused cross-attention", (*build_key, "autotuned"), q.device):
-                    tuner[lambda m: (cdiv(lq, m["BLOCK_M"]), nb * nh)](*args, **meta)
+                tuner = _autotuned_kernel(self.n_cols)
+                rows = self.rows
+                with launching("fused cross-attention", (*self.build_key, "autotuned"), q.device):
+                    tuner[lambda m: (cdiv(rows, m["BLOCK_M"]), self.programs)](*args, **self.meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
-                    _TUNED[key] = (best.kwargs["BLOCK_M"], best.num_warps, getattr(best, "maxnreg", None))
-                return (out, stats) if return_stats else out
+                    _TUNED[self.tune_key] = (best.kwargs["BLOCK_M"], best.num_warps, getattr(best, "maxnreg", None))
+                return (out, stats) if stats is not None else out
             block_m, num_warps, maxnreg = tuned
-        grid = (cdiv(lq, block_m), nb * nh)
-        cap = {} if maxnreg is None else {"maxnreg": maxnreg}
-        with launching("fused cross-attention", (*build_key, block_m, num_warps, maxnreg), q.device):
-            compiled = _fused_pladis_fwd_kernel[grid](*args, **meta, BLOCK_M=block_m, num_warps=num_warps,
-                                                      num_stages=1, **cap)
+        shape = (block_m, num_warps, maxnreg)
+        direct = self._direct.get(shape)
+        if direct is None:   # grid, launch keywords and build signature of this launch shape, built once
+            cap = {} if maxnreg is None else {"maxnreg": maxnreg}
+            direct = self._direct[shape] = ((cdiv(self.rows, block_m), self.programs),
+                                            {**self.meta, "BLOCK_M": block_m, "num_warps": num_warps,
+                                             "num_stages": 1, **cap}, (*self.build_key, *shape))
+        grid, keywords, signature = direct
+        with launching("fused cross-attention", signature, q.device):
+            compiled = _fused_pladis_fwd_kernel[grid](*args, **keywords)
         if plan_key is not None and compiled is not None:
-            constexprs = {**meta, "BLOCK_M": block_m}
-            out_shape = (nb, lq, nh, dv) if head_split else (*lead, lq, dv)
-            stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
+            constexprs = {**self.meta, "BLOCK_M": block_m}
             try:
-                plan = _Plan(compiled, grid, args[6:], tuple(constexprs[n] for n in _CONSTEXPR_NAMES),
-                             out_shape, head_split, stats_shape, mask_kind)
+                plan = _Plan(compiled, grid, self.tail_args, tuple(constexprs[n] for n in _CONSTEXPR_NAMES),
+                             self.out_shape, self.head_split, self.stats_shape, self.mask_kind)
             except (TypeError, AttributeError, IndexError, KeyError) as exc:  # no CompiledKernel[grid] here
                 _disable_plans(f"{type(exc).__name__}: {exc}")
             else:
                 _remember_plan(plan_key, plan)
-    return (out, stats) if return_stats else out
+        return (out, stats) if stats is not None else out
 
 
 # --------------------------------------------------------------------------------------------------
 # Launch plans: repeated calls of one signature skip the host-side work
 # --------------------------------------------------------------------------------------------------
-# A diffusion model makes the same few cross-attention calls thousands of times. Triton's launcher re-derives,
-# on every call, the specialisation of all ~40 kernel arguments (integers equal to 1 or divisible by 16,
-# 16-byte-aligned pointers) to find the compiled variant, and the wrapper above re-derives shapes, strides and
-# block sizes: together ~60 µs of host time per call on an H100 machine, more than the kernel itself at
-# SD/SDXL shapes. A plan keeps, per call signature (shapes, strides, dtypes, mask layout, the scalars, and
-# the 16-byte alignment of each input pointer: exactly what selects the compiled variant), the compiled
-# kernel and every argument except the data pointers, and launches it directly. Only on CUDA, for ≤ 4-D
-# inputs (whose 4-D views share the caller's data pointers).
+# After the call plan, Triton's launcher still re-derives, on every call, the specialisation of all ~40 kernel
+# arguments (integers equal to 1 or divisible by 16, 16-byte-aligned pointers) to find the compiled variant:
+# the other half of the ~60 µs of host time per call on an H100 machine, more than the kernel itself at SD/SDXL
+# shapes. A launch plan keeps, per call signature (the call plan's, and the 16-byte alignment of each input
+# pointer: with it, exactly what selects the compiled variant), the compiled kernel and every argument except
+# the data pointers, and launches it directly. Only on CUDA, for calls that have a call plan.
 #
 # Opt-in (``PLADIS_TRITON_PLANS=1``) until a GPU run validates it: it launches through Triton's
 # ``CompiledKernel[grid](*args)``, whose argument conventions are Triton's internals, and the one GPU run it had
@@ -627,19 +712,13 @@ def launch_plan_status() -> dict:
             "opted_in": os.environ.get("PLADIS_TRITON_PLANS", "0") == "1"}
 
 
-def _plan_key(q, k, v, attn_mask, pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats,
-              stop_tol=None, tsallis_alpha=1.5):
-    """The signature of a call that a plan can serve, or ``None`` when this call must take the general path."""
-    if not q.is_cuda or max(q.dim(), k.dim(), v.dim()) > 4 or not _plans_enabled():
+def _plan_key(q, k, v, attn_mask, call_key):
+    """The signature of a call that a launch plan can serve (its call plan's key and the 16-byte alignment of
+    each pointer, which selects the compiled variant), or ``None`` when this call takes Triton's launcher."""
+    if not q.is_cuda or not _plans_enabled():
         return None
-    mask_sig = None
-    if attn_mask is not None:
-        if attn_mask.dim() > 4 or attn_mask.dtype == torch.float64 or attn_mask.device != q.device:
-            return None  # the general path makes a copy there: its data pointer is not the caller's
-        mask_sig = (attn_mask.shape, attn_mask.stride(), attn_mask.dtype, attn_mask.data_ptr() % 16 == 0)
-    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, mask_sig,
-            pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol, tsallis_alpha)
+    mask_aligned = None if attn_mask is None else attn_mask.data_ptr() % 16 == 0
+    return (call_key, q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, mask_aligned)
 
 
 class _Plan:
