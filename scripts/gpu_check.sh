@@ -160,20 +160,27 @@ fi
 if [ "$RUN_BENCH" = 1 ]; then
     timeout 120 "$PY" - > "$OUT/launch_profile.txt" 2>&1 <<'PYEOF'
 import cProfile, pstats, time, torch
-from pladis_analysis.maps.kernels.cross_attention import fused_pladis_attention
+from pladis_analysis.attention import pladis_attention
+from pladis_analysis.maps.kernels.cross_attention import call_plans, fused_pladis_attention
 q = torch.randn(2, 20, 1024, 64, device="cuda", dtype=torch.bfloat16)
 k = torch.randn(2, 20, 77, 64, device="cuda", dtype=torch.bfloat16)
 call = lambda: fused_pladis_attention(q, k, k, pladis_scale=2.0, alpha=1.5)
-with torch.no_grad():
+public = lambda: pladis_attention(q, k, k, scale=2.0, alpha=1.5)   # the processors' path: dispatch included
+def host_us(fn, n=2000):
     for _ in range(50):
-        call()
+        fn()
     torch.cuda.synchronize()
     start = time.perf_counter()
-    for _ in range(2000):
-        call()
-    host_us = (time.perf_counter() - start) / 2000 * 1e6
+    for _ in range(n):
+        fn()
+    elapsed = (time.perf_counter() - start) / n * 1e6
     torch.cuda.synchronize()
-    print(f"host time per call, no profiler (queue not full at this shape?): {host_us:.1f} us")
+    return elapsed
+with torch.no_grad():
+    print(f"host time per call, no profiler (queue not full at this shape?): {host_us(call):.1f} us")
+    with call_plans(False):
+        print(f"same, each call deriving its call plan: {host_us(call):.1f} us")
+    print(f"pladis_attention (dispatch + kernel): {host_us(public):.1f} us")
     profile = cProfile.Profile()
     profile.enable()
     for _ in range(2000):
