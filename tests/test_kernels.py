@@ -500,15 +500,17 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
             return lambda *args: setattr(self, "args", args)
 
     compiled = Recorder()
-    plan = ca._Plan(compiled, (1, 6), (0.25, 1.5, 2.0), ("const",), out_shape=(2, 8, 3, 16), head_split=True,
-                    stats_shape=None, mask_kind=ca._MASK_BOOL)
     mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
+    head_split_q = torch.randn(2, 8, 3, 16).transpose(1, 2)                              # (B, H, L, d) view
+    call, _ = ca._CallPlan.derive(head_split_q, q, q, mask, (2.0, 1.5, 0.25, True, True, False, None, 1.5))
+    plan = ca._Plan(compiled, (1, 6), call, ("const",))
     out = plan.launch(q, q, q, mask)
     assert compiled.grid == (1, 6, 1)
     assert out.shape == (2, 3, 8, 16) and out.transpose(1, 2).is_contiguous()
     args = compiled.args
     assert args[0] is q and args[3].dtype == torch.uint8 and args[3].data_ptr() == mask.data_ptr()
-    assert args[4] is out and args[5] is out and args[6:] == (0.25, 1.5, 2.0, "const")
+    assert args[4] is out and args[5] is out and args[6:] == (*call.tail_args, "const")
+    assert call.tail_args[:3] == (0.25, 1.5, 2.0)                                    # score scale, α, λ
 
 
 @pytest.mark.parametrize("device", DEVICES)

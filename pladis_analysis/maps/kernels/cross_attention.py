@@ -580,7 +580,7 @@ class _CallPlan:
         self.head_split = q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
         self.out_shape = (nb, lq, nh, dv) if self.head_split else (*lead, lq, dv)
         self.stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
-        out, stats = self._outputs()
+        out, stats = self.outputs()
         o4 = _to_4d(out, "out")
         if attn_mask is not None:
             m4, self.mask_kind = _mask_4d(attn_mask.to(q.device), tuple(lead), lq, lk)
@@ -605,7 +605,8 @@ class _CallPlan:
         self._direct: dict[tuple, tuple] = {}
         return q4, k4, v4, m4
 
-    def _outputs(self):
+    def outputs(self):
+        """Fresh ``(out, stats)`` in this signature's layout (``stats`` None without statistics)."""
         out = torch.empty(self.out_shape, dtype=self.dtype, device=self.device)
         if self.head_split:
             out = out.transpose(1, 2)                                                        # (B, H, Lq, dv)
@@ -617,7 +618,7 @@ class _CallPlan:
     def launch(self, q, k, v, mask, plan_key=None):
         """Run the kernel on pointers ``q``, ``k``, ``v``, ``mask`` (tensors with this plan's strides, or views
         sharing their data); returns ``out`` or ``(out, stats)``."""
-        out, stats = self._outputs()
+        out, stats = self.outputs()
         if self.rows * self.programs == 0:
             return (out, stats) if stats is not None else out
         args = (q, k, v, q if mask is None else mask, out, out if stats is None else stats, *self.tail_args)
@@ -647,8 +648,7 @@ class _CallPlan:
         if plan_key is not None and compiled is not None:
             constexprs = {**self.meta, "BLOCK_M": block_m}
             try:
-                plan = _Plan(compiled, grid, self.tail_args, tuple(constexprs[n] for n in _CONSTEXPR_NAMES),
-                             self.out_shape, self.head_split, self.stats_shape, self.mask_kind)
+                plan = _Plan(compiled, grid, self, tuple(constexprs[n] for n in _CONSTEXPR_NAMES))
             except (TypeError, AttributeError, IndexError, KeyError) as exc:  # no CompiledKernel[grid] here
                 _disable_plans(f"{type(exc).__name__}: {exc}")
             else:
@@ -724,23 +724,17 @@ def _plan_key(q, k, v, attn_mask, call_key):
 class _Plan:
     """A compiled kernel and all its arguments except the data pointers of q, k, v, the mask, out and stats."""
 
-    def __init__(self, compiled, grid, scalar_args, constexpr_args, out_shape, head_split, stats_shape, mask_kind):
+    def __init__(self, compiled, grid, call: _CallPlan, constexpr_args: tuple):
         self.runner = compiled[(*grid, 1)]  # CompiledKernel's runner reads three grid sizes
-        self.tail_args = (*scalar_args, *constexpr_args)
-        self.out_shape, self.head_split, self.stats_shape = out_shape, head_split, stats_shape
-        self.mask_kind = mask_kind
+        self.call = call
+        self.tail_args = (*call.tail_args, *constexpr_args)
 
     def launch(self, q, k, v, attn_mask):
-        out = torch.empty(self.out_shape, dtype=q.dtype, device=q.device)
-        if self.head_split:
-            out = out.transpose(1, 2)                                                        # (B, H, Lq, dv)
-        stats = None
-        if self.stats_shape is not None:
-            stats = torch.empty(self.stats_shape, dtype=torch.float32, device=q.device)
+        out, stats = self.call.outputs()
         if attn_mask is None:
             mask = q                                                                         # never read
         else:
-            mask = attn_mask.view(torch.uint8) if self.mask_kind == _MASK_BOOL else attn_mask
+            mask = attn_mask.view(torch.uint8) if self.call.mask_kind == _MASK_BOOL else attn_mask
         self.runner(q, k, v, mask, out, out if stats is None else stats, *self.tail_args)
         return out if stats is None else (out, stats)
 
