@@ -514,14 +514,16 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("tsallis_alpha", [1.5, 1.0, 3.0])
-def test_fused_attention_statistics(device, tsallis_alpha):
+@pytest.mark.parametrize("tsallis_alpha,dtype", [(1.5, torch.float32), (1.0, torch.float32),
+                                                 (3.0, torch.float32), (1.5, torch.bfloat16)])
+def test_fused_attention_statistics(device, tsallis_alpha, dtype):
     """Every statistic of every map against the probes' NumPy twin (probes.stats.row_stats_reference) on the
     float64 weights: ties at the top (within and across the 32 + 16 key blocks), an all-masked query, a query
-    with one key; Tsallis of order 1 is the Shannon entropy."""
+    with one key; Tsallis of order 1 is the Shannon entropy. bfloat16 inputs: the statistics are float32 all
+    the same, computed from exact products of the rounded inputs (the reference's inputs too)."""
     from pladis_analysis.probes.stats import row_stats_reference
 
-    q, k, v = _qkv((1, 2, 23, 45, 32), torch.float32, device, seed=7)
+    q, k, v = _qkv((1, 2, 23, 45, 32), dtype, device, seed=7)
     k[0, 1, 3] = k[0, 1, 4]                                                             # duplicate key: exact ties
     k[0, 0, 40] = k[0, 0, 2]                                        # ...and one across the 32 + 16 key blocks
     mask = torch.ones(1, 1, 23, 45, dtype=torch.bool)
@@ -532,7 +534,7 @@ def test_fused_attention_statistics(device, tsallis_alpha):
                                         tsallis_alpha=tsallis_alpha)
     assert stats.shape == (1, 2, 23, len(STAT_NAMES)) and stats.dtype == torch.float32
     expected_out, a, z = _reference_attention(q, k, v, 2.0, 1.5, mask)
-    assert_close(out, expected_out, name="out with stats")
+    assert_close(out, expected_out, dtype=dtype, name="out with stats")
     weights = {"softmax": np.nan_to_num(R.softmax(z)), "entmax": np.nan_to_num(R.entmax(z, 1.5)), "pladis": a}
     expected = {}
     for name, w in weights.items():
