@@ -21,7 +21,9 @@
 #                                      [--train-minutes N] [--train-args "..."]
 # Time limits (seconds) per stage: TEST_TIMEOUT (default 240), BENCH_TIMEOUT (default 240), STEPS_TIMEOUT
 # (default 90), PROBE_TIMEOUT (default 90); training stops itself
-# at its time budget (TRAIN_TIMEOUT, default budget + 120 s, is the backstop). Defaults fit a 10-minute command
+# at its time budget (TRAIN_TIMEOUT, default budget + 120 s, is the backstop). DEADLINE (default 570 s from the
+# start) caps them all: a stage gets at most what is left before it, less 20 s for packing, and is skipped when
+# under 20 s are left, so that the files come back even from a 600-s command. Defaults fit a 10-minute command
 # with --train-minutes 4. The benchmark flushes its table after every shape, so a timeout keeps the rows so far.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +33,21 @@ TEST_TIMEOUT=${TEST_TIMEOUT:-240}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-240}
 STEPS_TIMEOUT=${STEPS_TIMEOUT:-90}
 PROBE_TIMEOUT=${PROBE_TIMEOUT:-90}
+DEADLINE=${DEADLINE:-570}
+# capped LIMIT: LIMIT, or the seconds left before DEADLINE less 20 for packing if fewer (0: no time left)
+capped() {
+    local left=$((DEADLINE - SECONDS - 20))
+    if [ "$left" -lt 20 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+# within LIMIT CMD...: CMD under `timeout`, capped by the deadline; exit 124 at once when no time is left
+# (`timeout 0` would mean no limit at all)
+within() {
+    local limit
+    limit=$(capped "$1")
+    shift
+    if [ "$limit" -le 0 ]; then echo "skipped: the deadline is near" >&2; return 124; fi
+    timeout "$limit" "$@"
+}
 RUN_TESTS=1
 RUN_BENCH=1
 BENCH_ARGS=""
@@ -128,7 +145,7 @@ if [ "$RUN_TESTS" = 1 ]; then
     "$PY" -c "import xdist" 2>/dev/null && PARALLEL="-n 6"
     # No autotuning in the tests: every tuned launch would compile four variants of each kernel.
     # shellcheck disable=SC2086
-    PLADIS_TRITON_AUTOTUNE=0 timeout "$TEST_TIMEOUT" "$PY" -m pytest -m "triton or gpu" -q -p no:cacheprovider \
+    PLADIS_TRITON_AUTOTUNE=0 within "$TEST_TIMEOUT" "$PY" -m pytest -m "triton or gpu" -q -p no:cacheprovider \
         $PARALLEL --ignore=tests/test_kernels_bench.py --ignore=tests/test_kernels_compile.py \
         --junitxml="$OUT/junit.xml" tests > "$OUT/pytest.txt" 2>&1
     rc=$?
@@ -148,7 +165,7 @@ fi
 if [ "$RUN_BENCH" = 1 ]; then
     # shellcheck disable=SC2086
     PLADIS_TRITON_REGISTER_CAP=${PLADIS_TRITON_REGISTER_CAP:-1} \
-    timeout "$BENCH_TIMEOUT" "$PY" experiments/bench_cross_attention.py --out "$OUT/bench_cross_attention.csv" \
+    within "$BENCH_TIMEOUT" "$PY" experiments/bench_cross_attention.py --out "$OUT/bench_cross_attention.csv" \
         $BENCH_ARGS > "$OUT/bench.log" 2>&1
     rc=$?
     note "bench: exit $rc"
@@ -158,7 +175,7 @@ fi
 # 5. where the host time of one kernel call goes (a diagnostic for the logs: a cProfile of 2000 calls at an
 #    SDXL cross-attention shape, and the host time per call without the profiler)
 if [ "$RUN_BENCH" = 1 ]; then
-    timeout 120 "$PY" - > "$OUT/launch_profile.txt" 2>&1 <<'PYEOF'
+    within 120 "$PY" - > "$OUT/launch_profile.txt" 2>&1 <<'PYEOF'
 import cProfile, pstats, time, torch
 from pladis_analysis.attention import pladis_attention
 from pladis_analysis.maps.kernels.cross_attention import call_plans, fused_pladis_attention
@@ -197,7 +214,7 @@ fi
 # 6. the threshold search's steps per row and per block, compiled (the bundled model's scores need its text
 #    encoder, which only travels for training: random scores only)
 if [ "$RUN_BENCH" = 1 ]; then
-    timeout "$STEPS_TIMEOUT" "$PY" experiments/search_steps.py --sources random --out "$OUT" > "$OUT/search_steps.log" 2>&1
+    within "$STEPS_TIMEOUT" "$PY" experiments/search_steps.py --sources random --out "$OUT" > "$OUT/search_steps.log" 2>&1
     note "search steps: exit $?"
 fi
 
@@ -206,7 +223,7 @@ fi
 if [ "$RUN_BENCH" = 1 ]; then
     PROBE_DIR=/tmp/probe_overhead
     rm -rf "$PROBE_DIR" && mkdir -p "$PROBE_DIR"
-    PLADIS_TRITON_AUTOTUNE=0 timeout "$PROBE_TIMEOUT" "$PY" experiments/bench_probe_overhead.py --latent-sizes 64 \
+    PLADIS_TRITON_AUTOTUNE=0 within "$PROBE_TIMEOUT" "$PY" experiments/bench_probe_overhead.py --latent-sizes 64 \
         --repeats 3 --conditions stock probe_basic probe_basic_torch --out "$PROBE_DIR" > "$OUT/probe.log" 2>&1
     note "probe overhead: exit $?"
     tail -n 4 "$OUT/probe.log" >> "$STATUS"
