@@ -482,7 +482,8 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
               return_stats, stop_tol, tsallis_alpha)
     key = _call_key(q, k, v, attn_mask, params) if not _CALL_PLANS_SET or _CALL_PLANS_SET[-1] else None
     if key is None:
-        # Inputs whose 4-D views or mask are copies: derive everything, and launch on the copies.
+        # No plan kept (inputs whose 4-D views or mask are copies, or call_plans(False)): derive everything and
+        # launch on the views.
         call, views = _CallPlan.derive(q, k, v, attn_mask, params)
         return call.launch(*views)
     plan_key = _plan_key(q, k, v, attn_mask, key)
