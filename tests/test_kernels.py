@@ -502,7 +502,7 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
     compiled = Recorder()
     mask = torch.ones(2, 1, 1, 8, dtype=torch.bool)
     head_split_q = torch.randn(2, 8, 3, 16).transpose(1, 2)                              # (B, H, L, d) view
-    call, _ = ca._CallPlan.derive(head_split_q, q, q, mask, (2.0, 1.5, 0.25, True, True, False, None, 1.5))
+    call, _, _ = ca._CallPlan.derive(head_split_q, q, q, mask, (2.0, 1.5, 0.25, True, True, False, None, 1.5))
     plan = ca._Plan(compiled, (1, 6), call, ("const",))
     out = plan.launch(q, q, q, mask)
     assert compiled.grid == (1, 6, 1)

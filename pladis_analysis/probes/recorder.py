@@ -233,15 +233,13 @@ class AttentionRecorder:
             if result is None:
                 return None
             per_launch[alpha, lam] = result[1]                                               # (B, H, Lq, n_stats)
-        valid = st.valid_keys(call.mask, call.key.shape[-2])
         out = {}
         for variant in self.variants:
             launch, map_name = _fused_source(variant, self._launches)
             stats = per_launch[launch]
             column = lambda name: stats[..., STAT_NAMES.index(name)]  # noqa: E731
             rows = {name: column(f"{name}_{map_name}") for name in st.WEIGHT_STATS if name != "support_fraction"}
-            valid_rows = valid.float().clamp_min(1) if isinstance(valid, torch.Tensor) else float(max(valid, 1))
-            rows["support_fraction"] = rows["support_size"] / valid_rows
+            rows["support_fraction"] = st.support_fraction(rows["support_size"], call.mask, call.key.shape[-2])
             rows["top_gap"] = column("top_gap")
             rows["onehot_fraction"] = (rows["top_gap"] >= st.onehot_threshold(variant.entmax_alpha)).float()
             out[variant] = rows

@@ -38,6 +38,14 @@ def valid_keys(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | int
     return (mask > MASKED_BIAS_THRESHOLD).sum(-1)
 
 
+def support_fraction(support: torch.Tensor, mask: torch.Tensor | None, key_length: int) -> torch.Tensor:
+    """Support size per row over the row's unmasked keys (at least one, so all-masked rows give 0)."""
+    valid = valid_keys(mask, key_length)
+    if isinstance(valid, torch.Tensor):
+        return support / valid.float().clamp_min(1)
+    return support / float(max(valid, 1))
+
+
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Scores with a boolean mask applied as −inf or an additive mask added (as SDPA does)."""
     if mask is None:
@@ -100,10 +108,7 @@ def row_stats(weights: torch.Tensor, scores: torch.Tensor | None = None, mask: t
         if "support_size" in names:
             out["support_size"] = support
         if "support_fraction" in names:
-            valid = valid_keys(mask, w.shape[-1])
-            valid = valid.float() if isinstance(valid, torch.Tensor) else float(valid)
-            out["support_fraction"] = support / (valid.clamp_min(1) if isinstance(valid, torch.Tensor)
-                                                 else max(valid, 1.0))
+            out["support_fraction"] = support_fraction(support, mask, w.shape[-1])
     if "max_weight" in names:
         out["max_weight"] = w.amax(-1)
     if "bos_mass" in names:

@@ -484,8 +484,8 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     if key is None:
         # No plan kept (inputs whose 4-D views or mask are copies, or call_plans(False)): derive everything and
         # launch on the views.
-        call, views = _CallPlan.derive(q, k, v, attn_mask, params)
-        return call.launch(*views)
+        call, views, outputs = _CallPlan.derive(q, k, v, attn_mask, params)
+        return call.launch(*views, outputs=outputs)
     plan_key = _plan_key(q, k, v, attn_mask, key)
     if plan_key is not None:
         plan = _PLANS.get(plan_key)
@@ -495,15 +495,13 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
             except (TypeError, AttributeError, ValueError, IndexError, KeyError) as exc:  # another launcher API
                 _disable_plans(f"{type(exc).__name__}: {exc}")
                 plan_key = None
-    call = _CALLS.get(key)
+    call, outputs = _CALLS.get(key), None
     if call is None:
-        call, _ = _CallPlan.derive(q, k, v, attn_mask, params)
+        call, _, outputs = _CallPlan.derive(q, k, v, attn_mask, params)
         if len(_CALLS) >= 4096:  # a bound, not a policy: a session sees few signatures
             _CALLS.clear()
         _CALLS[key] = call
-    mask = None if attn_mask is None else (attn_mask.view(torch.uint8) if call.mask_kind == _MASK_BOOL
-                                           else attn_mask)
-    return call.launch(q, k, v, mask, plan_key)
+    return call.launch(q, k, v, call.mask_pointer(attn_mask), plan_key, outputs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -551,11 +549,12 @@ class _CallPlan:
     pointers, compile-time arguments, launch shape. It holds no tensor (plans are kept for the process)."""
 
     @classmethod
-    def derive(cls, q, k, v, attn_mask, params) -> tuple["_CallPlan", tuple]:
-        """The plan of this call, and the 4-D views (q, k, v, mask) it was derived on."""
+    def derive(cls, q, k, v, attn_mask, params) -> tuple["_CallPlan", tuple, tuple]:
+        """The plan of this call, the 4-D views (q, k, v, mask) it was derived on, and this call's outputs (the
+        plan reads their strides)."""
         plan = cls.__new__(cls)
-        views = plan._derive(q, k, v, attn_mask, params)
-        return plan, views
+        views, outputs = plan._derive(q, k, v, attn_mask, params)
+        return plan, views, outputs
 
     def _derive(self, q, k, v, attn_mask, params) -> tuple:
         (pladis_scale, alpha, score_scale, need_softmax, need_entmax, return_stats, stop_tol,
@@ -604,7 +603,7 @@ class _CallPlan:
         self.tune_key = (q.dtype, lq, lk, d, dv, self.mask_kind, need_softmax, need_entmax, self.meta["KIND"],
                          self.meta["Q_INT"], return_stats)
         self._direct: dict[tuple, tuple] = {}
-        return q4, k4, v4, m4
+        return (q4, k4, v4, m4), (out, stats)
 
     def outputs(self):
         """Fresh ``(out, stats)`` in this signature's layout (``stats`` None without statistics)."""
@@ -616,10 +615,16 @@ class _CallPlan:
             stats = torch.empty(self.stats_shape, dtype=torch.float32, device=self.device)
         return out, stats
 
-    def launch(self, q, k, v, mask, plan_key=None):
+    def mask_pointer(self, attn_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The caller's mask as the kernel reads it (a boolean mask as the same bytes in uint8)."""
+        if attn_mask is None or self.mask_kind != _MASK_BOOL:
+            return attn_mask
+        return attn_mask.view(torch.uint8)
+
+    def launch(self, q, k, v, mask, plan_key=None, outputs=None):
         """Run the kernel on pointers ``q``, ``k``, ``v``, ``mask`` (tensors with this plan's strides, or views
-        sharing their data); returns ``out`` or ``(out, stats)``."""
-        out, stats = self.outputs()
+        sharing their data) into ``outputs`` (fresh ones by default); returns ``out`` or ``(out, stats)``."""
+        out, stats = outputs or self.outputs()
         if self.rows * self.programs == 0:
             return (out, stats) if stats is not None else out
         args = (q, k, v, q if mask is None else mask, out, out if stats is None else stats, *self.tail_args)
@@ -732,10 +737,7 @@ class _Plan:
 
     def launch(self, q, k, v, attn_mask):
         out, stats = self.call.outputs()
-        if attn_mask is None:
-            mask = q                                                                         # never read
-        else:
-            mask = attn_mask.view(torch.uint8) if self.call.mask_kind == _MASK_BOOL else attn_mask
+        mask = q if attn_mask is None else self.call.mask_pointer(attn_mask)                # q: never read
         self.runner(q, k, v, mask, out, out if stats is None else stats, *self.tail_args)
         return out if stats is None else (out, stats)
 

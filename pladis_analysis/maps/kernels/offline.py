@@ -102,10 +102,10 @@ def compile_for_gpu(fn, types: dict[str, str], consts: dict, num_warps: int, *, 
 # constant, and integers divisible by 16 and 16-byte-aligned pointers are marked so (tt.divisibility). A unit
 # stride is what lets the compiler see that a row is contiguous and load it in vectors. Compiled without these,
 # the fused kernel at SANA's default launch (16 queries on 8 warps; softmax and α ≤ 2) took 241–254 registers
-# per thread under Triton 3.6, with them 74–121 (results/kernel_resources_history/
-# kernel_resources_e7198aa_unspecialised.csv and kernel_resources_85cb5e8.csv, the same kernel). So the offline tables compile the
-# specialisation of a real call, captured from the launching code itself (:func:`captured_launches`) rather
-# than rewritten here.
+# per thread under Triton 3.6, with them 74–121 (results/kernel_resources_history/: the
+# kernel_resources_e7198aa_unspecialised.csv and kernel_resources_85cb5e8.csv tables, the same kernel). So the
+# offline tables compile the specialisation of a real call, captured from the launching code itself
+# (:func:`captured_launches`) rather than rewritten here.
 
 @contextlib.contextmanager
 def captured_launches(module, kernel_name: str):
