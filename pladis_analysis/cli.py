@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import re
 import sys
 from pathlib import Path
@@ -54,6 +55,14 @@ def _prompts(args) -> list[str]:
     if not prompts:
         raise SystemExit("error: give at least one --prompt or a --prompts-file")
     return prompts
+
+
+def _check_map_arguments(args) -> None:
+    """--pladis-scale and --alpha fail before the model loads, not at its first attention call."""
+    if not (math.isfinite(args.pladis_scale) and args.pladis_scale >= 0.0):
+        raise ValueError(f"--pladis-scale {args.pladis_scale!r}: the PLADIS λ must be a finite number >= 0")
+    if args.pladis_scale and not (math.isfinite(args.alpha) and args.alpha > 1.0):
+        raise ValueError(f"--alpha {args.alpha!r}: α-entmax needs a finite α > 1")
 
 
 def _device(name: str | None) -> str:
@@ -144,6 +153,7 @@ def run_sample(args) -> int:
     from .results import provenance, write_table
 
     prompts = _prompts(args)
+    _check_map_arguments(args)
     pipe = load_model(args.model, args.dtype, args.device)
     scales = [args.pladis_scale] + ([0.0] if args.also_stock and args.pladis_scale != 0 else [])
     all_rows = []
@@ -188,6 +198,7 @@ def run_probe(args) -> int:
     from .results import provenance, write_table
 
     prompts = _prompts(args)
+    _check_map_arguments(args)
     pipe = load_model(args.model, args.dtype, args.device)
     heat_steps = [int(s) for s in args.heatmap_steps.split(",") if s.strip()]
     with record_attention(pipe, stats=[s for s in args.stats.split(",") if s], variants=_split_variants(args.variants),
@@ -261,6 +272,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pladis-analysis", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of an error in the arguments or the model folder")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, run, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -269,9 +282,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a wrong argument or model folder raises (the library names the argument and the value in the message):
+# the command line prints the message, not a traceback, and exits with argparse's usage-error status.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as error:
+        if args.traceback:
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n(--traceback shows where it was raised)\n")
 
 
 if __name__ == "__main__":

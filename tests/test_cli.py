@@ -42,9 +42,26 @@ def test_probe_writes_stats_and_heatmaps(model_dir, tmp_path):
     assert len(list((out / "images").glob("*.png"))) == 1
 
 
-def test_missing_model_folder_is_a_clear_error(tmp_path):
+def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
+    argv = ["sample", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sample: error:" in err and "model_index.json" in err and "Traceback" not in err
     with pytest.raises(FileNotFoundError, match="model_index.json"):
-        main(["sample", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--out", str(tmp_path / "o")])
+        main(["--traceback", *argv])
+
+
+def test_bad_alpha_is_a_one_line_error(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--model", str(model_dir), "--prompt", "x", "--alpha", "1", "--steps", "1",
+              "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "--alpha 1.0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["probe", "--model", str(model_dir), "--prompt", "x", "--pladis-scale", "-1", "--out", str(tmp_path)])
+    assert "--pladis-scale -1.0" in capsys.readouterr().err
 
 
 def test_parser_structure():

@@ -229,8 +229,11 @@ def load_unet(directory: str | os.PathLike, dtype: torch.dtype = torch.float32) 
     config = json.loads((src / "config.json").read_text())
     unet = UNet2DConditionModel.from_config(config)
     state = load_file(str(src / "diffusion_pytorch_model.safetensors"))
-    unet.load_state_dict({k: v.to(dtype) for k, v in state.items()})
-    return unet.to(dtype).eval().requires_grad_(False)
+    unet.load_state_dict(state)                                      # into from_config's float32 parameters
+    if dtype != torch.float32:
+        # nn.Module's cast: ModelMixin.to warns of modules to keep in float32 even when it lists none.
+        torch.nn.Module.to(unet, dtype)
+    return unet.eval().requires_grad_(False)
 
 
 def make_scheduler(name: str = "ddim", directory: str | os.PathLike | None = None):
