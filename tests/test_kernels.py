@@ -289,6 +289,15 @@ def test_fused_attention_scales_and_odd_sizes(device, lam):
     assert_close(out, expected, name=f"fused lam={lam}")
 
 
+@pytest.mark.parametrize("bad", [dict(pladis_scale=-0.5), dict(pladis_scale=math.nan), dict(alpha=1.0),
+                                 dict(alpha=math.inf), dict(tsallis_alpha=0.0)])
+def test_fused_attention_rejects_bad_scalars_by_name(bad):
+    """The kernel's entry point checks its scalars as the public functions do (λ >= 0, α > 1), naming them."""
+    q = torch.randn(1, 1, 3, 8)
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        fused_pladis_attention(q, q, q, **bad)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_attention_broadcasting(device):
     """k/v shared across heads (stride 0), 5-D inputs, and a diffusers-style (B·H, 1, Lk) additive mask."""
@@ -864,6 +873,78 @@ def test_rowwise_stop_tolerance_bounds_the_l1_error(n, alpha, log_scale, seed, l
     error = np.abs(p.double().numpy() - R.entmax(_as_reference(z), alpha)).sum(axis=-1)
     assert error.max() <= tol + 1e-5, f"ℓ1 error {error.max():.3g} > tolerance {tol:.3g}"
     assert torch.all(steps <= steps_without)
+
+
+def _on_a_grid(gen: torch.Generator, *shape: int) -> torch.Tensor:
+    """Values m/8, |m| ≤ 32: exact in every input dtype, as is any float32 sum of ≤ 2¹⁴ of their products."""
+    return torch.randint(-32, 33, shape, generator=gen).float() / 8
+
+
+@st.composite
+def fused_calls(draw):
+    """One fused-attention call drawn over everything the kernel specialises on: batch and head counts (k/v
+    shared across heads or not), Lq across query blocks, Lk across the head/tail key blocks (≤ 320 = 256 + 64),
+    head dims across chunks (d ≠ dv), dtype, α and λ ≥ 0 (0 and 1 included), the score scale, and no mask, a
+    boolean or an additive mask in the three layouts diffusers passes, with all-masked rows.
+
+    The scores are exact: q and k lie on a grid whose products sum exactly in float32, and the score scale is a
+    power of two (score std 0.7–10). A float32 score off by its rounding, ~10⁻⁷·|z|, moves the weights by more
+    than float32's tolerance where they are ill-conditioned (α > 2 near the support's edge, or many keys), and
+    the float64 reference cannot model that rounding; on the grid it sees exactly the kernel's scores, and ties
+    are common. The default scale 1/√d, which rounds, is drawn for the low-precision dtypes only."""
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    lq, lk = draw(st.integers(1, 40)), draw(st.integers(1, 320))
+    d, dv = draw(st.integers(1, 72)), draw(st.integers(1, 72))
+    dtype = draw(st.sampled_from(DTYPES))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    kv_heads = draw(st.sampled_from([h, 1]))
+    q = _on_a_grid(gen, b, h, lq, d)
+    k = _on_a_grid(gen, b, kv_heads, lk, d)
+    v = torch.randn(b, kv_heads, lk, dv, generator=gen)
+    power_of_two_scale = st.integers(0, 3).map(lambda i: 2.0 ** -(math.floor(math.log2(math.sqrt(d))) + i))
+    score_scale = draw(power_of_two_scale if dtype == torch.float32 else st.one_of(st.none(), power_of_two_scale))
+    mask_kind = draw(st.sampled_from(["none", "bool", "additive"]))
+    mask = None
+    if mask_kind != "none":
+        layout = draw(st.sampled_from([(b, 1, 1, lk), (b, h, lq, lk), (b * h, 1, lk)]))
+        keep = torch.rand(layout, generator=gen) > draw(st.floats(0.0, 0.9))
+        fill = -math.inf if mask_kind == "bool" else draw(st.sampled_from([-10000.0, -math.inf]))
+        rows = keep.view(-1, lk)
+        if math.isfinite(fill):
+            # A row whose every key carries −10000 is softmax of scores shifted by −10000: float32 rounds them to
+            # 2⁻¹⁰, which the float64 reference does not model. Keep one key per row.
+            rows[torch.arange(rows.shape[0]), torch.randint(lk, (rows.shape[0],), generator=gen)] = True
+        else:
+            rows[0] = False                                                   # at least one all-masked row
+        mask = keep if mask_kind == "bool" else torch.where(keep, 0.0, fill)
+        if len(layout) == 3:                                                   # (B·H, 1, Lk) goes with 3-D inputs
+            q, k, v = (t.expand(b, h, *t.shape[2:]).reshape(b * h, *t.shape[2:]) for t in (q, k, v))
+    return dict(q=q, k=k, v=v, attn_mask=mask, dtype=dtype, score_scale=score_scale,
+                alpha=draw(st.one_of(st.sampled_from([1.5, 2.0, 1.25]), st.floats(1.05, 4.0))),
+                lam=draw(st.one_of(st.sampled_from([0.0, 1.0, 2.0]), st.floats(0.0, 4.0))))
+
+
+@pytest.mark.property
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=40, deadline=None)
+@given(call=fused_calls())
+def test_fused_attention_property(device, call):
+    """The fused kernel equals the float64 reference (on its inputs as rounded to the call's dtype) for any
+    call :func:`fused_calls` draws; rows with every key masked give exactly zero."""
+    dtype, lam, alpha = call["dtype"], call["lam"], call["alpha"]
+    mask, score_scale = call["attn_mask"], call["score_scale"]
+    q, k, v = (call[name].to(device, dtype) for name in ("q", "k", "v"))
+    if mask is not None:                                               # additive masks in q's dtype, as diffusers
+        mask = mask.to(device=device, dtype=dtype if mask.is_floating_point() else torch.bool)
+    out = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha, attn_mask=mask, score_scale=score_scale)
+    expected, weights, z = _reference_attention(q, k, v, lam, alpha, mask, score_scale)
+    assert out.dtype == dtype and out.shape == expected.shape
+    all_masked = torch.from_numpy(np.isneginf(z).all(axis=-1))
+    assert torch.all(out.cpu()[all_masked] == 0), "every key masked must give zero output, not NaN"
+    # A·V sums |A| |v| over up to 320 keys: allow the dtype's tolerance per unit of that sum.
+    scale = np.abs(weights) @ np.abs(_as_reference(v))
+    assert_close(out, expected, atol=tolerance(dtype)["atol"] * np.maximum(scale, 1.0).max(),
+                 name=f"fused λ={lam:.3g} α={alpha:.3g} {dtype} mask={None if mask is None else mask.dtype}")
 
 
 # --------------------------------------------------------------------------------------------------

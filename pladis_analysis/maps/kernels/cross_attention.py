@@ -813,8 +813,9 @@ def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     alpha = float(alpha)
     if (pladis_scale != 0.0 or return_stats) and (not math.isfinite(alpha) or alpha <= 1.0):
         raise ValueError(f"alpha={alpha!r}: α-entmax needs a finite alpha > 1")
-    if not math.isfinite(float(pladis_scale)):
-        raise ValueError(f"pladis_scale={pladis_scale!r} must be finite")
+    if not (math.isfinite(float(pladis_scale)) and pladis_scale >= 0.0):
+        # As everywhere in the package: λ < 0 would extrapolate away from the sparse map.
+        raise ValueError(f"pladis_scale={pladis_scale!r} (the PLADIS λ) must be a finite real number >= 0")
     if not (math.isfinite(float(tsallis_alpha)) and tsallis_alpha > 0):
         raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
