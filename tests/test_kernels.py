@@ -7,6 +7,7 @@ GPU. Shapes are small because the interpreter executes the kernels in Python.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -1030,6 +1031,66 @@ def test_diffusion_processor_backend_triton():
                     outs[backend] = run_model(model, sample, timestep, text, encoder_attention_mask=padding)
             assert_close(outs["triton"], outs["torch"].double(), name=f"tiny {family} with {map_name}, triton vs torch")
 
+
+
+@pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
+@pytest.mark.parametrize("family", ["unet", "sana", "pixart"])
+def test_pladis_model_runs_the_stock_operations_but_the_kernel(family, monkeypatch):
+    """PLADIS through the kernel adds no tensor operation to a model's forward: with the attention itself
+    stubbed on both sides (SDPA in the stock model, the kernel launch under PLADIS, each leaving one empty output
+    in q's layout), the two forwards run the same operations, counted by name, views aside. So its device time is the stock
+    model's plus the kernel's difference to SDPA: no copies, casts or mask conversions around it (with a
+    padding mask, and with the batch of classifier-free guidance)."""
+    pytest.importorskip("diffusers", reason="diffusers is not installed")
+    import collections
+    import sys
+    from pathlib import Path
+
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from pladis_analysis.diffusion import apply_pladis
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import make_inputs, run_model, tiny_model
+
+    class CountOperations(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func.is_view:
+                self.counts["allocation" if str(func).startswith(("aten.empty", "aten.new_empty")) else str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    def empty_attention(query, key, value, *args, **kwargs):
+        # An output in q's memory layout, as SDPA's flash and memory-efficient kernels leave theirs: merging the
+        # heads of a head-split view's output is then a view, in the stock processor as in this package's.
+        assert value.shape[-1] == query.shape[-1]
+        return torch.empty_like(query)
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", empty_attention)
+    monkeypatch.setattr(ca, "_fused_pladis_fwd_kernel", NoLaunch())
+    model = tiny_model(family)
+    sample, timestep, text = make_inputs(family, cfg=True)
+    padding = torch.ones(text.shape[:2])
+    padding[:, 4:] = 0.0
+    counts = {}
+    for variant in ("stock", "pladis"):
+        with contextlib.ExitStack() as stack:
+            if variant == "pladis":
+                stack.enter_context(apply_pladis(model, map="pladis(2, 1.5)", layers="cross", backend="triton"))
+            log = stack.enter_context(CountOperations())
+            run_model(model, sample, timestep, text, encoder_attention_mask=padding)
+        counts[variant] = log.counts
+    extra, missing = counts["pladis"] - counts["stock"], counts["stock"] - counts["pladis"]
+    assert not extra and not missing, f"{family}: PLADIS adds {dict(extra)} and drops {dict(missing)}"
 
 
 @pytest.mark.parametrize("opt_in", ["0", "1"])
