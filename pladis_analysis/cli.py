@@ -45,6 +45,9 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, default_pladis_scal
                         help="layers PLADIS runs in: default, cross, 'cross:down,up', or comma-separated module names")
     parser.add_argument("--branches", default="all", choices=("all", "cond", "uncond"),
                         help="which guidance branches get PLADIS (default all)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "triton", "torch"),
+                        help="attention path of PLADIS (and of the probes): the Triton kernel where it fits on "
+                             "CUDA (auto, the default), always the kernel (triton), or the torch maps (torch)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
 
 
@@ -111,7 +114,8 @@ def _run_prompts(pipe, prompts, args, pladis_scale, desc):
         try:
             result = sample(pipe, prompt, steps=args.steps, guidance_scale=args.guidance_scale,
                             seed=args.seed + i, pladis_scale=pladis_scale, alpha=args.alpha,
-                            layers=_layer_spec(args.layers), branches=args.branches, callback=callback)
+                            layers=_layer_spec(args.layers), branches=args.branches, callback=callback,
+                            backend=args.backend)
         finally:
             if bar is not None:
                 bar.close()
@@ -204,7 +208,7 @@ def run_probe(args) -> int:
     with record_attention(pipe, stats=[s for s in args.stats.split(",") if s], variants=_split_variants(args.variants),
                           layers=_layer_spec(args.probe_layers),
                           sensitivity=SensitivityConfig(seed=args.seed) if args.sensitivity else None,
-                          heatmap_steps=heat_steps, heatmap_size=args.heatmap_size) as rec:
+                          heatmap_steps=heat_steps, heatmap_size=args.heatmap_size, backend=args.backend) as rec:
         tag = f"pladis{args.pladis_scale:g}-a{args.alpha:g}" if args.pladis_scale else "stock"
         rows, images = _run_prompts(pipe, prompts, args, args.pladis_scale, f"probe {tag}")
     _save_images(images, rows, args.out / "images", tag)

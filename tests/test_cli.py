@@ -20,13 +20,14 @@ def model_dir(tmp_path_factory):
 def test_sample_writes_images_table_and_provenance(model_dir, tmp_path):
     out = tmp_path / "sample"
     assert main(["sample", "--model", str(model_dir), "--prompt", "a red circle", "--prompt", "a blue square",
-                 "--steps", "2", "--guidance-scale", "5", "--pladis-scale", "2", "--also-stock",
+                 "--steps", "2", "--guidance-scale", "5", "--pladis-scale", "2", "--also-stock", "--backend", "torch",
                  "--out", str(out)]) == 0
     table = pd.read_csv(out / "samples.csv")
     assert len(table) == 4 and sorted(table.pladis_scale.unique()) == [0.0, 2.0]
     assert all((out / image).exists() for image in table.image)
     meta = json.loads((out / "samples.meta.json").read_text())
     assert meta["config"]["pladis_scale"] == 2.0 and meta["seeds"] == [0, 1] and "versions" in meta
+    assert meta["config"]["backend"] == "torch"
 
 
 def test_probe_writes_stats_and_heatmaps(model_dir, tmp_path):

@@ -41,6 +41,12 @@ def test_sample_with_pladis_changes_the_image_and_restores(saved):
     assert pladis.settings["pladis_layers"] and all(".attn2" in name for name in pladis.settings["pladis_layers"])
     again = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, output_type="np")
     assert np.array_equal(again.images[0], stock.images[0])  # PLADIS removed after the call
+    # The attention path reaches the processors: the torch path is the default's on CPU; a bad name fails early.
+    torch_path = sample(pipe, ["a red circle"], steps=2, guidance_scale=5.0, seed=0, pladis_scale=2.0,
+                        output_type="np", backend="torch")
+    assert np.array_equal(torch_path.images[0], pladis.images[0]) and torch_path.settings["backend"] == "torch"
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        sample(pipe, ["a red circle"], steps=1, pladis_scale=2.0, backend="gpu")
 
 
 def test_folder_errors(tmp_path, saved):

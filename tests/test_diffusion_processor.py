@@ -309,3 +309,8 @@ def test_bad_branches():
         PladisAttnProcessor(branches="conditional")
     with pytest.raises(ValueError, match="branches"):
         PladisAttnProcessor(branches=("cond", "negative"))
+
+
+def test_bad_backend_fails_at_installation():
+    with pytest.raises(ValueError, match="backend='gpu'"):
+        PladisAttnProcessor(map="pladis(2, 1.5)", backend="gpu")

@@ -101,11 +101,13 @@ class SampleResult:
 
 def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: float | None = None,
            seed: int = 0, pladis_scale: float = 0.0, alpha: float = 1.5, layers="default",
-           branches: str = "all", callback: Callable | None = None, **call_kwargs) -> SampleResult:
+           branches: str = "all", callback: Callable | None = None, backend: str = "auto",
+           **call_kwargs) -> SampleResult:
     """Sample one image per prompt; PLADIS is on when ``pladis_scale`` ≠ 0.
 
     ``guidance_scale=None`` keeps the pipeline's default. ``callback(step, timestep)`` is called after every step
     (through ``callback_on_step_end`` when the pipeline supports it), e.g. to advance a progress bar.
+    ``backend`` (``"auto"`` | ``"triton"`` | ``"torch"``) is PLADIS's attention path, as in :func:`apply_pladis`.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -125,9 +127,10 @@ def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: 
 
     settings = {"steps": steps, "guidance_scale": guidance_scale, "seed": seed, "pladis_scale": pladis_scale,
                 "alpha": alpha, "layers": layers if isinstance(layers, str) else list(layers),
-                "branches": branches, "device": str(device)}
+                "branches": branches, "backend": backend, "device": str(device)}
     if pladis_scale != 0:
-        with apply_pladis(pipe, scale=pladis_scale, alpha=alpha, layers=layers, branches=branches) as handle:
+        with apply_pladis(pipe, scale=pladis_scale, alpha=alpha, layers=layers, branches=branches,
+                          backend=backend) as handle:
             settings["pladis_layers"] = handle.layers
             images = pipe(**kwargs).images
     else:

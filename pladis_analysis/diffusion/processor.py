@@ -210,6 +210,7 @@ class PladisAttnProcessor:
 
     def __post_init__(self):
         self.map = AttentionMap.parse(self.map)
+        maps.kernels.check_backend(self.backend)        # at installation, not at the model's first call
         self._branch_set = resolve_branches(self.branches)
         self.batch_layout = parse_layout(self.batch_layout)
 
