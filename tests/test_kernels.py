@@ -960,6 +960,65 @@ def _check_fused_call(device, call):
                  name=f"fused λ={lam:.3g} α={alpha:.3g} {dtype} mask={None if mask is None else mask.dtype}")
 
 
+@pytest.mark.property
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_attention_statistics_property(device):
+    """Every statistic the kernel writes for the probes equals the probes' NumPy twin on the float64 weights, for
+    any call :func:`fused_calls` draws and Tsallis orders 1, 1.5 and 3. Support sizes are compared for α-entmax
+    on rows where no score lies within float32 rounding of the threshold and no weight underflows float32 (either
+    makes a weight 0 or not by rounding); the dense maps' supports are all valid keys up to float32 underflow, and
+    so not compared."""
+
+    @settings(max_examples=FUSED_PROPERTY_EXAMPLES[device], deadline=None)
+    @given(call=fused_calls(), tsallis_alpha=st.sampled_from([1.0, 1.5, 3.0]))
+    def check(call, tsallis_alpha):
+        _check_fused_statistics(device, call, tsallis_alpha)
+
+    check()
+
+
+def _check_fused_statistics(device, call, tsallis_alpha):
+    from pladis_analysis.maps.kernels.cross_attention import MAP_STATS
+    from pladis_analysis.probes.stats import row_stats_reference
+
+    dtype, lam, alpha, mask = call["dtype"], call["lam"], call["alpha"], call["attn_mask"]
+    # Statistics are float32 whatever the input dtype, so compared at float32's tolerance: keep the scores exact
+    # (a power-of-two scale where the call has the default 1/√d, which rounds).
+    score_scale = call["score_scale"] or 2.0 ** -math.floor(math.log2(math.sqrt(call["q"].shape[-1])))
+    q, k, v = (call[name].to(device, dtype) for name in ("q", "k", "v"))
+    if mask is not None:
+        mask = mask.to(device=device, dtype=dtype if mask.is_floating_point() else torch.bool)
+    _, stats = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha, attn_mask=mask,
+                                      score_scale=score_scale, return_stats=True, tsallis_alpha=tsallis_alpha)
+    _, pladis, z = _reference_attention(q, k, v, lam, alpha, mask, score_scale)
+    stats = stats.cpu().double().numpy()
+    weights = {"softmax": np.nan_to_num(R.softmax(z)), "entmax": np.nan_to_num(R.entmax(z, alpha)), "pladis": pladis}
+    tol = tolerance(torch.float32)
+    for name, w in weights.items():
+        expected = row_stats_reference(w, tsallis_alpha=tsallis_alpha)
+        for stat in MAP_STATS:
+            column = stats[..., STAT_NAMES.index(f"{stat}_{name}")]
+            if stat != "support_size":
+                # Entropies sum p·log p over up to 320 keys: an error δ in a small weight moves it by δ·|log p|.
+                loose = "entropy" in stat
+                assert_close(column, expected[stat], dtype=torch.float32, atol=tol["atol"] * 10 if loose else None,
+                             name=f"{stat}_{name}")
+            elif name == "entmax":
+                tau = R.entmax_threshold(z, alpha, keepdims=True)
+                finite_max = np.max(np.abs(np.where(np.isfinite(z), z, 0.0)), axis=-1, keepdims=True)
+                with np.errstate(invalid="ignore"):
+                    near = np.abs((alpha - 1.0) * z - tau) <= 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
+                # ...and no weight below float32's smallest normal (p = t^{1/(α−1)}: t = 0.01 at α = 1.05 is 10⁻⁴⁰)
+                near |= (w > 0) & (w < np.finfo(np.float32).tiny)
+                clear = ~np.any(near & np.isfinite(z), axis=-1)
+                assert np.array_equal(column[clear], expected[stat][clear]), "support_size_entmax"
+    valid = np.isfinite(z).any(axis=-1)
+    zs = np.sort(z, axis=-1)
+    gap = (zs[..., -1] - zs[..., -2]) if z.shape[-1] > 1 else np.full(z.shape[:-1], np.inf)
+    gap = np.where(np.isfinite(zs[..., -2]) if z.shape[-1] > 1 else False, gap, np.inf)
+    assert_close(stats[..., STAT_NAMES.index("top_gap")][valid], gap[valid], dtype=torch.float32, name="top_gap")
+
+
 # --------------------------------------------------------------------------------------------------
 # The public functions route backend="triton" to the kernels (CPU: under the interpreter)
 # --------------------------------------------------------------------------------------------------
@@ -1074,7 +1133,8 @@ def test_pladis_model_runs_the_stock_operations_but_the_kernel(family, monkeypat
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if not func.is_view:
-                self.counts["allocation" if str(func).startswith(("aten.empty", "aten.new_empty")) else str(func)] += 1
+                name = str(func)
+                self.counts["allocation" if name.startswith(("aten.empty", "aten.new_empty")) else name] += 1
             return func(*args, **(kwargs or {}))
 
     def empty_attention(query, key, value, *args, **kwargs):

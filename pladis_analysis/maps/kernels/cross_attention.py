@@ -475,7 +475,8 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     ``q``: [..., Lq, d], ``k``: [..., Lk, d], ``v``: [..., Lk, dv] with the same leading dims (k/v may
     broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
     float32. ``stop_tol``: the threshold search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of the
-    dtype; 0 stops on step size only, as the benchmark's ``triton_step_rule`` does). ``tsallis_alpha``: the
+    dtype, of float32 with ``return_stats``; 0 stops on step size only, as the benchmark's ``triton_step_rule``
+    does). ``tsallis_alpha``: the
     order of the Tsallis entropies among the statistics.
     """
     params = (pladis_scale, alpha, score_scale, need_softmax or return_stats, need_entmax or return_stats,
@@ -588,8 +589,11 @@ class _CallPlan:
         else:
             m4, self.mask_kind, mask_strides = q4, _MASK_NONE, (0, 0, 0, 0)   # dummy pointer, never read
         stats_strides = _to_4d(stats, "stats").stride()[:3] if return_stats else (0, 0, 0)
+        # Statistics are float32 numbers whatever the inputs: the search that feeds them stops at float32's
+        # tolerance, or a bfloat16 call's entmax entropies would be off by up to ~10⁻⁴ (2⁻¹² in ℓ1).
+        search_dtype = torch.float32 if return_stats else q.dtype
         self.tail_args = (1.0 / math.sqrt(d) if score_scale is None else float(score_scale), float(alpha),
-                          float(pladis_scale), stop_tolerance(q.dtype, stop_tol), float(tsallis_alpha),
+                          float(pladis_scale), stop_tolerance(search_dtype, stop_tol), float(tsallis_alpha),
                           nh, lq, lk, d, dv,
                           *q4.stride(), *k4.stride(), *v4.stride(), *mask_strides, *o4.stride(), *stats_strides)
         self.meta = kernel_constexprs(q.dtype, lk, d, dv, alpha=alpha, mask_kind=self.mask_kind,
