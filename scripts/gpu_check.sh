@@ -146,7 +146,7 @@ if [ "$RUN_TESTS" = 1 ]; then
     # No autotuning in the tests: every tuned launch would compile four variants of each kernel.
     # shellcheck disable=SC2086
     PLADIS_TRITON_AUTOTUNE=0 within "$TEST_TIMEOUT" "$PY" -m pytest -m "triton or gpu" -q -p no:cacheprovider \
-        $PARALLEL --ignore=tests/test_kernels_bench.py --ignore=tests/test_kernels_compile.py \
+        $PARALLEL --durations=15 --ignore=tests/test_kernels_bench.py --ignore=tests/test_kernels_compile.py \
         --junitxml="$OUT/junit.xml" tests > "$OUT/pytest.txt" 2>&1
     rc=$?
     note "tests: exit $rc ($(tail -n 1 "$OUT/pytest.txt"))"
