@@ -11,11 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
 
 from pladis_analysis import maps
 from pladis_analysis.attention import NamedMap, attention, parse_map_name, pladis_attention, resolve_map
 from pladis_analysis.maps import reference as R
 from pladis_analysis.testing import assert_close
+
+from attention_calls import assert_matches_reference, attention_calls, call_tensors
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # name understood by attention() → the NumPy reference map (acting on the last axis)
@@ -242,6 +245,18 @@ def test_cuda_matches_numpy_reference(dtype):
         out = attention(q.cuda(), k.cuda(), v.cuda(), map=map_name, attn_mask=mask.cuda())
         assert out.device.type == "cuda"
         assert_close(out.cpu(), reference_attention(q, k, v, map_name, attn_mask=mask), name=map_name)
+
+
+@pytest.mark.property
+@settings(max_examples=60, deadline=None)
+@given(call=attention_calls())
+def test_pladis_attention_property(call):
+    """The torch path equals the float64 reference on any call the fused kernel's property test draws (shapes,
+    shared k/v, dtypes, α, λ, score scale, boolean/additive masks in diffusers' layouts, all-masked rows)."""
+    q, k, v, mask = call_tensors(call, "cpu")
+    out = pladis_attention(q, k, v, scale=call["lam"], alpha=call["alpha"], attn_mask=mask,
+                           score_scale=call["score_scale"], backend="torch")
+    assert_matches_reference(out, q, k, v, call["lam"], call["alpha"], mask, call["score_scale"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ if not torch.cuda.is_available():
 from pladis_analysis.maps import reference as R  # noqa: E402
 from pladis_analysis.maps.kernels import dispatch  # noqa: E402
 from pladis_analysis.testing import assert_close, tolerance  # noqa: E402
+from attention_calls import (DTYPES, as_reference, assert_matches_reference, attention_calls,  # noqa: E402
+                             call_tensors, reference_attention)
 
 pytestmark = pytest.mark.triton
 
@@ -47,7 +49,6 @@ def _devices() -> list:
 DEVICES = _devices()
 _INTERPRETED = dispatch.interpreter_ready()
 _NEEDS_INTERPRETER = "needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)"
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ALPHAS = [1.5, 2.0, 1.25, 4.0 / 3.0, 1.1, 3.0]
 
 
@@ -67,11 +68,6 @@ def _special_rows(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(rows)                                 # (8, n)
 
 
-def _as_reference(z: torch.Tensor) -> np.ndarray:
-    """The input exactly as the kernel sees it (after rounding to its dtype), in float64."""
-    return z.detach().to("cpu", torch.float64).numpy()
-
-
 # --------------------------------------------------------------------------------------------------
 # Row-wise α-entmax
 # --------------------------------------------------------------------------------------------------
@@ -84,7 +80,7 @@ def test_rowwise_entmax_matches_reference_float32(device, alpha, n):
     z = _special_rows(n, gen).to(device)
     p = entmax_forward(z, alpha)
     assert not torch.isnan(p).any()
-    assert_close(p, R.entmax(_as_reference(z), alpha), name=f"entmax(alpha={alpha}) n={n}")
+    assert_close(p, R.entmax(as_reference(z), alpha), name=f"entmax(alpha={alpha}) n={n}")
     assert torch.all(p[3] == 0), "an all −inf row must give zero weights"
 
 
@@ -96,7 +92,7 @@ def test_rowwise_entmax_low_precision(device, dtype, alpha):
     z = _special_rows(77, gen).to(device=device, dtype=dtype)
     p = entmax_rowwise(z, alpha)
     assert p.dtype == dtype
-    assert_close(p, R.entmax(_as_reference(z), alpha), name=f"entmax(alpha={alpha}) {dtype}")
+    assert_close(p, R.entmax(as_reference(z), alpha), name=f"entmax(alpha={alpha}) {dtype}")
 
 
 def test_alpha_flavour_picks_the_search_and_integer_powers():
@@ -167,7 +163,7 @@ def test_rowwise_entmax_above_two_with_a_tied_group_near_the_threshold(device, a
                                                    group_sizes=[1, 22, 60], length=77)).float()
     for z in (bundled.to(device), constructed.to(device)):
         p, steps = entmax_forward(z, alpha, return_steps=True)
-        assert_close(p, R.entmax(_as_reference(z), alpha), name=f"tied group, alpha={alpha}")
+        assert_close(p, R.entmax(as_reference(z), alpha), name=f"tied group, alpha={alpha}")
         assert int(steps.max()) < 2 * max_iterations(KIND_HALLEY), "the search ran into its cap"
 
 
@@ -188,7 +184,7 @@ def test_rowwise_entmax_dim_and_layout(device):
     z = torch.randn(5, 33, 4).to(device).transpose(0, 2)      # (4, 33, 5), non-contiguous
     p = entmax_rowwise(z, 1.5, dim=1)
     assert p.shape == z.shape
-    assert_close(p, R.entmax(_as_reference(z), 1.5, axis=1), name="entmax15 along dim=1")
+    assert_close(p, R.entmax(as_reference(z), 1.5, axis=1), name="entmax15 along dim=1")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -212,8 +208,8 @@ def test_rowwise_entmax_backward_is_reference_jvp(device, alpha):
     z.requires_grad_(True)
     g = torch.randn(6, 50, generator=gen).to(device)
     (grad,) = torch.autograd.grad(entmax_rowwise(z, alpha), z, g)
-    jac = R.entmax_jacobian(_as_reference(z), alpha)                                   # (6, 50, 50)
-    expected = np.einsum("rij,ri->rj", jac, _as_reference(g))
+    jac = R.entmax_jacobian(as_reference(z), alpha)                                   # (6, 50, 50)
+    expected = np.einsum("rij,ri->rj", jac, as_reference(g))
     assert_close(grad, expected, name=f"entmax backward alpha={alpha}")
     assert torch.all(grad[2] == 0)
 
@@ -239,21 +235,6 @@ def test_rowwise_entmax_matches_torch_path_and_its_gradient(device):
 # Fused cross-attention
 # --------------------------------------------------------------------------------------------------
 
-def _reference_attention(q, k, v, lam, alpha, attn_mask=None, score_scale=None):
-    """(out, A, z) in float64 from the inputs as the kernel sees them."""
-    q64, k64, v64 = (_as_reference(t) for t in (q, k, v))
-    scale = 1.0 / math.sqrt(q.shape[-1]) if score_scale is None else score_scale
-    z = q64 @ np.swapaxes(k64, -1, -2) * scale                                          # (..., Lq, Lk)
-    if attn_mask is not None:
-        m = attn_mask.detach().cpu()
-        if m.dtype == torch.bool:
-            z = np.where(m.numpy(), z, -np.inf)
-        else:
-            z = z + m.double().numpy()
-    a = R.softmax(z) if lam == 0 else R.pladis_weights(z, lam, alpha)
-    return a @ v64, a, z
-
-
 def _qkv(shape, dtype, device, seed=0, dv=None):
     b, h, lq, lk, d = shape
     gen = torch.Generator().manual_seed(seed)
@@ -273,7 +254,7 @@ def test_fused_attention_matches_reference(device, dtype, alpha):
     mask[1, ..., :] = False                                 # every key of batch item 1 masked
     mask = mask.to(device)
     out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=mask)
-    expected, _, _ = _reference_attention(q, k, v, 2.0, alpha, mask)
+    expected, _, _ = reference_attention(q, k, v, 2.0, alpha, mask)
     assert out.dtype == dtype and not torch.isnan(out).any()
     assert torch.all(out[1] == 0), "all-masked rows must give zero output"
     assert_close(out, expected, name=f"fused pladis alpha={alpha} {dtype}")
@@ -286,7 +267,7 @@ def test_fused_attention_scales_and_odd_sizes(device, lam):
     q, k, v = _qkv((1, 3, 21, 5, 40), torch.float32, device, seed=4, dv=24)
     q, k, v = q[0], k[0], v[0]                                                          # (H, L, d)
     out = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=1.5, score_scale=0.3)
-    expected, _, _ = _reference_attention(q, k, v, lam, 1.5, score_scale=0.3)
+    expected, _, _ = reference_attention(q, k, v, lam, 1.5, score_scale=0.3)
     assert_close(out, expected, name=f"fused lam={lam}")
 
 
@@ -305,14 +286,14 @@ def test_fused_attention_broadcasting(device):
     q, k, v = _qkv((2, 3, 11, 9, 16), torch.float32, device, seed=9)
     k1, v1 = k[:, :1], v[:, :1]                                                         # (B, 1, Lk, d)
     out = fused_pladis_attention(q, k1, v1, alpha=1.25)
-    assert_close(out, _reference_attention(q, k1.expand_as(k), v1.expand_as(v), 2.0, 1.25)[0], name="shared k/v")
+    assert_close(out, reference_attention(q, k1.expand_as(k), v1.expand_as(v), 2.0, 1.25)[0], name="shared k/v")
     q5 = q.reshape(2, 3, 1, 11, 16).expand(2, 3, 2, 11, 16)                             # (B, H, 2, Lq, d)
     k5, v5 = k[:, :, None].expand(2, 3, 2, 9, 16), v[:, :, None].expand(2, 3, 2, 9, 16)
-    assert_close(fused_pladis_attention(q5, k5, v5), _reference_attention(q5, k5, v5, 2.0, 1.5)[0], name="5-D")
+    assert_close(fused_pladis_attention(q5, k5, v5), reference_attention(q5, k5, v5, 2.0, 1.5)[0], name="5-D")
     bias = torch.zeros(2 * 3, 1, 9, device=device)
     bias[:, :, 6:] = -10000.0
     out = fused_pladis_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), attn_mask=bias)
-    expected = _reference_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), 2.0, 1.5, bias)
+    expected = reference_attention(q.reshape(6, 11, 16), k.reshape(6, 9, 16), v.reshape(6, 9, 16), 2.0, 1.5, bias)
     assert_close(out, expected[0], name="(B·H, 1, Lk) bias")
 
 
@@ -336,7 +317,7 @@ def test_fused_attention_reads_keys_and_values_in_chunks(device, lk, monkeypatch
     out, stats = fused_pladis_attention(q, k, v, alpha=1.5, attn_mask=mask, return_stats=True)
     assert out.shape == (1, 2, 19, 24) and stats.shape == (1, 2, 19, len(STAT_NAMES))
     assert torch.all(out[0, :, 3] == 0)
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask)[0], name=f"chunks, Lk = {lk}")
+    assert_close(out, reference_attention(q, k, v, 2.0, 1.5, mask)[0], name=f"chunks, Lk = {lk}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -362,7 +343,7 @@ def test_fused_attention_masks(device):
     keep[1, 7:] = False
     bias = torch.where(keep, 0.0, -10000.0)[:, None, None, :].to(device)               # (B, 1, 1, Lk)
     out_bias = fused_pladis_attention(q, k, v, attn_mask=bias)
-    assert_close(out_bias, _reference_attention(q, k, v, 2.0, 1.5, bias)[0], name="-10000 bias")
+    assert_close(out_bias, reference_attention(q, k, v, 2.0, 1.5, bias)[0], name="-10000 bias")
     # Padding by −10000 equals truncating the keys.
     for b, n in ((0, 20), (1, 7)):
         trunc = fused_pladis_attention(q[b:b + 1], k[b:b + 1, :, :n], v[b:b + 1, :, :n])
@@ -370,13 +351,13 @@ def test_fused_attention_masks(device):
     gen = torch.Generator().manual_seed(6)
     float_bias = torch.randn(2, 2, 17, 30, generator=gen).to(device)
     out = fused_pladis_attention(q, k, v, attn_mask=float_bias, alpha=1.25)
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.25, float_bias)[0], name="float bias")
+    assert_close(out, reference_attention(q, k, v, 2.0, 1.25, float_bias)[0], name="float bias")
     full = (torch.rand(2, 1, 17, 30, generator=gen) > 0.5).to(device)
     full[0, 0, :3] = False                                                              # some all-masked queries
     out = fused_pladis_attention(q * 40, k, v, attn_mask=full, alpha=2.0)             # large scores too
     assert not torch.isnan(out).any()
     assert torch.all(out[0, :, :3] == 0)
-    assert_close(out, _reference_attention(q * 40, k, v, 2.0, 2.0, full)[0], name="per-query bool mask")
+    assert_close(out, reference_attention(q * 40, k, v, 2.0, 2.0, full)[0], name="per-query bool mask")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -393,7 +374,7 @@ def test_fused_attention_300_keys_in_two_blocks(device, alpha):
     bias = bias.to(device)
     out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=bias)
     assert torch.all(out[:, :, 4] == 0)
-    assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
+    assert_close(out, reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -410,7 +391,7 @@ def test_fused_attention_above_two_next_to_a_tied_group(device, alpha, lk):
     _, k, v = _qkv((1, 1, bias.shape[2], lk, 16), torch.float32, device, seed=13)
     q = torch.zeros(1, 1, bias.shape[2], 16, device=device)
     out = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=alpha, attn_mask=bias)
-    assert_close(out, _reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"tied group alpha={alpha} Lk={lk}")
+    assert_close(out, reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"tied group alpha={alpha} Lk={lk}")
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
@@ -444,7 +425,7 @@ def test_fused_attention_launch_plans_repeat_the_first_call(monkeypatch):
                 assert a.shape == b.shape and a.stride() == b.stride()
                 assert torch.equal(a, b)
         mask = case.get("attn_mask")
-        expected = _reference_attention(query, k, v, 2.0, 1.25, mask)[0]
+        expected = reference_attention(query, k, v, 2.0, 1.25, mask)[0]
         assert_close(first[0] if isinstance(first, tuple) else first, expected, name=f"plan case {sorted(case)}")
     assert not ca._PLANS_DISABLED, ca._PLANS_DISABLED
     assert len(ca._PLANS) >= len(cases)                                                 # one per signature
@@ -463,7 +444,7 @@ def test_call_plans_are_kept_per_signature_and_hold_no_tensor(device, monkeypatc
     shape = (2, 3, 13, 9, 16)
     for seed in (30, 31):                                               # same signature, new data: one plan
         q, k, v = _qkv(shape, torch.float32, device, seed=seed)
-        assert_close(fused_pladis_attention(q, k, v), _reference_attention(q, k, v, 2.0, 1.5)[0], name="plan")
+        assert_close(fused_pladis_attention(q, k, v), reference_attention(q, k, v, 2.0, 1.5)[0], name="plan")
     assert len(ca._CALLS) == 1
     q_t = q.transpose(-1, -2).contiguous().transpose(-1, -2)            # same shape, other strides
     keep = torch.rand(2, 1, 1, 9, generator=torch.Generator().manual_seed(32)).to(device) > 0.3
@@ -471,13 +452,13 @@ def test_call_plans_are_kept_per_signature_and_hold_no_tensor(device, monkeypatc
              dict(pladis_scale=3.0), dict(alpha=1.25)]
     for case in cases:
         args = {**dict(q=q, attn_mask=None, pladis_scale=2.0, alpha=1.5), **case}
-        expected = _reference_attention(args["q"], k, v, args["pladis_scale"], args["alpha"], args["attn_mask"])
+        expected = reference_attention(args["q"], k, v, args["pladis_scale"], args["alpha"], args["attn_mask"])
         out = fused_pladis_attention(args.pop("q"), k, v, **args)
         assert_close(out, expected[0], name=f"plan for {sorted(case)}")
     assert len(ca._CALLS) == 1 + len(cases)
     mask64 = torch.where(keep, 0.0, -10000.0).double()                  # converted per call: no plan kept
     out = fused_pladis_attention(q, k, v, attn_mask=mask64)
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5, mask64)[0], name="float64 mask")
+    assert_close(out, reference_attention(q, k, v, 2.0, 1.5, mask64)[0], name="float64 mask")
     assert len(ca._CALLS) == 1 + len(cases)
     big = torch.randn(2, 3, 40, 16, device=device)
     ref = weakref.ref(big)
@@ -543,7 +524,7 @@ def test_fused_attention_statistics(device, tsallis_alpha, dtype):
     out, stats = fused_pladis_attention(q, k, v, pladis_scale=2.0, alpha=1.5, attn_mask=mask, return_stats=True,
                                         tsallis_alpha=tsallis_alpha)
     assert stats.shape == (1, 2, 23, len(STAT_NAMES)) and stats.dtype == torch.float32
-    expected_out, a, z = _reference_attention(q, k, v, 2.0, 1.5, mask)
+    expected_out, a, z = reference_attention(q, k, v, 2.0, 1.5, mask)
     assert_close(out, expected_out, dtype=dtype, name="out with stats")
     weights = {"softmax": np.nan_to_num(R.softmax(z)), "entmax": np.nan_to_num(R.entmax(z, 1.5)), "pladis": a}
     expected = {}
@@ -628,12 +609,12 @@ def test_dispatch_runs_kernels_on_cpu_under_interpreter():
     backend, reason = dispatch.choose_map_backend(z, "entmax", alpha=1.5, backend="triton")
     assert backend == "triton", reason
     p, support = dispatch.maybe_triton_map("pladis", z, backend="triton", alpha=1.5, scale=2.0)
-    assert_close(p, R.pladis_weights(_as_reference(z), 2.0, 1.5), name="dispatched pladis weights")
-    assert torch.equal(support, torch.as_tensor(R.support_size(_as_reference(z), 1.5)))
+    assert_close(p, R.pladis_weights(as_reference(z), 2.0, 1.5), name="dispatched pladis weights")
+    assert torch.equal(support, torch.as_tensor(R.support_size(as_reference(z), 1.5)))
     assert dispatch.maybe_triton_map("entmax", z, backend="auto", alpha=1.5) is None   # auto: CPU → torch
     q, k, v = _qkv((1, 1, 5, 7, 16), torch.float32, "cpu")
     out = dispatch.maybe_triton_attention(q, k, v, map_name="sparsemax", backend="triton")
-    assert_close(out, _reference_attention(q, k, v, 1.0, 2.0)[0], name="dispatched sparsemax attention")
+    assert_close(out, reference_attention(q, k, v, 1.0, 2.0)[0], name="dispatched sparsemax attention")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -779,7 +760,7 @@ def test_statistics_variant_that_does_not_build_is_remembered_apart(fresh_build_
             dispatch.maybe_triton_attention(q, k, v, backend="triton", return_stats=True)
     assert kernel.launches == 1                                                   # remembered: no second build
     out = dispatch.maybe_triton_attention(q, k, v, backend="triton")
-    assert_close(out, _reference_attention(q, k, v, 2.0, 1.5)[0], name="plain kernel after the stats failure")
+    assert_close(out, reference_attention(q, k, v, 2.0, 1.5)[0], name="plain kernel after the stats failure")
     monkeypatch.setattr(dispatch, "_device_reason", lambda tensors, backend: None)   # as if on CUDA
     assert dispatch.choose_attention_backend(q, k, v, stats=True)[0] == "torch"
     assert dispatch.choose_attention_backend(q, k, v)[0] == "triton"
@@ -845,10 +826,10 @@ def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):
     z[:, : min(n_ties, n)] = z[:, :1]                           # forced ties (at whatever rank z[0] has)
     z[1, torch.randperm(n, generator=gen)[: min(n_masked, n - 1)]] = -math.inf
     p = entmax_forward(z, alpha)
-    expected = R.entmax(_as_reference(z), alpha)
+    expected = R.entmax(as_reference(z), alpha)
     assert_close(p, expected, name=f"entmax alpha={alpha} n={n}")
     # Exactly the reference support, except for entries within float32 rounding of the threshold.
-    z64 = _as_reference(z)
+    z64 = as_reference(z)
     tau = R.entmax_threshold(z64, alpha, keepdims=True)
     finite_max = np.max(np.abs(np.where(np.isfinite(z64), z64, 0.0)), axis=-1, keepdims=True)
     with np.errstate(invalid="ignore"):
@@ -871,58 +852,9 @@ def test_rowwise_stop_tolerance_bounds_the_l1_error(n, alpha, log_scale, seed, l
     tol = 2.0 ** log2_tol
     p, steps = entmax_forward(z, alpha, return_steps=True, stop_tol=tol)
     _, steps_without = entmax_forward(z, alpha, return_steps=True, stop_tol=0.0)
-    error = np.abs(p.double().numpy() - R.entmax(_as_reference(z), alpha)).sum(axis=-1)
+    error = np.abs(p.double().numpy() - R.entmax(as_reference(z), alpha)).sum(axis=-1)
     assert error.max() <= tol + 1e-5, f"ℓ1 error {error.max():.3g} > tolerance {tol:.3g}"
     assert torch.all(steps <= steps_without)
-
-
-def _on_a_grid(gen: torch.Generator, *shape: int) -> torch.Tensor:
-    """Values m/8, |m| ≤ 32: exact in every input dtype, as is any float32 sum of ≤ 2¹⁴ of their products."""
-    return torch.randint(-32, 33, shape, generator=gen).float() / 8
-
-
-@st.composite
-def fused_calls(draw):
-    """One fused-attention call drawn over everything the kernel specialises on: batch and head counts (k/v
-    shared across heads or not), Lq across query blocks, Lk across the head/tail key blocks (≤ 320 = 256 + 64),
-    head dims across chunks (d ≠ dv), dtype, α and λ ≥ 0 (0 and 1 included), the score scale, and no mask, a
-    boolean or an additive mask in the three layouts diffusers passes, with all-masked rows.
-
-    The scores are exact: q and k lie on a grid whose products sum exactly in float32, and the score scale is a
-    power of two (score std 0.7–10). A float32 score off by its rounding, ~10⁻⁷·|z|, moves the weights by more
-    than float32's tolerance where they are ill-conditioned (α > 2 near the support's edge, or many keys), and
-    the float64 reference cannot model that rounding; on the grid it sees exactly the kernel's scores, and ties
-    are common. The default scale 1/√d, which rounds, is drawn for the low-precision dtypes only."""
-    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    lq, lk = draw(st.integers(1, 40)), draw(st.integers(1, 320))
-    d, dv = draw(st.integers(1, 72)), draw(st.integers(1, 72))
-    dtype = draw(st.sampled_from(DTYPES))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    kv_heads = draw(st.sampled_from([h, 1]))
-    q = _on_a_grid(gen, b, h, lq, d)
-    k = _on_a_grid(gen, b, kv_heads, lk, d)
-    v = torch.randn(b, kv_heads, lk, dv, generator=gen)
-    power_of_two_scale = st.integers(0, 3).map(lambda i: 2.0 ** -(math.floor(math.log2(math.sqrt(d))) + i))
-    score_scale = draw(power_of_two_scale if dtype == torch.float32 else st.one_of(st.none(), power_of_two_scale))
-    mask_kind = draw(st.sampled_from(["none", "bool", "additive"]))
-    mask = None
-    if mask_kind != "none":
-        layout = draw(st.sampled_from([(b, 1, 1, lk), (b, h, lq, lk), (b * h, 1, lk)]))
-        keep = torch.rand(layout, generator=gen) > draw(st.floats(0.0, 0.9))
-        fill = -math.inf if mask_kind == "bool" else draw(st.sampled_from([-10000.0, -math.inf]))
-        rows = keep.view(-1, lk)
-        if math.isfinite(fill):
-            # A row whose every key carries −10000 is softmax of scores shifted by −10000: float32 rounds them to
-            # 2⁻¹⁰, which the float64 reference does not model. Keep one key per row.
-            rows[torch.arange(rows.shape[0]), torch.randint(lk, (rows.shape[0],), generator=gen)] = True
-        else:
-            rows[0] = False                                                   # at least one all-masked row
-        mask = keep if mask_kind == "bool" else torch.where(keep, 0.0, fill)
-        if len(layout) == 3:                                                   # (B·H, 1, Lk) goes with 3-D inputs
-            q, k, v = (t.expand(b, h, *t.shape[2:]).reshape(b * h, *t.shape[2:]) for t in (q, k, v))
-    return dict(q=q, k=k, v=v, attn_mask=mask, dtype=dtype, score_scale=score_scale,
-                alpha=draw(st.one_of(st.sampled_from([1.5, 2.0, 1.25]), st.floats(1.05, 4.0))),
-                lam=draw(st.one_of(st.sampled_from([0.0, 1.0, 2.0]), st.floats(0.0, 4.0))))
 
 
 # Every new specialisation compiles for seconds on a GPU, and not at all in the interpreter.
@@ -933,10 +865,10 @@ FUSED_PROPERTY_EXAMPLES = {"cpu": 40, "cuda": 6}
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_attention_property(device):
     """The fused kernel equals the float64 reference (on its inputs as rounded to the call's dtype) for any
-    call :func:`fused_calls` draws; rows with every key masked give exactly zero."""
+    call :func:`attention_calls` draws; rows with every key masked give exactly zero."""
 
     @settings(max_examples=FUSED_PROPERTY_EXAMPLES[device], deadline=None)
-    @given(call=fused_calls())
+    @given(call=attention_calls())
     def check(call):
         _check_fused_call(device, call)
 
@@ -944,33 +876,23 @@ def test_fused_attention_property(device):
 
 
 def _check_fused_call(device, call):
-    dtype, lam, alpha = call["dtype"], call["lam"], call["alpha"]
-    mask, score_scale = call["attn_mask"], call["score_scale"]
-    q, k, v = (call[name].to(device, dtype) for name in ("q", "k", "v"))
-    if mask is not None:                                               # additive masks in q's dtype, as diffusers
-        mask = mask.to(device=device, dtype=dtype if mask.is_floating_point() else torch.bool)
-    out = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha, attn_mask=mask, score_scale=score_scale)
-    expected, weights, z = _reference_attention(q, k, v, lam, alpha, mask, score_scale)
-    assert out.dtype == dtype and out.shape == expected.shape
-    all_masked = torch.from_numpy(np.isneginf(z).all(axis=-1))
-    assert torch.all(out.cpu()[all_masked] == 0), "every key masked must give zero output, not NaN"
-    # A·V sums |A| |v| over up to 320 keys: allow the dtype's tolerance per unit of that sum.
-    scale = np.abs(weights) @ np.abs(_as_reference(v))
-    assert_close(out, expected, atol=tolerance(dtype)["atol"] * np.maximum(scale, 1.0).max(),
-                 name=f"fused λ={lam:.3g} α={alpha:.3g} {dtype} mask={None if mask is None else mask.dtype}")
+    q, k, v, mask = call_tensors(call, device)
+    out = fused_pladis_attention(q, k, v, pladis_scale=call["lam"], alpha=call["alpha"], attn_mask=mask,
+                                 score_scale=call["score_scale"])
+    assert_matches_reference(out, q, k, v, call["lam"], call["alpha"], mask, call["score_scale"])
 
 
 @pytest.mark.property
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_attention_statistics_property(device):
     """Every statistic the kernel writes for the probes equals the probes' NumPy twin on the float64 weights, for
-    any call :func:`fused_calls` draws and Tsallis orders 1, 1.5 and 3. Support sizes are compared for α-entmax
+    any call :func:`attention_calls` draws and Tsallis orders 1, 1.5 and 3. Support sizes are compared for α-entmax
     on rows where no score lies within float32 rounding of the threshold and no weight underflows float32 (either
     makes a weight 0 or not by rounding); the dense maps' supports are all valid keys up to float32 underflow, and
     so not compared."""
 
     @settings(max_examples=FUSED_PROPERTY_EXAMPLES[device], deadline=None)
-    @given(call=fused_calls(), tsallis_alpha=st.sampled_from([1.0, 1.5, 3.0]))
+    @given(call=attention_calls(), tsallis_alpha=st.sampled_from([1.0, 1.5, 3.0]))
     def check(call, tsallis_alpha):
         _check_fused_statistics(device, call, tsallis_alpha)
 
@@ -981,16 +903,14 @@ def _check_fused_statistics(device, call, tsallis_alpha):
     from pladis_analysis.maps.kernels.cross_attention import MAP_STATS
     from pladis_analysis.probes.stats import row_stats_reference
 
-    dtype, lam, alpha, mask = call["dtype"], call["lam"], call["alpha"], call["attn_mask"]
+    lam, alpha = call["lam"], call["alpha"]
     # Statistics are float32 whatever the input dtype, so compared at float32's tolerance: keep the scores exact
     # (a power-of-two scale where the call has the default 1/√d, which rounds).
     score_scale = call["score_scale"] or 2.0 ** -math.floor(math.log2(math.sqrt(call["q"].shape[-1])))
-    q, k, v = (call[name].to(device, dtype) for name in ("q", "k", "v"))
-    if mask is not None:
-        mask = mask.to(device=device, dtype=dtype if mask.is_floating_point() else torch.bool)
+    q, k, v, mask = call_tensors(call, device)
     _, stats = fused_pladis_attention(q, k, v, pladis_scale=lam, alpha=alpha, attn_mask=mask,
                                       score_scale=score_scale, return_stats=True, tsallis_alpha=tsallis_alpha)
-    _, pladis, z = _reference_attention(q, k, v, lam, alpha, mask, score_scale)
+    _, pladis, z = reference_attention(q, k, v, lam, alpha, mask, score_scale)
     stats = stats.cpu().double().numpy()
     weights = {"softmax": np.nan_to_num(R.softmax(z)), "entmax": np.nan_to_num(R.entmax(z, alpha)), "pladis": pladis}
     tol = tolerance(torch.float32)
