@@ -272,9 +272,10 @@ def test_fused_attention_scales_and_odd_sizes(device, lam):
 
 
 @pytest.mark.parametrize("bad", [dict(pladis_scale=-0.5), dict(pladis_scale=math.nan), dict(alpha=1.0),
-                                 dict(alpha=math.inf), dict(tsallis_alpha=0.0)])
+                                 dict(alpha=math.inf), dict(tsallis_alpha=0.0), dict(score_scale=math.nan)])
 def test_fused_attention_rejects_bad_scalars_by_name(bad):
-    """The kernel's entry point checks its scalars as the public functions do (λ >= 0, α > 1), naming them."""
+    """The kernel's entry point checks its scalars as the public functions do (λ >= 0, α > 1, a finite score
+    scale), naming them: never a silent NaN."""
     q = torch.randn(1, 1, 3, 8)
     with pytest.raises(ValueError, match=next(iter(bad))):
         fused_pladis_attention(q, q, q, **bad)

@@ -822,6 +822,8 @@ def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         raise ValueError(f"pladis_scale={pladis_scale!r} (the PLADIS λ) must be a finite real number >= 0")
     if not (math.isfinite(float(tsallis_alpha)) and tsallis_alpha > 0):
         raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
+    if score_scale is not None and not math.isfinite(float(score_scale)):
+        raise ValueError(f"score_scale={score_scale!r}: must be a finite number, or None for 1/√d")
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if not needs_grad:
         # Inference (the diffusion use): one launch, no autograd bookkeeping; the statistics come with it.
