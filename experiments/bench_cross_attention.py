@@ -421,7 +421,8 @@ def build_unet(cfg: BenchConfig, dtype: torch.dtype):
     # Built directly on the device: initialising 2.6 B parameters on the CPU would take minutes.
     with torch.device(cfg.device):
         unet = UNet2DConditionModel(**config)
-    return unet.to(dtype).eval(), config
+    # nn.Module's cast: ModelMixin.to warns of modules to keep in float32 even when it lists none.
+    return torch.nn.Module.to(unet, dtype).eval(), config
 
 
 def unet_inputs(config: dict, cfg: BenchConfig, dtype: torch.dtype) -> dict:

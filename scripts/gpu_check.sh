@@ -207,8 +207,10 @@ with torch.no_grad():
 pstats.Stats(profile).sort_stats("tottime").print_stats(30)
 PYEOF
     note "launch profile: exit $? ($(head -n 1 "$OUT/launch_profile.txt"))"
-    "$PY" -c "import json, sys; print('launch plans:', json.load(open(sys.argv[1])).get('kernel_launch_plans'))" \
-        "$OUT/bench_cross_attention.meta.json" >> "$STATUS" 2>&1
+    if [ -f "$OUT/bench_cross_attention.meta.json" ]; then
+        "$PY" -c "import json, sys; print('launch plans:', json.load(open(sys.argv[1])).get('kernel_launch_plans'))" \
+            "$OUT/bench_cross_attention.meta.json" >> "$STATUS" 2>&1
+    fi
 fi
 
 # 6. the threshold search's steps per row and per block, compiled (the bundled model's scores need its text
