@@ -935,7 +935,8 @@ def _check_fused_statistics(device, call, tsallis_alpha):
                 assert np.array_equal(column[clear], expected[stat][clear]), "support_size_entmax"
     valid = np.isfinite(z).any(axis=-1)
     zs = np.sort(z, axis=-1)
-    gap = (zs[..., -1] - zs[..., -2]) if z.shape[-1] > 1 else np.full(z.shape[:-1], np.inf)
+    with np.errstate(invalid="ignore"):                                    # −inf − (−inf) on masked rows
+        gap = (zs[..., -1] - zs[..., -2]) if z.shape[-1] > 1 else np.full(z.shape[:-1], np.inf)
     gap = np.where(np.isfinite(zs[..., -2]) if z.shape[-1] > 1 else False, gap, np.inf)
     assert_close(stats[..., STAT_NAMES.index("top_gap")][valid], gap[valid], dtype=torch.float32, name="top_gap")
 

@@ -184,8 +184,10 @@ def _weight_stats(w, w_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL: tl.constexp
     p_t = mag_t * inv_l1[:, None]
     entropy = row_sum(_entropy_terms(p), _entropy_terms(p_t), HAS_TAIL)
     power_sum = row_sum(_powers(p, tsallis_alpha), _powers(p_t, tsallis_alpha), HAS_TAIL)
-    tsallis = tl.where(tsallis_alpha == 1.0, entropy,
-                       (1.0 - power_sum) / (tsallis_alpha * (tsallis_alpha - 1.0)))
+    # Order 1 is the Shannon entropy (the limit); its unused quotient would divide by zero.
+    order_one = tsallis_alpha == 1.0
+    tsallis = tl.where(order_one, entropy,
+                       (1.0 - power_sum) / tl.where(order_one, 1.0, tsallis_alpha * (tsallis_alpha - 1.0)))
     support = row_sum((w != 0.0).to(tl.float32), (w_t != 0.0).to(tl.float32), HAS_TAIL)
     top = row_max(tl.where((cols < Lk)[None, :], w, float("-inf")),
                   tl.where((cols_t < Lk)[None, :], w_t, float("-inf")), HAS_TAIL)
