@@ -478,8 +478,7 @@ def fused_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *
     broadcast over them); ``attn_mask`` broadcastable to [..., Lq, Lk]. ``stats``: [..., Lq, len(STAT_NAMES)]
     float32. ``stop_tol``: the threshold search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of the
     dtype, of float32 with ``return_stats``; 0 stops on step size only, as the benchmark's ``triton_step_rule``
-    does). ``tsallis_alpha``: the
-    order of the Tsallis entropies among the statistics.
+    does). ``tsallis_alpha``: the order of the Tsallis entropies among the statistics.
     """
     params = (pladis_scale, alpha, score_scale, need_softmax or return_stats, need_entmax or return_stats,
               return_stats, stop_tol, tsallis_alpha)
