@@ -61,11 +61,17 @@ def _prompts(args) -> list[str]:
 
 
 def _check_map_arguments(args) -> None:
-    """--pladis-scale and --alpha fail before the model loads, not at its first attention call."""
+    """--pladis-scale, --alpha and --backend fail before the model loads, not at its first attention call."""
     if not (math.isfinite(args.pladis_scale) and args.pladis_scale >= 0.0):
         raise ValueError(f"--pladis-scale {args.pladis_scale!r}: the PLADIS λ must be a finite number >= 0")
     if args.pladis_scale and not (math.isfinite(args.alpha) and args.alpha > 1.0):
         raise ValueError(f"--alpha {args.alpha!r}: α-entmax needs a finite α > 1")
+    if args.backend == "triton" and _device(args.device) == "cpu":
+        from .maps.kernels import dispatch
+
+        if dispatch.triton_import_error() is not None or not dispatch.interpreter_ready():
+            raise ValueError("--backend triton on the CPU runs the kernels in Triton's interpreter: set "
+                             "TRITON_INTERPRET=1 in the environment (slow; for checks), or use --backend auto")
 
 
 def _device(name: str | None) -> str:

@@ -65,6 +65,17 @@ def test_bad_alpha_is_a_one_line_error(model_dir, tmp_path, capsys):
     assert "--pladis-scale -1.0" in capsys.readouterr().err
 
 
+def test_triton_backend_on_cpu_without_the_interpreter_fails_first(tmp_path, capsys, monkeypatch):
+    from pladis_analysis.maps.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "interpreter_ready", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", "/nowhere", "--device", "cpu", "--prompt", "x", "--backend", "triton",
+              "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "TRITON_INTERPRET=1" in err and "model_index" not in err           # before the model folder is read
+
+
 def test_parser_structure():
     assert {"sample", "probe"} <= set(COMMANDS)
     args = build_parser().parse_args(["probe", "--model", "m", "--prompt", "p", "--out", "o"])
