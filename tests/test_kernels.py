@@ -68,6 +68,16 @@ def _special_rows(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(rows)                                 # (8, n)
 
 
+def _near_threshold(z64: np.ndarray, alpha: float) -> np.ndarray:
+    """Entries whose (α−1)z lies within float32 rounding of the exact threshold τ, which a float32 path may put on
+    either side of the support's edge (every entry of a row whose τ is not finite, as when all keys are masked)."""
+    tau = R.entmax_threshold(z64, alpha, keepdims=True)
+    finite_max = np.max(np.abs(np.where(np.isfinite(z64), z64, 0.0)), axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        clear = np.abs((alpha - 1.0) * z64 - tau) > 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
+    return ~clear | ~np.isfinite(tau)
+
+
 # --------------------------------------------------------------------------------------------------
 # Row-wise α-entmax
 # --------------------------------------------------------------------------------------------------
@@ -830,12 +840,7 @@ def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):
     expected = R.entmax(as_reference(z), alpha)
     assert_close(p, expected, name=f"entmax alpha={alpha} n={n}")
     # Exactly the reference support, except for entries within float32 rounding of the threshold.
-    z64 = as_reference(z)
-    tau = R.entmax_threshold(z64, alpha, keepdims=True)
-    finite_max = np.max(np.abs(np.where(np.isfinite(z64), z64, 0.0)), axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore"):
-        clear = np.abs((alpha - 1.0) * z64 - tau) > 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
-    clear &= np.isfinite(tau)
+    clear = ~_near_threshold(as_reference(z), alpha)
     assert np.array_equal((p.numpy() > 0)[clear], (expected > 0)[clear])
 
 
@@ -925,12 +930,9 @@ def _check_fused_statistics(device, call, tsallis_alpha):
                 assert_close(column, expected[stat], dtype=torch.float32, atol=tol["atol"] * 10 if loose else None,
                              name=f"{stat}_{name}")
             elif name == "entmax":
-                tau = R.entmax_threshold(z, alpha, keepdims=True)
-                finite_max = np.max(np.abs(np.where(np.isfinite(z), z, 0.0)), axis=-1, keepdims=True)
-                with np.errstate(invalid="ignore"):
-                    near = np.abs((alpha - 1.0) * z - tau) <= 1e-5 * (1.0 + (alpha - 1.0) * finite_max)
-                # ...and no weight below float32's smallest normal (p = t^{1/(α−1)}: t = 0.01 at α = 1.05 is 10⁻⁴⁰)
-                near |= (w > 0) & (w < np.finfo(np.float32).tiny)
+                # Rows with no score near τ and no weight under float32's smallest normal (t = 0.01 at α = 1.05
+                # is 10⁻⁴⁰): either puts a weight on the support's edge by rounding.
+                near = _near_threshold(z, alpha) | ((w > 0) & (w < np.finfo(np.float32).tiny))
                 clear = ~np.any(near & np.isfinite(z), axis=-1)
                 assert np.array_equal(column[clear], expected[stat][clear]), "support_size_entmax"
     valid = np.isfinite(z).any(axis=-1)
@@ -1031,22 +1033,18 @@ def test_diffusion_processor_backend_triton():
 def test_pladis_model_runs_the_stock_operations_but_the_kernel(family, monkeypatch):
     """PLADIS through the kernel adds no tensor operation to a model's forward: with the attention itself
     stubbed on both sides (SDPA in the stock model, the kernel launch under PLADIS, each leaving one empty output
-    in q's layout), the two forwards run the same operations, counted by name, views aside. So its device time is the stock
-    model's plus the kernel's difference to SDPA: no copies, casts or mask conversions around it (with a
-    padding mask, and with the batch of classifier-free guidance)."""
+    in q's layout), the two forwards run the same operations, counted by name, views aside. So its device time
+    is the stock model's plus the kernel's difference to SDPA: no copies, casts or mask conversions around it
+    (with a padding mask, and with the batch of classifier-free guidance)."""
     pytest.importorskip("diffusers", reason="diffusers is not installed")
     import collections
-    import sys
-    from pathlib import Path
 
     import torch.nn.functional as F
+    from tiny_models import make_inputs, run_model, tiny_model
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from pladis_analysis.diffusion import apply_pladis
     from pladis_analysis.maps.kernels import cross_attention as ca
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from tiny_models import make_inputs, run_model, tiny_model
 
     class CountOperations(TorchDispatchMode):
         def __init__(self):
