@@ -75,7 +75,9 @@ def test_output_types(pipe):
     np_img = pipe(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
                   output_type="np").images
     assert np_img.shape == (1, 32, 32, 3)
-    np.testing.assert_array_equal(np_img[0], pt[0].permute(1, 2, 0).numpy())
+    # One prompt against the first of two: the batch size changes the GEMM blocking (and, on some CPUs, oneDNN's
+    # kernel), so the two agree to float32 rounding, not bit for bit (3e-6 seen on an AMD EPYC).
+    np.testing.assert_allclose(np_img[0], pt[0].permute(1, 2, 0).numpy(), rtol=0, atol=1e-4)
     pil = pipe(PROMPTS, num_inference_steps=2, output_type="pil").images
     assert len(pil) == 2 and pil[0].size == (32, 32)
 
