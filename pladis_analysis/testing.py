@@ -53,7 +53,8 @@ def assert_close(actual, expected, *, dtype: torch.dtype | None = None, atol: fl
     if a.shape != e.shape:
         raise AssertionError(f"{name}: shape {a.shape} != expected shape {e.shape}")
     both_nonfinite = ~np.isfinite(a) & ~np.isfinite(e) & (a == e)
-    err = np.where(both_nonfinite, 0.0, np.abs(a - e))
+    with np.errstate(invalid="ignore"):  # inf − inf where both are the same infinity: masked by both_nonfinite
+        err = np.where(both_nonfinite, 0.0, np.abs(a - e))
     err = np.where(np.isnan(err), np.inf, err)
     allowed = atol + rtol * np.abs(np.where(np.isfinite(e), e, 0.0))
     bad = err > allowed

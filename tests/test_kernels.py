@@ -156,6 +156,14 @@ def test_rowwise_search_steps(device, alpha):
             entmax_forward(z, alpha, stop_tol=bad)
 
 
+# Next to a kink of f at α > 2, f'' = Σ x^{q−2} overflows to −inf and the Halley step to 0 or NaN, which the search
+# replaces by a bisection by design. On a GPU that is silent IEEE arithmetic; the interpreter runs it in NumPy,
+# which warns. The tests check that every weight comes out finite and right.
+INF_INTERMEDIATES = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                                               "ignore:invalid value encountered in subtract:RuntimeWarning")
+
+
+@INF_INTERMEDIATES
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("alpha", [3.0, 2.5, 4.0])
 def test_rowwise_entmax_above_two_with_a_tied_group_near_the_threshold(device, alpha):
@@ -388,6 +396,7 @@ def test_fused_attention_300_keys_in_two_blocks(device, alpha):
     assert_close(out, reference_attention(q, k, v, 2.0, alpha, bias)[0], name=f"300 keys alpha={alpha}")
 
 
+@INF_INTERMEDIATES
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("alpha", [2.5, 4.0])
 @pytest.mark.parametrize("lk", [77, 300])
