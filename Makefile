@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test fuzz install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+# The property tests with 1000 fresh examples each (the suite's default is a fixed 60); SEED=N repeats a run.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough TRITON_INTERPRET=1 $(PY) -m pytest -q -m property $(if $(SEED),--hypothesis-seed=$(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

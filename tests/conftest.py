@@ -19,3 +19,13 @@ def _seed_torch():
     import torch
 
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(items):
+    """Every Hypothesis test is a ``property`` test, marked or not, so that ``-m property`` (and ``make fuzz``)
+    runs them all."""
+    from hypothesis import is_hypothesis_test
+
+    for item in items:
+        if is_hypothesis_test(getattr(item, "obj", None)):
+            item.add_marker(pytest.mark.property)

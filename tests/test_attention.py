@@ -19,6 +19,7 @@ from pladis_analysis.maps import reference as R
 from pladis_analysis.testing import assert_close
 
 from attention_calls import assert_matches_reference, attention_calls, call_tensors
+from hypothesis_budget import examples
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 # name understood by attention() → the NumPy reference map (acting on the last axis)
@@ -248,7 +249,7 @@ def test_cuda_matches_numpy_reference(dtype):
 
 
 @pytest.mark.property
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(call=attention_calls())
 def test_pladis_attention_property(call):
     """The torch path equals the float64 reference on any call the fused kernel's property test draws (shapes,

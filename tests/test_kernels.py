@@ -830,13 +830,14 @@ def test_rowwise_backward_that_does_not_build(fresh_build_state, monkeypatch, ca
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
+from hypothesis_budget import examples  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
 @pytest.mark.property
 @pytest.mark.skipif(not (dispatch.interpreter_ready()),
                     reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(n=st.integers(1, 130), alpha=st.sampled_from([1.5, 2.0, 1.25, 4.0 / 3.0, 1.2, 1.7, 2.5]),
        log_scale=st.floats(-5, 4), seed=st.integers(0, 2**31 - 1), n_ties=st.integers(0, 3),
        n_masked=st.integers(0, 5))
@@ -856,7 +857,7 @@ def test_rowwise_entmax_property(n, alpha, log_scale, seed, n_ties, n_masked):
 @pytest.mark.property
 @pytest.mark.skipif(not (dispatch.interpreter_ready()),
                     reason="needs TRITON_INTERPRET=1 set before Triton was first imported (make test exports it)")
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(n=st.integers(2, 130), alpha=st.sampled_from([1.5, 2.0, 1.25, 4.0 / 3.0, 1.2, 1.7]),
        log_scale=st.floats(-2, 2), seed=st.integers(0, 2**31 - 1), log2_tol=st.integers(-20, -4))
 def test_rowwise_stop_tolerance_bounds_the_l1_error(n, alpha, log_scale, seed, log2_tol):
@@ -882,7 +883,7 @@ def test_fused_attention_property(device):
     """The fused kernel equals the float64 reference (on its inputs as rounded to the call's dtype) for any
     call :func:`attention_calls` draws; rows with every key masked give exactly zero."""
 
-    @settings(max_examples=FUSED_PROPERTY_EXAMPLES[device], deadline=None)
+    @settings(max_examples=examples(FUSED_PROPERTY_EXAMPLES[device]), deadline=None)
     @given(call=attention_calls())
     def check(call):
         _check_fused_call(device, call)
@@ -906,7 +907,7 @@ def test_fused_attention_statistics_property(device):
     makes a weight 0 or not by rounding); the dense maps' supports are all valid keys up to float32 underflow, and
     so not compared."""
 
-    @settings(max_examples=FUSED_PROPERTY_EXAMPLES[device], deadline=None)
+    @settings(max_examples=examples(FUSED_PROPERTY_EXAMPLES[device]), deadline=None)
     @given(call=attention_calls(), tsallis_alpha=st.sampled_from([1.0, 1.5, 3.0]))
     def check(call, tsallis_alpha):
         _check_fused_statistics(device, call, tsallis_alpha)

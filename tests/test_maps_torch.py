@@ -22,6 +22,8 @@ from pladis_analysis.maps import _threshold
 from pladis_analysis.maps import reference as R
 from pladis_analysis.testing import assert_close, tolerance
 
+from hypothesis_budget import examples
+
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
 
 # name -> (torch map, reference map, α of the entmax part or None for softmax)
@@ -226,7 +228,7 @@ def _error_bound(x: np.ndarray, alpha: float, dtype: torch.dtype) -> np.ndarray:
 
 
 @pytest.mark.property
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(alpha=st.floats(1.05, 4.0), d=st.integers(1, 200), log_scale=st.floats(-3.0, 3.0),
        dtype=st.sampled_from([torch.float64, torch.float32]), seed=st.integers(0, 2**16))
 def test_general_alpha_error_bound(alpha, d, log_scale, dtype, seed):
@@ -247,7 +249,7 @@ def test_exact_paths_are_exact_in_float64():
 
 
 @pytest.mark.property
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(alpha=st.floats(2.05, 6.0), log_margin=st.floats(-7.0, -1.0), sign=st.sampled_from([1.0, -1.0]),
        group=st.integers(1, 150), length=st.integers(2, 160), dtype=st.sampled_from([torch.float64, torch.float32]),
        seed=st.integers(0, 2**16))
@@ -286,7 +288,7 @@ def test_entmax_above_two_rows_leave_the_search_in_any_order(alpha, dtype):
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.property
-@settings(max_examples=40)
+@settings(max_examples=examples(40))
 @given(d=st.integers(1, 120), log_scale=st.floats(-5.0, 4.0), ties=st.integers(0, 5),
        name=st.sampled_from(sorted(MAPS)), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
 def test_property_matches_reference(d, log_scale, ties, name, dtype, seed):

@@ -7,11 +7,13 @@ from hypothesis import strategies as st
 
 from pladis_analysis.maps._shapes import block_size, broadcast_shapes, cdiv, next_power_of_2, split_blocks
 
+from hypothesis_budget import examples
+
 shape = st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple)
 
 
 @pytest.mark.property
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(shape, min_size=1, max_size=4))
 def test_broadcast_shapes_matches_torch(shapes):
     try:
@@ -24,7 +26,7 @@ def test_broadcast_shapes_matches_torch(shapes):
 
 
 @pytest.mark.property
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 1 << 20), st.integers(1, 1 << 10))
 def test_next_power_of_2_and_cdiv(n, b):
     p = next_power_of_2(n)
@@ -34,7 +36,7 @@ def test_next_power_of_2_and_cdiv(n, b):
 
 
 @pytest.mark.property
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 4096))
 def test_split_blocks_cover_with_less_padding(n):
     head, tail = split_blocks(n)
