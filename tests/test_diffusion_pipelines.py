@@ -9,7 +9,7 @@ import torch
 from pladis_analysis.diffusion import load_pipeline, sample
 from pladis_analysis.diffusion.pipelines import check_pipeline_folder, parse_dtype
 from tiny_models import one_torch_thread  # noqa: F401  (autouse)
-from tiny_models import tiny_sd_pipeline
+from tiny_models import tiny_sd_pipeline, tiny_sdxl_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +77,31 @@ def test_dtype_names():
     assert parse_dtype("fp16") is torch.float16 and parse_dtype(torch.bfloat16) is torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         parse_dtype("float8")
+
+
+def test_sdxl_pipeline_loads_samples_and_takes_pladis_and_probes(tmp_path):
+    """A tiny SDXL pipeline (two text encoders, size/crop conditioning, attention-free outer blocks, two transformer
+    layers per attention block) round-trips through load_pipeline; PLADIS changes its image through the down and
+    up blocks' cross-attention, λ = 0 and leaving the context give the stock image; the probes see every
+    cross-attention layer in both guidance branches."""
+    from pladis_analysis.diffusion import apply_pladis
+    from pladis_analysis.probes import record_attention
+
+    tiny_sdxl_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "pipe")
+    pipe = load_pipeline(tmp_path / "pipe", dtype="float32", device="cpu")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    call = dict(steps=2, guidance_scale=5.0, seed=0, output_type="np", height=16, width=16)
+    stock = sample(pipe, "a red circle", **call).images[0]
+
+    pladis = sample(pipe, "a red circle", pladis_scale=2.0, **call)
+    assert np.abs(pladis.images[0] - stock).max() > 1e-5
+    cross = [name for name, _ in pipe.unet.named_modules() if name.endswith("attn2")]
+    assert pladis.settings["pladis_layers"] == [name for name in cross if not name.startswith("mid_block")]
+    with apply_pladis(pipe, scale=0.0):  # explicit softmax weights, not SDPA: equal to rounding
+        np.testing.assert_allclose(sample(pipe, "a red circle", **call).images[0], stock, rtol=0, atol=1e-5)
+    assert np.array_equal(sample(pipe, "a red circle", **call).images[0], stock)
+
+    with record_attention(pipe) as rec:
+        pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np")
+    rows = rec.to_dataframe()
+    assert set(rows["layer"]) == set(cross) and set(rows["branch"]) == {"cond", "uncond"}

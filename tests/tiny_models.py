@@ -162,30 +162,78 @@ def tiny_clip_tokenizer(directory, max_length: int = 16):
                          model_max_length=max_length)
 
 
+def _tiny_clip_config(tokenizer, hidden: int, **extra):
+    """A one-layer CLIP text encoder of width ``hidden`` over ``tokenizer``'s vocabulary."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                          num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def _tiny_vae():
+    """A two-level VAE: 16×16 images, 4-channel 8×8 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
+                         norm_num_groups=4, sample_size=16).eval()
+
+
 def tiny_sd_pipeline(tmp_dir, seed: int = 0):
     """A ``StableDiffusionPipeline`` with random tiny components (16×16 px images, 8×8 latents), built offline.
 
     ``tmp_dir`` holds the tokenizer files. The UNet has cross-attention in down, mid and up blocks.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
     tokenizer = tiny_clip_tokenizer(tmp_dir)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=12, intermediate_size=24, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)).eval()
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer, 12)).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), latent_channels=4,
-                        norm_num_groups=4, sample_size=16).eval()
+    vae = _tiny_vae()
     unet = tiny_unet(seed + 2)
     scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sdxl_pipeline(tmp_dir, seed: int = 0):
+    """A ``StableDiffusionXLPipeline`` with random tiny components (16×16 px images), built offline.
+
+    What SDXL adds to SD1.5, kept: two text encoders whose hidden states are concatenated (8 + 8 = 16 channels
+    of cross-attention context) and whose second one's pooled projection conditions the UNet with the size and
+    crop ids (``addition_embed_type="text_time"``); a first down block and a last up block without attention;
+    two transformer layers per block in the attention blocks; linear projections in and out of them.
+    """
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer(tmp_dir)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(_tiny_clip_config(tokenizer, 8)).eval()
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_clip_config(tokenizer, 8, projection_dim=8)).eval()
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae()
+    torch.manual_seed(seed + 2)
+    time_embed_dim = 4
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), cross_attention_dim=16,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=time_embed_dim,
+        # six size/crop ids, each embedded in time_embed_dim channels, then the pooled text projection
+        projection_class_embeddings_input_dim=6 * time_embed_dim + 8).eval()
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1)
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
