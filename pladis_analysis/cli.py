@@ -292,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What a wrong argument or model folder raises (the library names the argument and the value in the message):
-# the command line prints the message, not a traceback, and exits with argparse's usage-error status.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+# What a wrong argument or model folder, or a package the folder needs and the environment lacks, raises (the
+# library names the argument and the value, or the package, in the message): the command line prints the message,
+# not a traceback, and exits with argparse's usage-error status.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:

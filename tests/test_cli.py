@@ -54,6 +54,22 @@ def test_missing_model_folder_is_a_clear_error(tmp_path, capsys):
         main(["--traceback", *argv])
 
 
+def test_a_package_the_model_folder_needs_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from pladis_analysis.diffusion import pipelines
+
+    folder = tmp_path / "pixart"
+    (folder / "tokenizer").mkdir(parents=True)
+    (folder / "tokenizer" / "spiece.model").write_bytes(b"")
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline",
+                                                         "tokenizer": ["transformers", "T5Tokenizer"]}))
+    monkeypatch.setattr(pipelines, "_importable", lambda module: module != "sentencepiece")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--model", str(folder), "--prompt", "x", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "needs sentencepiece: pip install sentencepiece" in err and "Traceback" not in err
+
+
 def test_bad_alpha_is_a_one_line_error(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--model", str(model_dir), "--prompt", "x", "--alpha", "1", "--steps", "1",

@@ -238,4 +238,52 @@ def tiny_sdxl_pipeline(tmp_dir, seed: int = 0):
     return pipe
 
 
+def tiny_t5_tokenizer(directory, max_length: int = 16):
+    """A T5Tokenizer stored as PixArt's are: a SentencePiece unigram model (``spiece.model``, 32 pieces, trained
+    here on a few shape prompts) and ``tokenizer_config.json``, no ``tokenizer.json``. Needs sentencepiece and
+    protobuf."""
+    import json
+    import os
+    import random
+
+    import sentencepiece
+    from transformers import T5Tokenizer
+
+    os.makedirs(directory, exist_ok=True)
+    words = ["a", "red", "blue", "green", "circle", "square", "triangle", "left", "right", "of", "the", "top"]
+    rng = random.Random(0)
+    corpus = os.path.join(directory, "corpus.txt")
+    with open(corpus, "w") as f:
+        f.write("\n".join(" ".join(rng.choice(words) for _ in range(6)) for _ in range(300)))
+    sentencepiece.SentencePieceTrainer.train(input=corpus, model_prefix=os.path.join(directory, "spiece"),
+                                             vocab_size=32, model_type="unigram", pad_id=0, eos_id=1, unk_id=2,
+                                             bos_id=-1, character_coverage=1.0, minloglevel=2)
+    os.remove(corpus)
+    os.remove(os.path.join(directory, "spiece.vocab"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "model_max_length": max_length}, f)
+    return T5Tokenizer.from_pretrained(directory)
+
+
+def tiny_pixart_pipeline(tmp_dir, seed: int = 0):
+    """A ``PixArtAlphaPipeline`` with random tiny components (16×16 px images), built offline: a one-layer T5
+    encoder over :func:`tiny_t5_tokenizer` (its padding mask reaches the cross-attention as a −10000 bias) and the
+    tiny PixArt transformer."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = tiny_t5_tokenizer(tmp_dir)
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=PIXART_CONFIG["caption_channels"], d_kv=4, d_ff=24, num_layers=1,
+        num_heads=2, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id)).eval()
+    torch.manual_seed(seed + 1)
+    vae = _tiny_vae()
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                               transformer=tiny_pixart(seed + 2), scheduler=DPMSolverMultistepScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 SD_CALL = dict(height=16, width=16, num_inference_steps=2, guidance_scale=5.0, output_type="np")

@@ -1,13 +1,16 @@
 """Load local diffusers pipelines (never from the hub) and sample from them with PLADIS on or off.
 
 ``load_pipeline(path)`` opens a folder saved by ``DiffusionPipeline.save_pretrained`` (SD1.5, SDXL, SANA, PixArt
-…) with ``local_files_only=True``; a missing or malformed folder raises an error that says what was expected.
+…) with ``local_files_only=True``; a missing or malformed folder raises an error that says what was expected,
+and a tokenizer the environment cannot load (a SentencePiece model without sentencepiece or protobuf) an
+ImportError naming the folder and the package.
 ``sample(pipe, prompts, ...)`` calls the pipeline with a seeded generator and optional PLADIS, and returns the
 images with the settings that produced them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import warnings
@@ -65,6 +68,38 @@ def check_pipeline_folder(path: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
+# SentencePiece tokenizer files (T5's spiece.model: PixArt; tokenizer.model: Llama/Gemma-style). Without a
+# tokenizer.json beside them, transformers converts them at load time, which needs both packages below; missing
+# either, it fails deep inside with an error about tiktoken.
+_SENTENCEPIECE_FILES = ("spiece.model", "tokenizer.model")
+_SENTENCEPIECE_MODULES = {"sentencepiece": "sentencepiece", "google.protobuf": "protobuf"}
+
+
+def check_tokenizer_backends(path: str | os.PathLike, index: dict[str, Any]) -> None:
+    """ImportError naming the component and the packages to install when a tokenizer of the pipeline folder
+    ``path`` is stored only as a SentencePiece model (no ``tokenizer.json``) and sentencepiece or protobuf is
+    missing: PixArt's T5 tokenizer folders are usually stored so."""
+    missing = [package for module, package in _SENTENCEPIECE_MODULES.items() if not _importable(module)]
+    if not missing:
+        return
+    for name in index:
+        folder = Path(path) / name
+        if name.startswith("_") or not folder.is_dir() or (folder / "tokenizer.json").exists():
+            continue
+        stored = [f for f in _SENTENCEPIECE_FILES if (folder / f).exists()]
+        if stored:
+            raise ImportError(f"{str(folder)!r} stores its tokenizer as a SentencePiece model ({stored[0]}, no "
+                              f"tokenizer.json); loading it needs {' and '.join(missing)}: pip install "
+                              f"{' '.join(missing)} (or pip install 'pladis_analysis[diffusion]')")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package ("google")
+        return False
+
+
 def load_pipeline(path: str | os.PathLike, dtype: str | torch.dtype = torch.float32,
                   device: str | torch.device = "cpu", **kwargs):
     """A diffusers pipeline from a local folder, with ``local_files_only=True`` (no network).
@@ -73,6 +108,7 @@ def load_pipeline(path: str | os.PathLike, dtype: str | torch.dtype = torch.floa
     pipeline itself is disabled (callers show their own).
     """
     index = check_pipeline_folder(path)
+    check_tokenizer_backends(path, index)
     try:
         from diffusers import DiffusionPipeline
     except ImportError as err:  # pragma: no cover - depends on the environment
