@@ -10,7 +10,7 @@ import torch
 from pladis_analysis.diffusion import load_pipeline, sample
 from pladis_analysis.diffusion.pipelines import check_pipeline_folder, parse_dtype
 from tiny_models import one_torch_thread  # noqa: F401  (autouse)
-from tiny_models import tiny_pixart_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
+from tiny_models import tiny_pixart_pipeline, tiny_sana_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -108,38 +108,58 @@ def test_sdxl_pipeline_loads_samples_and_takes_pladis_and_probes(tmp_path):
     assert set(rows["layer"]) == set(cross) and set(rows["branch"]) == {"cond", "uncond"}
 
 
-def test_pixart_pipeline_with_a_sentencepiece_tokenizer_loads_samples_and_takes_pladis(tmp_path, monkeypatch):
-    """A tiny PixArt-α pipeline whose tokenizer folder holds what published PixArt folders hold (``spiece.model``
-    and its config, no ``tokenizer.json``) loads with load_pipeline and samples as the pipeline it was saved from;
-    PLADIS changes its image (T5's padding mask reaches every cross-attention as a bias); the probes see every
-    cross-attention layer. Without protobuf, loading it says which folder needs which package."""
-    from pladis_analysis.diffusion import apply_pladis, pipelines
+# The DiT pipelines' tiny builders, and the call options they share with the sampler (no resolution binning:
+# the tiny models have no aspect-ratio table; no caption cleaning: it needs ftfy and bs4).
+DIT_PIPELINES = {"pixart": (tiny_pixart_pipeline, 16), "sana": (tiny_sana_pipeline, 32)}
+DIT_CALL = dict(max_sequence_length=16, use_resolution_binning=False, clean_caption=False, output_type="np")
+
+
+def _saved_dit_pipeline(family, tmp_path):
+    """``(pipeline, its save_pretrained folder)``; PixArt's tokenizer folder holds what published PixArt folders
+    hold (``spiece.model`` and its config, no ``tokenizer.json``)."""
+    build, _ = DIT_PIPELINES[family]
+    pipe = build(tmp_path / "tok")
+    pipe.save_pretrained(tmp_path / "pipe")
+    if family == "pixart":
+        shutil.rmtree(tmp_path / "pipe" / "tokenizer")       # save_pretrained wrote tokenizer.json instead
+        shutil.copytree(tmp_path / "tok", tmp_path / "pipe" / "tokenizer")
+    return pipe, tmp_path / "pipe"
+
+
+@pytest.mark.parametrize("family", sorted(DIT_PIPELINES))
+def test_dit_pipeline_loads_samples_and_takes_pladis_and_probes(family, tmp_path):
+    """A tiny PixArt-α or SANA pipeline loads with load_pipeline and samples as the pipeline it was saved from (the
+    PixArt tokenizer converted from its SentencePiece model); PLADIS changes its image through every
+    cross-attention (the text encoder's padding mask reaches them as a bias), λ = 0 gives the stock image to
+    rounding; the probes see every cross-attention layer in both guidance branches."""
+    from pladis_analysis.diffusion import apply_pladis
     from pladis_analysis.probes import record_attention
 
-    pipe = tiny_pixart_pipeline(tmp_path / "tok")
-    pipe.save_pretrained(tmp_path / "pipe")
-    shutil.rmtree(tmp_path / "pipe" / "tokenizer")            # save_pretrained wrote tokenizer.json instead
-    shutil.copytree(tmp_path / "tok", tmp_path / "pipe" / "tokenizer")
-    loaded = load_pipeline(tmp_path / "pipe", dtype="float32", device="cpu")
-    assert type(loaded).__name__ == "PixArtAlphaPipeline"
-    call = dict(steps=2, guidance_scale=4.5, seed=0, output_type="np", height=16, width=16, max_sequence_length=16,
-                use_resolution_binning=False, clean_caption=False)
-    stock = sample(pipe, "a red circle left of a blue square", **call).images[0]
-    assert np.array_equal(sample(loaded, "a red circle left of a blue square", **call).images[0], stock)
+    pipe, folder = _saved_dit_pipeline(family, tmp_path)
+    loaded = load_pipeline(folder, dtype="float32", device="cpu")
+    assert type(loaded) is type(pipe)
+    size = DIT_PIPELINES[family][1]
+    prompt = "a red circle left of a blue square"
+    call = dict(steps=2, guidance_scale=4.5, seed=0, height=size, width=size, **DIT_CALL)
+    stock = sample(pipe, prompt, **call).images[0]
+    assert np.array_equal(sample(loaded, prompt, **call).images[0], stock)
 
-    pladis = sample(loaded, "a red circle left of a blue square", pladis_scale=2.0, **call)
+    pladis = sample(loaded, prompt, pladis_scale=2.0, **call)
     assert np.abs(pladis.images[0] - stock).max() > 1e-5
     cross = [name for name, _ in loaded.transformer.named_modules() if name.endswith("attn2")]
     assert pladis.settings["pladis_layers"] == cross
     with apply_pladis(loaded, scale=0.0):  # explicit softmax weights, not SDPA: equal to rounding
-        np.testing.assert_allclose(sample(loaded, "a red circle left of a blue square", **call).images[0], stock,
-                                   rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sample(loaded, prompt, **call).images[0], stock, rtol=0, atol=1e-5)
     with record_attention(loaded) as rec:
-        loaded("a red circle", num_inference_steps=2, height=16, width=16, output_type="np", max_sequence_length=16,
-               use_resolution_binning=False, clean_caption=False)
+        loaded("a red circle", num_inference_steps=2, height=size, width=size, **DIT_CALL)
     rows = rec.to_dataframe()
     assert set(rows["layer"]) == set(cross) and set(rows["branch"]) == {"cond", "uncond"}
 
+
+def test_a_sentencepiece_tokenizer_without_protobuf_is_a_clear_error(tmp_path, monkeypatch):
+    from pladis_analysis.diffusion import pipelines
+
+    _, folder = _saved_dit_pipeline("pixart", tmp_path)
     monkeypatch.setattr(pipelines, "_importable", lambda module: module != "google.protobuf")
-    with pytest.raises(ImportError, match=r"tokenizer.*spiece\.model.*needs protobuf"):
-        load_pipeline(tmp_path / "pipe")
+    with pytest.raises(ImportError, match=r"tokenizer.*spiece\.model.*needs protobuf: pip install protobuf"):
+        load_pipeline(folder)

@@ -286,4 +286,49 @@ def tiny_pixart_pipeline(tmp_dir, seed: int = 0):
     return pipe
 
 
+def tiny_gemma_tokenizer(directory):
+    """A GemmaTokenizer over single characters (spaces as "▁"), saved to ``directory`` and loaded back from it, so
+    that it behaves as the tokenizer of a pipeline loaded from disk does."""
+    import string
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import GemmaTokenizerFast
+
+    pieces = ["<pad>", "<eos>", "<bos>", "<unk>"] + list(string.ascii_lowercase) + list("▁.,:;'-")
+    characters = Tokenizer(models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token="<unk>"))
+    characters.normalizer = normalizers.Replace(" ", "▁")
+    characters.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    GemmaTokenizerFast(tokenizer_object=characters, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                       unk_token="<unk>").save_pretrained(directory)
+    return GemmaTokenizerFast.from_pretrained(directory)
+
+
+def tiny_sana_pipeline(tmp_dir, seed: int = 0):
+    """A ``SanaPipeline`` with random tiny components (32×32 px images: SANA wants multiples of 32), built offline:
+    a one-layer Gemma-2 encoder over :func:`tiny_gemma_tokenizer` (the pipeline prepends its long "complex human
+    instruction" to every prompt and keeps the last tokens), a two-level DC autoencoder, the tiny SANA
+    transformer (linear self-attention, SDPA cross-attention)."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline
+    from transformers import Gemma2Config, Gemma2Model
+
+    tokenizer = tiny_gemma_tokenizer(tmp_dir)
+    torch.manual_seed(seed)
+    text_encoder = Gemma2Model(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=SANA_CONFIG["caption_channels"], intermediate_size=24,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=6,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)).eval()
+    torch.manual_seed(seed + 1)
+    two_levels = dict(encoder_block_types=("ResBlock",) * 2, decoder_block_types=("ResBlock",) * 2,
+                      encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+                      encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+                      encoder_qkv_multiscales=((), ()), decoder_qkv_multiscales=((), ()))
+    vae = AutoencoderDC(in_channels=3, latent_channels=4, attention_head_dim=2, decoder_norm_types="batch_norm",
+                        decoder_act_fns="silu", **two_levels).eval()
+    pipe = SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=tiny_sana(seed + 2),
+                        scheduler=DPMSolverMultistepScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 SD_CALL = dict(height=16, width=16, num_inference_steps=2, guidance_scale=5.0, output_type="np")
