@@ -156,9 +156,9 @@ def test_rowwise_search_steps(device, alpha):
             entmax_forward(z, alpha, stop_tol=bad)
 
 
-# Next to a kink of f at α > 2, f'' = Σ x^{q−2} overflows to −inf and the Halley step to 0 or NaN, which the search
-# replaces by a bisection by design. On a GPU that is silent IEEE arithmetic; the interpreter runs it in NumPy,
-# which warns. The tests check that every weight comes out finite and right.
+# Next to a kink of f at α > 2, f'' = Σ x^{q−2} overflows to −inf and the Halley step to 0 or NaN, which the
+# search replaces by a bisection by design. On a GPU that is silent IEEE arithmetic; the interpreter runs it in
+# NumPy, which warns. The tests check that every weight comes out finite and right.
 INF_INTERMEDIATES = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                                                "ignore:invalid value encountered in subtract:RuntimeWarning")
 
@@ -830,8 +830,8 @@ def test_rowwise_backward_that_does_not_build(fresh_build_state, monkeypatch, ca
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
-from hypothesis_budget import examples  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from hypothesis_budget import examples  # noqa: E402
 
 
 @pytest.mark.property
