@@ -38,6 +38,8 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser, default_pladis_scal
     parser.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     parser.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance scale (default: the pipeline's)")
+    parser.add_argument("--height", type=int, default=None, help="image height in pixels (default: the pipeline's)")
+    parser.add_argument("--width", type=int, default=None, help="image width in pixels (default: the pipeline's)")
     parser.add_argument("--pladis-scale", type=float, default=default_pladis_scale,
                         help=f"PLADIS λ the model runs (0 = stock model; default {default_pladis_scale:g})")
     parser.add_argument("--alpha", type=float, default=1.5, help="α of the entmax component (default 1.5)")
@@ -110,10 +112,23 @@ def _progress_callback(pipe, total: int, desc: str):
     return bar, (lambda step, timestep: bar.update(1))
 
 
+def _image_size(pipe, args) -> dict:
+    """``height``/``width`` for the pipeline call, those given; a pipeline of fixed size (the bundled one) rejects
+    them by name."""
+    size = {name: value for name, value in (("height", args.height), ("width", args.width)) if value is not None}
+    for name, value in size.items():
+        if value < 1:
+            raise ValueError(f"--{name} {value}: must be a positive number of pixels")
+        if name not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(f"--{name} {value}: {type(pipe).__name__} makes images of one fixed size")
+    return size
+
+
 def _run_prompts(pipe, prompts, args, pladis_scale, desc):
     """Sample each prompt (prompt i with seed + i); returns (rows, images)."""
     from .diffusion.pipelines import sample
 
+    size = _image_size(pipe, args)
     rows, images = [], []
     for i, prompt in enumerate(prompts):
         bar, callback = _progress_callback(pipe, args.steps, f"{desc} {i + 1}/{len(prompts)}")
@@ -121,13 +136,14 @@ def _run_prompts(pipe, prompts, args, pladis_scale, desc):
             result = sample(pipe, prompt, steps=args.steps, guidance_scale=args.guidance_scale,
                             seed=args.seed + i, pladis_scale=pladis_scale, alpha=args.alpha,
                             layers=_layer_spec(args.layers), branches=args.branches, callback=callback,
-                            backend=args.backend)
+                            backend=args.backend, **size)
         finally:
             if bar is not None:
                 bar.close()
         images.append(result.images[0])
         rows.append({"prompt_index": i, "prompt": prompt, "seed": args.seed + i, "pladis_scale": pladis_scale,
-                     "alpha": args.alpha, "steps": args.steps, "guidance_scale": args.guidance_scale})
+                     "alpha": args.alpha, "steps": args.steps, "guidance_scale": args.guidance_scale,
+                     "height": result.images[0].height, "width": result.images[0].width})
     return rows, images
 
 

@@ -30,6 +30,18 @@ def test_sample_writes_images_table_and_provenance(model_dir, tmp_path):
     assert meta["config"]["backend"] == "torch"
 
 
+def test_image_size_reaches_the_pipeline(model_dir, tmp_path, capsys):
+    out = tmp_path / "sized"
+    assert main(["sample", "--model", str(model_dir), "--prompt", "a red circle", "--steps", "1", "--height", "32",
+                 "--width", "16", "--backend", "torch", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "samples.csv")
+    assert (table.height == 32).all() and (table.width == 16).all()
+    assert json.loads((out / "samples.meta.json").read_text())["config"]["height"] == 32
+    with pytest.raises(SystemExit):
+        main(["sample", "--model", "bundled", "--prompt", "x", "--steps", "1", "--height", "64", "--out", str(out)])
+    assert "--height 64: ShapesPipeline makes images of one fixed size" in capsys.readouterr().err
+
+
 def test_probe_writes_stats_and_heatmaps(model_dir, tmp_path):
     out = tmp_path / "probe"
     assert main(["probe", "--model", str(model_dir), "--prompt", "a red circle", "--steps", "2",
