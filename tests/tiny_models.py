@@ -11,6 +11,10 @@ float32 eval mode. The configs keep every structural feature the processor has t
 
 ``make_inputs`` returns a matching ``(sample, timestep, encoder_hidden_states)`` triple, with the
 classifier-free-guidance batch layout ``[uncond, cond]`` when ``cfg=True`` (latents duplicated, as pipelines do).
+
+Whole pipelines (``tiny_sd_pipeline``, ``tiny_sdxl_pipeline``, ``tiny_pixart_pipeline``, ``tiny_sana_pipeline``)
+add one-layer text encoders over tokenizers written to a folder the caller gives, a tiny autoencoder and the
+family's scheduler, so that they can be saved and loaded like published ones.
 """
 
 from __future__ import annotations
