@@ -85,20 +85,21 @@ def check_alpha(alpha) -> float:
     return alpha
 
 
-def check_scale(scale) -> float:
-    """The PLADIS scale λ as a float, or ValueError unless it is a finite real number >= 0.
+def check_scale(scale, name: str = "scale") -> float:
+    """The PLADIS scale λ as a float, or ValueError (naming the argument ``name``) unless it is a finite real
+    number >= 0.
 
     λ < 0 would extrapolate *away* from the sparse map; the reference and the attention functions reject it too.
     """
     if isinstance(scale, torch.Tensor):
         if scale.numel() != 1:
-            raise ValueError(f"scale must be a scalar, got a tensor of shape {tuple(scale.shape)}")
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(scale.shape)}")
         scale = scale.item()
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-        raise ValueError(f"scale={scale!r} must be a finite real number")
+        raise ValueError(f"{name}={scale!r} must be a finite real number")
     scale = float(scale)
     if not math.isfinite(scale) or scale < 0.0:
-        raise ValueError(f"scale={scale!r} (the PLADIS λ) must be a finite real number >= 0")
+        raise ValueError(f"{name}={scale!r} (the PLADIS λ) must be a finite real number >= 0")
     return scale
 
 

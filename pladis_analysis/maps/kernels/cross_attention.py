@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
+from .._threshold import check_scale
 from .build_failures import launching
 from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum,
                              stop_tolerance)
@@ -815,12 +816,10 @@ def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     :data:`STAT_NAMES` (no gradient flows through ``stats``; ``tsallis_alpha`` is the order of their Tsallis
     entropies). Differentiable in q, k, v.
     """
+    pladis_scale = check_scale(pladis_scale, "pladis_scale")
     alpha = float(alpha)
     if (pladis_scale != 0.0 or return_stats) and (not math.isfinite(alpha) or alpha <= 1.0):
         raise ValueError(f"alpha={alpha!r}: α-entmax needs a finite alpha > 1")
-    if not (math.isfinite(float(pladis_scale)) and pladis_scale >= 0.0):
-        # As everywhere in the package: λ < 0 would extrapolate away from the sparse map.
-        raise ValueError(f"pladis_scale={pladis_scale!r} (the PLADIS λ) must be a finite real number >= 0")
     if not (math.isfinite(float(tsallis_alpha)) and tsallis_alpha > 0):
         raise ValueError(f"tsallis_alpha={tsallis_alpha!r}: must be finite and > 0")
     if score_scale is not None and not math.isfinite(float(score_scale)):
