@@ -80,45 +80,17 @@ def test_dtype_names():
         parse_dtype("float8")
 
 
-def test_sdxl_pipeline_loads_samples_and_takes_pladis_and_probes(tmp_path):
-    """A tiny SDXL pipeline (two text encoders, size/crop conditioning, attention-free outer blocks, two transformer
-    layers per attention block) round-trips through load_pipeline; PLADIS changes its image through the down and
-    up blocks' cross-attention, λ = 0 and leaving the context give the stock image; the probes see every
-    cross-attention layer in both guidance branches."""
-    from pladis_analysis.diffusion import apply_pladis
-    from pladis_analysis.probes import record_attention
-
-    tiny_sdxl_pipeline(tmp_path / "tok").save_pretrained(tmp_path / "pipe")
-    pipe = load_pipeline(tmp_path / "pipe", dtype="float32", device="cpu")
-    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
-    call = dict(steps=2, guidance_scale=5.0, seed=0, output_type="np", height=16, width=16)
-    stock = sample(pipe, "a red circle", **call).images[0]
-
-    pladis = sample(pipe, "a red circle", pladis_scale=2.0, **call)
-    assert np.abs(pladis.images[0] - stock).max() > 1e-5
-    cross = [name for name, _ in pipe.unet.named_modules() if name.endswith("attn2")]
-    assert pladis.settings["pladis_layers"] == [name for name in cross if not name.startswith("mid_block")]
-    with apply_pladis(pipe, scale=0.0):  # explicit softmax weights, not SDPA: equal to rounding
-        np.testing.assert_allclose(sample(pipe, "a red circle", **call).images[0], stock, rtol=0, atol=1e-5)
-    assert np.array_equal(sample(pipe, "a red circle", **call).images[0], stock)
-
-    with record_attention(pipe) as rec:
-        pipe("a red circle", num_inference_steps=2, height=16, width=16, output_type="np")
-    rows = rec.to_dataframe()
-    assert set(rows["layer"]) == set(cross) and set(rows["branch"]) == {"cond", "uncond"}
+# Whole pipelines beyond SD1.5: (tiny builder, image size, call options). The DiTs' options: no resolution binning
+# (the tiny models have no aspect-ratio table), no caption cleaning (it needs ftfy and bs4).
+DIT_CALL = dict(max_sequence_length=16, use_resolution_binning=False, clean_caption=False)
+PIPELINES = {"sdxl": (tiny_sdxl_pipeline, 16, {}), "pixart": (tiny_pixart_pipeline, 16, DIT_CALL),
+             "sana": (tiny_sana_pipeline, 32, DIT_CALL)}
 
 
-# The DiT pipelines' tiny builders, and the call options they share with the sampler (no resolution binning:
-# the tiny models have no aspect-ratio table; no caption cleaning: it needs ftfy and bs4).
-DIT_PIPELINES = {"pixart": (tiny_pixart_pipeline, 16), "sana": (tiny_sana_pipeline, 32)}
-DIT_CALL = dict(max_sequence_length=16, use_resolution_binning=False, clean_caption=False, output_type="np")
-
-
-def _saved_dit_pipeline(family, tmp_path):
+def _saved_pipeline(family, tmp_path):
     """``(pipeline, its save_pretrained folder)``; PixArt's tokenizer folder holds what published PixArt folders
     hold (``spiece.model`` and its config, no ``tokenizer.json``)."""
-    build, _ = DIT_PIPELINES[family]
-    pipe = build(tmp_path / "tok")
+    pipe = PIPELINES[family][0](tmp_path / "tok")
     pipe.save_pretrained(tmp_path / "pipe")
     if family == "pixart":
         shutil.rmtree(tmp_path / "pipe" / "tokenizer")       # save_pretrained wrote tokenizer.json instead
@@ -126,32 +98,36 @@ def _saved_dit_pipeline(family, tmp_path):
     return pipe, tmp_path / "pipe"
 
 
-@pytest.mark.parametrize("family", sorted(DIT_PIPELINES))
-def test_dit_pipeline_loads_samples_and_takes_pladis_and_probes(family, tmp_path):
-    """A tiny PixArt-α or SANA pipeline loads with load_pipeline and samples as the pipeline it was saved from (the
-    PixArt tokenizer converted from its SentencePiece model); PLADIS changes its image through every
-    cross-attention (the text encoder's padding mask reaches them as a bias), λ = 0 gives the stock image to
-    rounding; the probes see every cross-attention layer in both guidance branches."""
+@pytest.mark.parametrize("family", sorted(PIPELINES))
+def test_pipeline_loads_samples_and_takes_pladis_and_probes(family, tmp_path):
+    """A tiny SDXL (two text encoders, size/crop conditioning, attention-free outer blocks, two transformer layers
+    per attention block), PixArt-α or SANA pipeline loads with load_pipeline and samples as the pipeline it was
+    saved from (the PixArt tokenizer converted from its SentencePiece model). PLADIS changes its image through the
+    default layers (every cross-attention but a UNet's mid block; the text encoder's padding mask reaches the DiTs'
+    as a bias); λ = 0 gives the stock image to rounding, leaving the context the stock image exactly; the probes see
+    every cross-attention layer in both guidance branches."""
     from pladis_analysis.diffusion import apply_pladis
     from pladis_analysis.probes import record_attention
 
-    pipe, folder = _saved_dit_pipeline(family, tmp_path)
+    _, size, options = PIPELINES[family]
+    pipe, folder = _saved_pipeline(family, tmp_path)
     loaded = load_pipeline(folder, dtype="float32", device="cpu")
     assert type(loaded) is type(pipe)
-    size = DIT_PIPELINES[family][1]
     prompt = "a red circle left of a blue square"
-    call = dict(steps=2, guidance_scale=4.5, seed=0, height=size, width=size, **DIT_CALL)
+    call = dict(steps=2, guidance_scale=4.5, seed=0, height=size, width=size, output_type="np", **options)
     stock = sample(pipe, prompt, **call).images[0]
     assert np.array_equal(sample(loaded, prompt, **call).images[0], stock)
 
     pladis = sample(loaded, prompt, pladis_scale=2.0, **call)
     assert np.abs(pladis.images[0] - stock).max() > 1e-5
-    cross = [name for name, _ in loaded.transformer.named_modules() if name.endswith("attn2")]
-    assert pladis.settings["pladis_layers"] == cross
+    denoiser = loaded.unet if family == "sdxl" else loaded.transformer
+    cross = [name for name, _ in denoiser.named_modules() if name.endswith("attn2")]
+    assert pladis.settings["pladis_layers"] == [name for name in cross if not name.startswith("mid_block")]
     with apply_pladis(loaded, scale=0.0):  # explicit softmax weights, not SDPA: equal to rounding
         np.testing.assert_allclose(sample(loaded, prompt, **call).images[0], stock, rtol=0, atol=1e-5)
+    assert np.array_equal(sample(loaded, prompt, **call).images[0], stock)
     with record_attention(loaded) as rec:
-        loaded("a red circle", num_inference_steps=2, height=size, width=size, **DIT_CALL)
+        loaded("a red circle", num_inference_steps=2, height=size, width=size, output_type="np", **options)
     rows = rec.to_dataframe()
     assert set(rows["layer"]) == set(cross) and set(rows["branch"]) == {"cond", "uncond"}
 
@@ -159,7 +135,7 @@ def test_dit_pipeline_loads_samples_and_takes_pladis_and_probes(family, tmp_path
 def test_a_sentencepiece_tokenizer_without_protobuf_is_a_clear_error(tmp_path, monkeypatch):
     from pladis_analysis.diffusion import pipelines
 
-    _, folder = _saved_dit_pipeline("pixart", tmp_path)
+    _, folder = _saved_pipeline("pixart", tmp_path)
     monkeypatch.setattr(pipelines, "_importable", lambda module: module != "google.protobuf")
     with pytest.raises(ImportError, match=r"tokenizer.*spiece\.model.*needs protobuf: pip install protobuf"):
         load_pipeline(folder)
