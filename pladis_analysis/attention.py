@@ -35,6 +35,10 @@ A query whose keys are **all** masked (−inf or ``False`` everywhere) gets all-
 row, never NaN (torch SDPA returns NaN there). An all −10000 row is not "all masked": −10000 is a finite bias,
 the same for every key, and cancels (translation invariance), as it does in diffusers.
 
+Under ``torch.compile`` a call with a map given by name is one custom operator,
+``torch.ops.pladis_analysis.attention`` (see the last section of this module): the compiler sees it whole, with
+no graph break, and CUDA graphs (``mode="reduce-overhead"``) capture it.
+
 Errors: tensors of different dtypes or devices, non-floating dtypes, shapes that do not line up, masks that
 do not broadcast, a bad map name, α ≤ 1 or non-finite, a negative or non-finite λ, and NaN or +inf scores
 raise ``ValueError`` naming the argument and its value.
@@ -45,12 +49,12 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
 
 from . import maps
-from .maps._shapes import broadcast_shapes
+from .maps._shapes import broadcast_shapes, writes_heads_interleaved
 from .maps.kernels import dispatch as _dispatch
 
 __all__ = ["attention", "pladis_attention", "resolve_map", "parse_map_name", "NamedMap", "AttentionMap"]
@@ -241,6 +245,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
     map_fn = resolve_map(map)
     _check_qkv(q, k, v)
     score_scale = _check_score_scale(scale, q.shape[-1])
+    if _as_one_operator(map, (q, k, v, attn_mask)):
+        _dispatch.check_backend(backend)
+        return torch.ops.pladis_analysis.attention(q, k, v, attn_mask, map, score_scale, backend)
     if backend != "torch":  # the fused Triton kernel where it fits
         fast = _dispatch.maybe_triton_attention_named(parse_map_name(map) if isinstance(map, str) else None, q, k, v,
                                                       attn_mask=attn_mask, score_scale=score_scale, backend=backend)
@@ -271,6 +278,9 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """
     lam = _check_pladis_scale(scale)
     alpha = _check_alpha(alpha)
+    if _as_one_operator("pladis", (q, k, v, attn_mask)):
+        return attention(q, k, v, map=f"pladis:{lam!r}:{alpha!r}", attn_mask=attn_mask, scale=score_scale,
+                         backend=backend)
     if backend != "torch":  # the fused Triton kernel where it fits
         _check_qkv(q, k, v)
         fast = _dispatch.maybe_triton_attention(q, k, v, map_name="pladis", attn_mask=attn_mask,
@@ -280,3 +290,47 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
             return fast
     return attention(q, k, v, map=functools.partial(maps.pladis_weights, scale=lam, alpha=alpha, dim=-1),
                      attn_mask=attn_mask, scale=score_scale, backend="torch")
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.compile: named-map attention as one custom operator
+# --------------------------------------------------------------------------------------------------
+# Traced op by op, attention would break the compiler's graph at every data-dependent step (the NaN check on
+# the scores, the threshold search's loop over still-active rows, the kernel's host-side dispatch), and a
+# compiled model would run those pieces eagerly between graphs. As an opaque operator it is one node: the
+# compiler needs only the output's shape and layout (the fake implementation below), the eager implementation
+# runs at run time with every check, and the fused kernel keeps its plans. The operator has no backward: a
+# call that needs gradients is traced as before (graph breaks, correct gradients through the torch path).
+
+def _as_one_operator(map: MapSpec, tensors: tuple) -> bool:
+    """Route this call through the operator: only while torch.compile traces, for a map given by name (a
+    callable cannot be an operator argument), and when no input wants a gradient (inference, the diffusion
+    use)."""
+    if not (torch.compiler.is_compiling() and isinstance(map, str)):
+        return False
+    return not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
+
+
+def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """An uninitialised output ``[..., Lq, dv]`` in the layout the operator promises: heads interleaved as the
+    query's when it is a head-split projection (what the fused kernel writes), else contiguous."""
+    lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    lq, dv = q.shape[-2], v.shape[-1]
+    if writes_heads_interleaved(q, lead):
+        return q.new_empty((lead[0], lq, lead[1], dv)).transpose(1, 2)                       # (B, H, Lq, dv)
+    return q.new_empty((*lead, lq, dv))
+
+
+@torch.library.custom_op("pladis_analysis::attention", mutates_args=())
+def _attention_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                        map_name: str, score_scale: float, backend: str) -> torch.Tensor:
+    out = attention(q, k, v, map=map_name, attn_mask=attn_mask, scale=score_scale, backend=backend)
+    expected = _empty_output(q, k, v)
+    if out.stride() != expected.stride():  # the torch path's contiguous output, where the kernel interleaves
+        out = expected.copy_(out)
+    return out
+
+
+@_attention_operator.register_fake
+def _(q, k, v, attn_mask, map_name, score_scale, backend):
+    return _empty_output(q, k, v)

@@ -1,4 +1,4 @@
-"""Shape broadcasting in plain Python, for hot paths.
+"""Shape arithmetic in plain Python, for hot paths: broadcasting, block sizes, output layouts.
 
 ``torch.broadcast_shapes`` goes through torch's reference implementation (symbolic-shape guards included) and
 costs tens of microseconds; the diffusion processor checks shapes on every attention call of every layer and
@@ -26,6 +26,14 @@ def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
                                    f"(size {size} against {out[i]} at dim {i})")
             out[i] = size
     return tuple(out)
+
+
+def writes_heads_interleaved(q, lead: Sequence[int]) -> bool:
+    """Whether an attention output follows ``q``'s (B, Lq, H, d) memory order: ``q`` is a head-split view of a
+    (B, Lq, H·d) projection, as attention processors make it (4-D, heads stride below the query stride). Such an
+    output merges its heads back with a view, not a copy, as SDPA's does. The fused kernel and the compiled
+    attention operator both lay out their outputs by this rule."""
+    return q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
 
 
 def next_power_of_2(n: int) -> int:

@@ -44,7 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks
+from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks, writes_heads_interleaved
 from .._threshold import check_scale
 from .build_failures import launching
 from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum,
@@ -580,7 +580,7 @@ class _CallPlan:
         self.dtype, self.device = q.dtype, q.device
         # q as attention processors make it, a head-split view of (B, Lq, H·d): the output is written in that
         # layout too, so that merging the heads back (transpose + reshape) is a view, not a copy (SDPA does so).
-        self.head_split = q.dim() == 4 and len(lead) == 2 and q.stride(1) < q.stride(2)
+        self.head_split = writes_heads_interleaved(q, lead)
         self.out_shape = (nb, lq, nh, dv) if self.head_split else (*lead, lq, dv)
         self.stats_shape = (*lead, lq, len(STAT_NAMES)) if return_stats else None
         out, stats = self.outputs()
