@@ -172,6 +172,24 @@ def test_compiled_model_with_pladis_has_no_graph_break(family):
     assert_close(out, eager, name=family)
 
 
+def test_branch_selective_pladis_compiles_with_a_break_at_the_model_input():
+    """PLADIS on the conditional chunk only: the sampling-state hook reads the timestep (one graph break before
+    the model's graph); the output is still eager's."""
+    pytest.importorskip("diffusers")
+    from tiny_models import make_inputs, run_model, tiny_model
+
+    from pladis_analysis.diffusion import apply_pladis
+
+    model = tiny_model("unet").eval()
+    sample, timestep, text = make_inputs("unet", batch=1)
+    with apply_pladis(model, branches="cond", backend="torch"):
+        eager = run_model(model, sample, timestep, text)
+        torch._dynamo.reset()
+        model.compile(backend="aot_eager")
+        out = run_model(model, sample, timestep, text)
+    assert_close(out, eager)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
                     reason="needs a CUDA device (CUDA graphs)")
