@@ -71,12 +71,17 @@ _MAP_NAMES = ("softmax", "sparsemax", "entmax15", "entmax:<alpha>", "pladis", "p
 # Argument checks
 # --------------------------------------------------------------------------------------------------
 
+def _finite(x: float) -> bool:
+    """``math.isfinite(x)`` in a form torch.compile traces with ``dynamic=True`` (it cannot trace isfinite)."""
+    return abs(x) < math.inf
+
+
 def _check_alpha(alpha, where: str = "alpha") -> float:
     try:
         a = float(alpha)
     except (TypeError, ValueError):
         raise ValueError(f"{where}={alpha!r} must be a finite real number > 1") from None
-    if isinstance(alpha, bool) or not math.isfinite(a) or a <= 1.0:
+    if isinstance(alpha, bool) or not _finite(a) or a <= 1.0:
         raise ValueError(f"{where}={alpha!r} must be a finite real number > 1 (alpha -> 1 is softmax)")
     return a
 
@@ -86,7 +91,7 @@ def _check_pladis_scale(scale, where: str = "scale") -> float:
         lam = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0") from None
-    if isinstance(scale, bool) or not math.isfinite(lam) or lam < 0.0:
+    if isinstance(scale, bool) or not _finite(lam) or lam < 0.0:
         raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0")
     return lam
 
@@ -125,7 +130,7 @@ def _check_score_scale(scale, d: int) -> float:
         s = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"scale={scale!r} (the score scale) must be a finite real number or None") from None
-    if isinstance(scale, bool) or not math.isfinite(s):
+    if isinstance(scale, bool) or not _finite(s):
         raise ValueError(f"scale={scale!r} (the score scale) must be a finite real number or None")
     return s
 

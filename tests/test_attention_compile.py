@@ -80,6 +80,21 @@ def test_compiled_attention_has_no_graph_break_and_gives_eager_outputs(map_name,
                      name=map_name)
 
 
+@pytest.mark.parametrize("dynamic", [True, None], ids=["dynamic", "automatic"])
+def test_compiled_attention_follows_changing_shapes(dynamic):
+    """Symbolic shapes (``dynamic=True``, or the recompile after a shape changes): still one graph, eager outputs."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b, c, m: pladis_attention(a, b, c, attn_mask=m, backend="torch"),
+                             fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    for lq, lk in ((7, 5), (9, 6), (16, 11)):
+        q, k, v = _head_split_qkv(lq=lq, lk=lk)
+        mask = _masks(lk=lk)["additive"]
+        with torch.no_grad():
+            out = compiled(q, k, v, mask)
+        assert out.stride() == torch.empty(2, lq, 3, 8).transpose(1, 2).stride()
+        assert_close(out, pladis_attention(q, k, v, attn_mask=mask, backend="torch"), name=f"Lq={lq}, Lk={lk}")
+
+
 def test_compiled_pladis_attention_is_the_operator():
     q, k, v = _head_split_qkv(seed=1)
     mask = _masks()["bool"]
