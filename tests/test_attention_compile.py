@@ -205,6 +205,30 @@ def test_branch_selective_pladis_compiles_with_a_break_at_the_model_input():
     assert_close(out, eager)
 
 
+def test_probes_inside_a_compiled_model_record_the_eager_rows():
+    """A probe is Python run after each attention call: compiled, it breaks the graph there and still records
+    exactly the eager statistics."""
+    pytest.importorskip("diffusers")
+    from tiny_models import make_inputs, run_model, tiny_model
+
+    from pladis_analysis.probes import record_attention
+
+    sample, timestep, text = make_inputs("unet", batch=1)
+    tables = []
+    for compile_it in (False, True):
+        model = tiny_model("unet").eval()
+        with record_attention(model, variants=("softmax", "pladis(2, 1.5)"), backend="torch") as recorder:
+            if compile_it:
+                torch._dynamo.reset()
+                model.compile(backend="aot_eager")
+            run_model(model, sample, timestep, text)
+        tables.append(recorder.to_dataframe())
+    eager, compiled = tables
+    assert len(eager) > 0 and list(compiled.columns) == list(eager.columns)
+    numbers = eager.select_dtypes("number").columns
+    assert_close(torch.tensor(compiled[numbers].to_numpy()), torch.tensor(eager[numbers].to_numpy()))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and not dispatch.kernels_interpreted()),
                     reason="needs a CUDA device (CUDA graphs)")
