@@ -37,7 +37,8 @@ the same for every key, and cancels (translation invariance), as it does in diff
 
 Under ``torch.compile`` a call with a map given by name is one custom operator,
 ``torch.ops.pladis_analysis.attention`` (see the last section of this module): the compiler sees it whole, with
-no graph break, and CUDA graphs (``mode="reduce-overhead"``) capture it.
+no graph break, and CUDA graphs (``mode="reduce-overhead"``) can replay it. Calls whose inputs require grad
+are traced op by op instead (the operator has no backward).
 
 Errors: tensors of different dtypes or devices, non-floating dtypes, shapes that do not line up, masks that
 do not broadcast, a bad map name, α ≤ 1 or non-finite, a negative or non-finite λ, and NaN or +inf scores
