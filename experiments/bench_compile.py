@@ -13,8 +13,9 @@ model's UNet (random latents and text states of its shapes, a CFG batch of 2) on
 
 ``graphs`` and ``graph_breaks`` come from ``torch._dynamo.explain``. ``first_call_s`` is the first call's wall
 time: for compiled variants, the compile (Inductor's caches are disabled, so each run compiles from scratch).
-Forward times: the four variants alternate within each repeat; each sample is the mean of ``calls`` forwards;
-the median over ``repeats`` samples is reported with its ratio to the stock forward of the same mode.
+Forward times: after one more untimed call of each variant, the four alternate within each repeat; each sample
+is the mean of ``calls`` forwards; the median over ``repeats`` samples is reported with its ratio to the stock
+forward of the same mode.
 
     python experiments/bench_compile.py            # writes results/bench_compile.csv (Inductor; minutes)
     python experiments/bench_compile.py --quick    # aot_eager backend, fewer calls (tests)
@@ -106,6 +107,8 @@ def run(config: Config, out: Path) -> Path:
                 row.update(graphs=traced[name].graph_count, graph_breaks=traced[name].graph_break_count,
                            max_abs_diff_vs_eager=(outputs[name, mode] - outputs[name, "eager"]).abs().max().item())
             rows[name, mode], models[name, mode] = row, model
+        for key in VARIANTS:  # one more untimed call each: a recompile triggered by the other model lands here
+            _forward(models[key], inputs)
         samples = {key: [] for key in VARIANTS}
         for r in range(config.repeats):
             for key in (VARIANTS if r % 2 == 0 else VARIANTS[::-1]):
