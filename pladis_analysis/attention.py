@@ -38,7 +38,8 @@ the same for every key, and cancels (translation invariance), as it does in diff
 Under ``torch.compile`` a call with a map given by name is one custom operator,
 ``torch.ops.pladis_analysis.attention`` (see the last section of this module): the compiler sees it whole, with
 no graph break, and CUDA graphs (``mode="reduce-overhead"``) can replay it. Calls whose inputs require grad
-are traced op by op instead (the operator has no backward).
+are traced through the torch path instead, whose map is an operator with a backward (no graph break either;
+NaN scores are then reported by the map's check).
 
 Errors: tensors of different dtypes or devices, non-floating dtypes, shapes that do not line up, masks that
 do not broadcast, a bad map name, α ≤ 1 or non-finite, a negative or non-finite λ, and NaN or +inf scores
@@ -56,6 +57,7 @@ import torch
 
 from . import maps
 from .maps._shapes import broadcast_shapes, writes_heads_interleaved
+from .maps._threshold import finite_number
 from .maps.kernels import dispatch as _dispatch
 
 __all__ = ["attention", "pladis_attention", "resolve_map", "parse_map_name", "NamedMap", "AttentionMap"]
@@ -72,17 +74,12 @@ _MAP_NAMES = ("softmax", "sparsemax", "entmax15", "entmax:<alpha>", "pladis", "p
 # Argument checks
 # --------------------------------------------------------------------------------------------------
 
-def _finite(x: float) -> bool:
-    """``math.isfinite(x)`` in a form torch.compile traces with ``dynamic=True`` (it cannot trace isfinite)."""
-    return abs(x) < math.inf
-
-
 def _check_alpha(alpha, where: str = "alpha") -> float:
     try:
         a = float(alpha)
     except (TypeError, ValueError):
         raise ValueError(f"{where}={alpha!r} must be a finite real number > 1") from None
-    if isinstance(alpha, bool) or not _finite(a) or a <= 1.0:
+    if isinstance(alpha, bool) or not finite_number(a) or a <= 1.0:
         raise ValueError(f"{where}={alpha!r} must be a finite real number > 1 (alpha -> 1 is softmax)")
     return a
 
@@ -92,7 +89,7 @@ def _check_pladis_scale(scale, where: str = "scale") -> float:
         lam = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0") from None
-    if isinstance(scale, bool) or not _finite(lam) or lam < 0.0:
+    if isinstance(scale, bool) or not finite_number(lam) or lam < 0.0:
         raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0")
     return lam
 
@@ -131,7 +128,7 @@ def _check_score_scale(scale, d: int) -> float:
         s = float(scale)
     except (TypeError, ValueError):
         raise ValueError(f"scale={scale!r} (the score scale) must be a finite real number or None") from None
-    if isinstance(scale, bool) or not _finite(s):
+    if isinstance(scale, bool) or not finite_number(s):
         raise ValueError(f"scale={scale!r} (the score scale) must be a finite real number or None")
     return s
 
@@ -150,17 +147,17 @@ class NamedMap:
     alpha: float | None = None
     scale: float | None = None
 
-    def function(self) -> AttentionMap:
-        """The torch map acting on the last dimension."""
+    def function(self, backend: str = "auto") -> AttentionMap:
+        """The map acting on the last dimension (``backend`` picks its row-wise kernel or the torch path)."""
         if self.kind == "softmax":
-            return functools.partial(maps.softmax, dim=-1)
+            return functools.partial(maps.softmax, dim=-1, backend=backend)
         if self.kind == "sparsemax":
-            return functools.partial(maps.sparsemax, dim=-1)
+            return functools.partial(maps.sparsemax, dim=-1, backend=backend)
         if self.kind == "entmax15":
-            return functools.partial(maps.entmax15, dim=-1)
+            return functools.partial(maps.entmax15, dim=-1, backend=backend)
         if self.kind == "entmax":
-            return functools.partial(maps.entmax, alpha=self.alpha, dim=-1)
-        return functools.partial(maps.pladis_weights, scale=self.scale, alpha=self.alpha, dim=-1)
+            return functools.partial(maps.entmax, alpha=self.alpha, dim=-1, backend=backend)
+        return functools.partial(maps.pladis_weights, scale=self.scale, alpha=self.alpha, dim=-1, backend=backend)
 
 
 def parse_map_name(map: str) -> NamedMap:
@@ -183,9 +180,10 @@ def parse_map_name(map: str) -> NamedMap:
     raise ValueError(f"map={map!r} is not a known map; expected a callable or one of {_MAP_NAMES}")
 
 
-def resolve_map(map: MapSpec) -> AttentionMap:
-    """The callable for a map name (see the module docstring for the names), or ``map`` itself if callable."""
-    return map if callable(map) else parse_map_name(map).function()
+def resolve_map(map: MapSpec, backend: str = "auto") -> AttentionMap:
+    """The callable for a map name (see the module docstring for the names; ``backend`` as in the maps), or
+    ``map`` itself if callable."""
+    return map if callable(map) else parse_map_name(map).function(backend)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -211,12 +209,15 @@ def _masked_scores(q, k, attn_mask, scale: float, work: torch.dtype) -> torch.Te
             scores = scores.masked_fill(~attn_mask, float("-inf"))  # True = keep, as torch SDPA
         elif attn_mask.is_floating_point():
             bias = attn_mask.to(work)
-            if torch.isnan(bias).any() or torch.isposinf(bias).any():
+            if not torch.compiler.is_compiling() and (torch.isnan(bias).any() or torch.isposinf(bias).any()):
                 raise ValueError("attn_mask must not contain NaN or +inf (use -inf or False to mask a key)")
             scores = scores + bias
         else:
             raise ValueError(f"attn_mask.dtype={attn_mask.dtype} must be torch.bool (True = keep) or floating "
                              f"(added to the scores)")
+    if torch.compiler.is_compiling():
+        return scores  # a data-dependent check would break the graph; the maps' own check of their row maxima
+        # raises on NaN and +inf scores instead, naming fewer details
     largest = scores.amax() if scores.numel() else scores.new_zeros(())  # amax propagates NaN: one reduction
     if torch.isnan(largest) or torch.isposinf(largest):
         bad = torch.isnan(scores) | torch.isposinf(scores)
@@ -248,13 +249,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
     Returns:
         ``[..., Lq, dv]`` in the input dtype (computed in float32, or float64 for float64 inputs).
     """
-    map_fn = resolve_map(map)
+    map_fn = resolve_map(map, backend)
     _check_qkv(q, k, v)
     score_scale = _check_score_scale(scale, q.shape[-1])
     if _as_one_operator(map, (q, k, v, attn_mask)):
         _dispatch.check_backend(backend)
         return torch.ops.pladis_analysis.attention(q, k, v, attn_mask, map, score_scale, backend)
-    if backend != "torch":  # the fused Triton kernel where it fits
+    # The fused Triton kernel where it fits. Not while compiling (a call that needs gradients): its host-side
+    # dispatch cannot be traced, and the traced path's map is an operator that may launch the row-wise kernel.
+    if backend != "torch" and not torch.compiler.is_compiling():
         fast = _dispatch.maybe_triton_attention_named(parse_map_name(map) if isinstance(map, str) else None, q, k, v,
                                                       attn_mask=attn_mask, score_scale=score_scale, backend=backend)
         if fast is not None:
@@ -287,15 +290,16 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     if _as_one_operator("pladis", (q, k, v, attn_mask)):
         return attention(q, k, v, map=f"pladis:{lam!r}:{alpha!r}", attn_mask=attn_mask, scale=score_scale,
                          backend=backend)
-    if backend != "torch":  # the fused Triton kernel where it fits
+    if backend != "torch" and not torch.compiler.is_compiling():  # the fused Triton kernel where it fits
         _check_qkv(q, k, v)
         fast = _dispatch.maybe_triton_attention(q, k, v, map_name="pladis", attn_mask=attn_mask,
                                                 score_scale=_check_score_scale(score_scale, q.shape[-1]),
                                                 pladis_scale=lam, alpha=alpha, backend=backend)
         if fast is not None:
             return fast
-    return attention(q, k, v, map=functools.partial(maps.pladis_weights, scale=lam, alpha=alpha, dim=-1),
-                     attn_mask=attn_mask, scale=score_scale, backend="torch")
+    return attention(q, k, v, map=functools.partial(maps.pladis_weights, scale=lam, alpha=alpha, dim=-1,
+                                                   backend=backend), attn_mask=attn_mask, scale=score_scale,
+                     backend="torch")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,7 +310,8 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 # compiled model would run those pieces eagerly between graphs. As an opaque operator it is one node: the
 # compiler needs only the output's shape and layout (the fake implementation below), the eager implementation
 # runs at run time with every check, and the fused kernel keeps its plans. The operator has no backward: a
-# call that needs gradients is traced as before (graph breaks, correct gradients through the torch path).
+# call that needs gradients is traced instead, through the torch path, whose map is itself an operator with a
+# backward (maps.operators), so that it has no graph break either.
 
 def _as_one_operator(map: MapSpec, tensors: tuple) -> bool:
     """Route this call through the operator: only while torch.compile traces, for a map given by name (a

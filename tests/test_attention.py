@@ -302,3 +302,24 @@ def test_bad_inputs_raise_value_error_naming_argument_and_value(case):
     call, match = _error_cases()[case]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto"])
+@pytest.mark.parametrize("map_name", ["entmax:1.25", "pladis"])
+def test_the_torch_path_hands_its_backend_to_the_map(monkeypatch, map_name, backend):
+    """backend='torch' means no kernel at all: the map inside the torch path gets the same backend (it used to get
+    'auto', which on CUDA launched the row-wise kernel)."""
+    seen = []
+    real = maps._dispatch.maybe_triton_map_for
+
+    def spy(function, x, args, backend_given="auto"):
+        seen.append(backend_given)
+        return real(function, x, args, backend_given)
+
+    monkeypatch.setattr(maps._dispatch, "maybe_triton_map_for", spy)
+    q, k, v = make_qkv()
+    if map_name == "pladis":
+        pladis_attention(q, k, v, backend=backend)
+    else:
+        attention(q, k, v, map=map_name, backend=backend)
+    assert seen == [backend]

@@ -2,7 +2,8 @@
 
 The operator's registration is checked by ``torch.library.opcheck`` (schema, fake tensors, autograd
 registration, AOT dispatch); compiled calls must give the eager outputs with no graph break (``fullgraph=True``
-fails on any), whole diffusers models included, and calls that need gradients keep eager's gradients.
+fails on any), whole diffusers models included; calls that need gradients take the traced torch path (the maps'
+operators, tests/test_maps_compile.py) and keep eager's gradients, also with no graph break.
 """
 
 from __future__ import annotations
@@ -115,20 +116,27 @@ def test_compiled_pladis_attention_is_the_operator():
                                        backend="torch"))
 
 
-def test_compiled_calls_that_need_gradients_keep_eager_gradients():
-    """Inputs that require grad are traced as before (the operator has no backward): same values and gradients."""
+@pytest.mark.parametrize("mask_kind", ["none", "additive"])
+@pytest.mark.parametrize("map_name", ["pladis", "entmax:3", "softmax"])
+def test_compiled_calls_that_need_gradients_have_no_graph_break_and_eager_gradients(map_name, mask_kind):
+    """Inputs that require grad take the traced torch path, whose map is an operator with a backward (the
+    attention operator has none): one graph, eager's values and gradients."""
     q, k, v = _head_split_qkv(seed=2)
-    mask = _masks()["additive"]
-    compiled = torch.compile(lambda a, b, c: pladis_attention(a, b, c, attn_mask=mask, backend="torch"),
-                             backend="aot_eager")
-    torch._dynamo.reset()
+    mask = _masks()[mask_kind]
     grads = []
-    for fn in (compiled, lambda a, b, c: pladis_attention(a, b, c, attn_mask=mask, backend="torch")):
+    for fn in (_compiled(functools.partial(attention, map=map_name, attn_mask=mask)),
+               functools.partial(attention, map=map_name, attn_mask=mask, backend="torch")):
         inputs = [t.detach().clone().requires_grad_() for t in (q, k, v)]
         fn(*inputs).square().sum().backward()
         grads.append([t.grad for t in inputs])
     for got, want, name in zip(*grads, "qkv"):
         assert_close(got, want, name=f"grad {name}")
+
+
+def test_compiled_pladis_attention_with_gradients_passes_gradcheck():
+    q, k, v = (t.double().requires_grad_() for t in _head_split_qkv(seed=6, lq=3, lk=4, d=5))
+    compiled = _compiled(lambda a, b, c: pladis_attention(a, b, c, scale=2.0, alpha=1.25))
+    assert torch.autograd.gradcheck(compiled, (q, k, v))
 
 
 def test_a_callable_map_is_traced_not_the_operator():
@@ -147,6 +155,8 @@ def test_bad_scores_under_compile_are_the_eager_error():
     compiled = _compiled(functools.partial(attention, map="sparsemax"))
     with torch.no_grad(), pytest.raises(ValueError, match="scores .* contain nan"):
         compiled(q, k, v)
+    with pytest.raises(ValueError, match="NaN scores"):                       # traced path: the map's check
+        compiled(q.requires_grad_(), k, v)
     torch._dynamo.reset()
     bad_backend = torch.compile(functools.partial(attention, map="sparsemax", backend="cuda"), backend="aot_eager")
     with pytest.raises(ValueError, match="backend='cuda'"):
@@ -185,6 +195,30 @@ def test_compiled_model_with_pladis_has_no_graph_break(family):
         model.compile(fullgraph=True, backend="aot_eager")
         out = run_model(model, sample, timestep, text, encoder_attention_mask=mask)
     assert_close(out, eager, name=family)
+
+
+def test_compiled_model_with_pladis_trains_with_no_graph_break():
+    """Outside no_grad q, k, v require grad (through the weights): the traced path, still one graph, and every
+    parameter gets eager's gradient."""
+    pytest.importorskip("diffusers")
+    from tiny_models import make_inputs, tiny_model
+
+    from pladis_analysis.diffusion import apply_pladis
+
+    model = tiny_model("unet")
+    sample, timestep, text = make_inputs("unet", batch=1)
+    results = []
+    with apply_pladis(model, backend="torch"):
+        torch._dynamo.reset()
+        for forward in (model, torch.compile(model, fullgraph=True, backend="aot_eager")):
+            model.zero_grad()
+            out = forward(sample, timestep, encoder_hidden_states=text).sample
+            out.square().mean().backward()
+            results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (compiled, compiled_grads) = results
+    assert_close(compiled, eager)
+    for got, want in zip(compiled_grads, eager_grads):
+        assert_close(got, want, name="parameter gradient")
 
 
 def test_branch_selective_pladis_compiles_with_a_break_at_the_model_input():

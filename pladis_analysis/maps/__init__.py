@@ -15,6 +15,8 @@ H^T_α(p) = (1 − Σ p_i^α)/(α(α − 1)) (Peters, Niculae & Martins 2019; Bl
 sparsemax, the Euclidean projection onto Δ (Martins & Astudillo 2016). PLADIS (Kim & Sim 2025)
 extrapolates A = S + λ(E − S) from softmax S towards entmax E.
 
+Under ``torch.compile`` each map is one custom operator with a backward (:mod:`.operators`).
+
 Masking: scores of −inf get weight exactly 0; a row of only −inf gives all zeros (never NaN). NaN or
 +inf scores raise ValueError. With ``return_support=True`` each function returns ``(p, support_size)``,
 an int64 tensor shaped like ``z`` without ``dim``.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from . import _threshold as _th
+from . import operators as _operators
 from .functions import EntmaxFunction, PladisFunction, SoftmaxFunction
 from .kernels import dispatch as _dispatch
 
@@ -32,18 +35,25 @@ __all__ = ["softmax", "sparsemax", "entmax15", "entmax", "pladis_weights",
            "SoftmaxFunction", "EntmaxFunction", "PladisFunction"]
 
 
-def _on_last_dim(function, z: torch.Tensor, dim: int, return_support: bool, *args, backend: str = "auto"):
-    """Run ``function.apply`` over ``dim`` (moved last and back); empty rows give empty outputs."""
+def _on_last_dim(function: str, z: torch.Tensor, dim: int, return_support: bool, *args, backend: str = "auto"):
+    """Run the autograd Function named ``function`` over ``dim`` (moved last and back); empty rows give empty
+    outputs. (A name, not the class: torch.compile traces a string as a constant.)"""
     dim = _th.check_scores(z, dim)
     last = z.dim() - 1
     x = z if dim == last else z.movedim(dim, -1)
     if x.shape[-1] == 0:
         p, support = x.clone(), torch.zeros(x.shape[:-1], dtype=torch.int64, device=z.device)
+    elif torch.compiler.is_compiling() and not return_support:
+        # one opaque node for torch.compile, with a backward (see .operators); the support is not among its outputs
+        p = torch.ops.pladis_analysis.map(x, function, *_operators.scalar_slots(function, args), backend)
+        support = None
     else:
         # backend: "auto" (the row-wise Triton kernel on CUDA where it fits), "triton" or "torch"; see
         # pladis_analysis.maps.kernels.dispatch. CPU tensors take the torch path under "auto".
-        fast = _dispatch.maybe_triton_map_for(function.__name__, x, args, backend)
-        p, support = fast if fast is not None else function.apply(x, *args, bool(return_support))
+        fast = _dispatch.maybe_triton_map_for(function, x, args, backend)
+        if fast is None:
+            fast = _operators.autograd_function(function).apply(x, *args, bool(return_support))
+        p, support = fast
     return (p if dim == last else p.movedim(-1, dim)), support
 
 
@@ -53,7 +63,7 @@ def softmax(z: torch.Tensor, dim: int = -1, return_support: bool = False, backen
     Solves argmax_{p∈Δ} ⟨p, z⟩ + H(p) with H the Shannon entropy. Dense: every finite score gets positive
     weight (``support_size`` counts the finite scores). Backward: J = diag(p) − p pᵀ.
     """
-    p, support = _on_last_dim(SoftmaxFunction, z, dim, return_support, backend=backend)
+    p, support = _on_last_dim("SoftmaxFunction", z, dim, return_support, backend=backend)
     return (p, support) if return_support else p
 
 
@@ -64,7 +74,7 @@ def sparsemax(z: torch.Tensor, dim: int = -1, return_support: bool = False, back
     steps) and, once the support S is fixed, τ = (Σ_S z − 1)/|S|. Backward: J = diag(s) − s sᵀ/|S|,
     s the support indicator.
     """
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 2.0, backend=backend)
+    p, support = _on_last_dim("EntmaxFunction", z, dim, return_support, 2.0, backend=backend)
     return (p, support) if return_support else p
 
 
@@ -74,7 +84,7 @@ def entmax15(z: torch.Tensor, dim: int = -1, return_support: bool = False, backe
     p_i = [z_i/2 − τ]_+² with τ exact: Newton locates the support, then τ solves the quadratic
     Σ_S (z_i/2 − τ)² = 1 in closed form. Backward: J = diag(s) − s sᵀ/Σs, s = √p.
     """
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, 1.5, backend=backend)
+    p, support = _on_last_dim("EntmaxFunction", z, dim, return_support, 1.5, backend=backend)
     return (p, support) if return_support else p
 
 
@@ -91,7 +101,7 @@ def entmax(z: torch.Tensor, alpha: float, dim: int = -1, return_support: bool = 
     Raises ValueError for α ≤ 1 or non-finite α.
     """
     alpha = _th.check_alpha(alpha)
-    p, support = _on_last_dim(EntmaxFunction, z, dim, return_support, alpha, backend=backend)
+    p, support = _on_last_dim("EntmaxFunction", z, dim, return_support, alpha, backend=backend)
     return (p, support) if return_support else p
 
 
@@ -107,5 +117,5 @@ def pladis_weights(z: torch.Tensor, scale: float = 2.0, alpha: float = 1.5, dim:
     """
     scale = _th.check_scale(scale)
     alpha = _th.check_alpha(alpha)
-    p, support = _on_last_dim(PladisFunction, z, dim, return_support, scale, alpha, backend=backend)
+    p, support = _on_last_dim("PladisFunction", z, dim, return_support, scale, alpha, backend=backend)
     return (p, support) if return_support else p

@@ -71,6 +71,11 @@ MAX_ITERATIONS = 64
 # validation
 # --------------------------------------------------------------------------------------------------
 
+def finite_number(x: float) -> bool:
+    """``math.isfinite(x)`` in a form torch.compile traces with ``dynamic=True`` (it cannot trace isfinite)."""
+    return abs(x) < math.inf
+
+
 def check_alpha(alpha) -> float:
     """``alpha`` as a float, or ValueError unless it is a finite real number > 1."""
     if isinstance(alpha, torch.Tensor):
@@ -80,7 +85,7 @@ def check_alpha(alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise ValueError(f"alpha={alpha!r} must be a real number > 1")
     alpha = float(alpha)
-    if not math.isfinite(alpha) or alpha <= 1.0:
+    if not finite_number(alpha) or alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be a finite number > 1 (alpha -> 1 is softmax: use softmax())")
     return alpha
 
@@ -98,7 +103,7 @@ def check_scale(scale, name: str = "scale") -> float:
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise ValueError(f"{name}={scale!r} must be a finite real number")
     scale = float(scale)
-    if not math.isfinite(scale) or scale < 0.0:
+    if not finite_number(scale) or scale < 0.0:
         raise ValueError(f"{name}={scale!r} (the PLADIS λ) must be a finite real number >= 0")
     return scale
 

@@ -19,24 +19,68 @@ def _no_support(x: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.int64, device=x.device)
 
 
+# -- forward and backward of each map, outside autograd ----------------------------------------------------
+# ``*_parts(x, ...)`` take scores in the working dtype and return ``(weights, support, saved)``: ``saved`` is what
+# ``*_vjp(saved, ..., g)`` needs. The autograd Functions below and the backward of the compiled maps'
+# operator (:mod:`.operators`) both use them.
+
+def softmax_parts(x: torch.Tensor, need_support: bool = False, need_grad: bool = True):
+    p = th.softmax_forward(x, th.row_max(x))
+    support = th.softmax_support(x) if need_support else _no_support(x)
+    return p, support, (p,)
+
+
+def softmax_vjp(saved: tuple, g: torch.Tensor) -> torch.Tensor:
+    (p,) = saved
+    return th.softmax_jvp(p, g)
+
+
+def entmax_parts(x: torch.Tensor, alpha: float, need_support: bool = False, need_grad: bool = True,
+                 m: torch.Tensor | None = None):
+    # s is only needed for a backward pass; the row max is validated chunk by chunk inside
+    p, s, support = th.entmax_forward(x, alpha, need_support, need_s=need_grad, m=m)
+    support = _no_support(x) if support is None else support
+    return p, support, (p if alpha == 2.0 else s,)
+
+
+def entmax_vjp(saved: tuple, alpha: float, g: torch.Tensor) -> torch.Tensor:
+    (kept,) = saved
+    return th.entmax_jvp(None, kept, g) if alpha == 2.0 else th.entmax_jvp(kept, None, g)
+
+
+def pladis_parts(x: torch.Tensor, scale: float, alpha: float, need_support: bool = False, need_grad: bool = True):
+    m = th.row_max(x)
+    S = th.softmax_forward(x, m)
+    E, support, (kept,) = entmax_parts(x, alpha, need_support, need_grad, m=m)
+    # lerp is exact at both ends: scale = 0 gives S bit for bit, scale = 1 gives E
+    A = S if scale == 0.0 else torch.lerp(S, E, scale)
+    return A, support, (S, kept)
+
+
+def pladis_vjp(saved: tuple, scale: float, alpha: float, g: torch.Tensor) -> torch.Tensor:
+    S, kept = saved
+    grad = th.softmax_jvp(S, g)
+    if scale != 0.0:
+        grad = torch.lerp(grad, entmax_vjp((kept,), alpha, g), scale)
+    return grad
+
+
+# -- autograd Functions ----------------------------------------------------------------------------------------
+
 class SoftmaxFunction(torch.autograd.Function):
     """softmax(z) with backward (diag(p) − p pᵀ) v."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, need_support: bool = False):
-        x = z.to(th.working_dtype(z.dtype))
-        m = th.row_max(x)
-        p = th.softmax_forward(x, m)
-        support = th.softmax_support(x) if need_support else _no_support(x)
-        ctx.save_for_backward(p)
+        p, support, saved = softmax_parts(z.to(th.working_dtype(z.dtype)), need_support)
+        ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(support)
         return p.to(z.dtype), support
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
-        (p,) = ctx.saved_tensors
-        g = th.softmax_jvp(p, grad_p.to(p.dtype))
-        return g.to(grad_p.dtype), None
+        saved = ctx.saved_tensors
+        return softmax_vjp(saved, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None
 
 
 class EntmaxFunction(torch.autograd.Function):
@@ -45,24 +89,17 @@ class EntmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, alpha: float, need_support: bool = False):
-        x = z.to(th.working_dtype(z.dtype))
-        sparsemax = alpha == 2.0
-        # s is only needed for a backward pass; the row max is validated chunk by chunk inside
-        p, s, support = th.entmax_forward(x, alpha, need_support, need_s=ctx.needs_input_grad[0])
-        support = _no_support(x) if support is None else support
-        ctx.save_for_backward(p if sparsemax else s)
-        ctx.sparsemax = sparsemax
+        p, support, saved = entmax_parts(z.to(th.working_dtype(z.dtype)), alpha, need_support,
+                                         need_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(*saved)
+        ctx.alpha = alpha
         ctx.mark_non_differentiable(support)
         return p.to(z.dtype), support
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
-        (saved,) = ctx.saved_tensors
-        if ctx.sparsemax:
-            g = th.entmax_jvp(None, saved, grad_p.to(saved.dtype))
-        else:
-            g = th.entmax_jvp(saved, None, grad_p.to(saved.dtype))
-        return g.to(grad_p.dtype), None, None
+        saved = ctx.saved_tensors
+        return entmax_vjp(saved, ctx.alpha, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None, None
 
 
 class PladisFunction(torch.autograd.Function):
@@ -73,28 +110,14 @@ class PladisFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, scale: float, alpha: float, need_support: bool = False):
-        x = z.to(th.working_dtype(z.dtype))
-        m = th.row_max(x)
-        S = th.softmax_forward(x, m)
-        sparsemax = alpha == 2.0
-        E, s, support = th.entmax_forward(x, alpha, need_support, need_s=ctx.needs_input_grad[0], m=m)
-        support = _no_support(x) if support is None else support
-        # lerp is exact at both ends: scale = 0 gives S bit for bit, scale = 1 gives E
-        A = S if scale == 0.0 else torch.lerp(S, E, scale)
-        ctx.save_for_backward(S, E if sparsemax else s)
-        ctx.scale, ctx.sparsemax = scale, sparsemax
+        A, support, saved = pladis_parts(z.to(th.working_dtype(z.dtype)), scale, alpha, need_support,
+                                         need_grad=ctx.needs_input_grad[0])
+        ctx.save_for_backward(*saved)
+        ctx.scale, ctx.alpha = scale, alpha
         ctx.mark_non_differentiable(support)
         return A.to(z.dtype), support
 
     @staticmethod
     def backward(ctx, grad_a, grad_support):
-        S, saved = ctx.saved_tensors
-        v = grad_a.to(S.dtype)
-        g = th.softmax_jvp(S, v)
-        if ctx.scale != 0.0:
-            if ctx.sparsemax:
-                ge = th.entmax_jvp(None, saved, v)
-            else:
-                ge = th.entmax_jvp(saved, None, v)
-            g = torch.lerp(g, ge, ctx.scale)
-        return g.to(grad_a.dtype), None, None, None
+        saved = ctx.saved_tensors
+        return pladis_vjp(saved, ctx.scale, ctx.alpha, grad_a.to(saved[0].dtype)).to(grad_a.dtype), None, None, None
