@@ -47,8 +47,12 @@ def _compiled(fn, **kwargs):
                                             ("EntmaxFunction", 1.5, 0.0), ("EntmaxFunction", 3.0, 0.0),
                                             ("PladisFunction", 2.0, 1.25)])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_operator_registration_passes_opcheck(function, a, b, dtype):
-    torch.library.opcheck(OPERATOR, (_scores(dtype).requires_grad_(), function, a, b, "torch"))
+@pytest.mark.parametrize("layout", ["contiguous", "moved_dim"])
+def test_operator_registration_passes_opcheck(function, a, b, dtype, layout):
+    z = _scores(dtype)
+    if layout == "moved_dim":                          # what maps(dim=1) hands the operator: a strided view
+        z = z.transpose(1, 2).contiguous().transpose(1, 2)
+    torch.library.opcheck(OPERATOR, (z.requires_grad_(), function, a, b, "torch"))
 
 
 @pytest.mark.parametrize("dim", [-1, 1])

@@ -45,12 +45,13 @@ def map_operator(z: torch.Tensor, function: str, a: float, b: float, backend: st
     """The map named by its autograd Function over the last dim of ``z``, eagerly: the kernel or the torch path."""
     scalars = _scalars(function, a, b)
     fast = _dispatch.maybe_triton_map_for(function, z, scalars, backend)
-    return fast[0] if fast is not None else autograd_function(function).apply(z, *scalars, False)[0]
+    p = fast[0] if fast is not None else autograd_function(function).apply(z, *scalars, False)[0]
+    return p.contiguous()  # the layout the fake promises, whatever z's (a moved dim is a strided view)
 
 
 @map_operator.register_fake
 def _(z, function, a, b, backend):
-    return torch.empty_like(z)
+    return z.new_empty(z.shape)
 
 
 @torch.library.custom_op("pladis_analysis::map_backward", mutates_args=())
@@ -60,12 +61,12 @@ def map_backward_operator(z: torch.Tensor, grad: torch.Tensor, function: str, a:
     scalars = _scalars(function, a, b)
     work = th.working_dtype(z.dtype)
     _, _, saved = parts(z.to(work), *scalars, need_grad=True)
-    return vjp(saved, *scalars, grad.to(work)).to(grad.dtype)
+    return vjp(saved, *scalars, grad.to(work)).to(grad.dtype).contiguous()
 
 
 @map_backward_operator.register_fake
 def _(z, grad, function, a, b):
-    return torch.empty_like(grad)
+    return grad.new_empty(grad.shape)
 
 
 def _save_scores(ctx, inputs, output):
