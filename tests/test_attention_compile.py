@@ -9,6 +9,7 @@ operators, tests/test_maps_compile.py) and keep eager's gradients, also with no 
 from __future__ import annotations
 
 import functools
+import shutil
 import os
 
 import pytest
@@ -21,6 +22,10 @@ from pladis_analysis import maps  # noqa: E402
 from pladis_analysis.attention import attention, pladis_attention  # noqa: E402
 from pladis_analysis.maps.kernels import dispatch  # noqa: E402
 from pladis_analysis.testing import assert_close  # noqa: E402
+
+# Inductor compiles the CPU code it generates with a C++ compiler.
+NEEDS_CXX = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                               reason="Inductor on CPU needs a C++ compiler (g++, c++ or clang++) on PATH")
 
 OPERATOR = torch.ops.pladis_analysis.attention.default
 MAP_NAMES = ["softmax", "sparsemax", "entmax15", "entmax:1.25", "entmax:3", "pladis", "pladis:2.5:2"]
@@ -94,6 +99,16 @@ def test_compiled_attention_follows_changing_shapes(dynamic):
             out = compiled(q, k, v, mask)
         assert out.stride() == torch.empty(2, lq, 3, 8).transpose(1, 2).stride()
         assert_close(out, pladis_attention(q, k, v, attn_mask=mask, backend="torch"), name=f"Lq={lq}, Lk={lk}")
+
+
+@NEEDS_CXX
+def test_inductor_merges_heads_of_the_operator_output_as_eager():
+    """Inductor generates the head merge after the operator from its fake layout (heads interleaved)."""
+    q, k, v = _head_split_qkv(seed=7)
+    merge = lambda a, b, c: pladis_attention(a, b, c, backend="torch").transpose(1, 2).reshape(2, 7, 24) * 3.0  # noqa: E731,E501
+    torch._dynamo.reset()
+    with torch.no_grad():
+        assert_close(torch.compile(merge, fullgraph=True)(q, k, v), merge(q, k, v))
 
 
 def test_compiled_pladis_attention_is_the_operator():

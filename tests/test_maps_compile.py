@@ -8,6 +8,7 @@ gradients, and ``gradcheck`` holds through the compiled function in float64.
 from __future__ import annotations
 
 import functools
+import shutil
 import math
 
 import pytest
@@ -15,6 +16,10 @@ import torch
 
 from pladis_analysis import maps
 from pladis_analysis.testing import assert_close
+
+# Inductor compiles the CPU code it generates with a C++ compiler.
+NEEDS_CXX = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                               reason="Inductor on CPU needs a C++ compiler (g++, c++ or clang++) on PATH")
 
 OPERATOR = torch.ops.pladis_analysis.map.default
 
@@ -100,3 +105,13 @@ def test_bad_scores_under_compile_are_the_eager_error():
     z[1, 2, 3] = math.nan
     with pytest.raises(ValueError, match="NaN scores"):
         _compiled(maps.sparsemax)(z)
+
+
+@NEEDS_CXX
+def test_inductor_code_around_the_operator_reads_its_layout():
+    """Inductor (not just AOT tracing) generates code before and after the operator from its fake output: a map
+    over a moved dim, with arithmetic on both sides, gives the eager result."""
+    fn = lambda t: (maps.entmax(t * 2.0, 1.25, dim=1) + 1.0).sum(dim=1)  # noqa: E731
+    z = torch.randn(3, 9, 5, generator=torch.Generator().manual_seed(3))
+    torch._dynamo.reset()
+    assert_close(torch.compile(fn, fullgraph=True)(z), fn(z))
