@@ -216,8 +216,9 @@ def _masked_scores(q, k, attn_mask, scale: float, work: torch.dtype) -> torch.Te
             raise ValueError(f"attn_mask.dtype={attn_mask.dtype} must be torch.bool (True = keep) or floating "
                              f"(added to the scores)")
     if torch.compiler.is_compiling():
-        return scores  # a data-dependent check would break the graph; the maps' own check of their row maxima
-        # raises on NaN and +inf scores instead, naming fewer details
+        # No data-dependent check while tracing (it would break the graph): the maps' check of their row maxima
+        # raises on NaN and +inf scores instead, with fewer details.
+        return scores
     largest = scores.amax() if scores.numel() else scores.new_zeros(())  # amax propagates NaN: one reduction
     if torch.isnan(largest) or torch.isposinf(largest):
         bad = torch.isnan(scores) | torch.isposinf(scores)
