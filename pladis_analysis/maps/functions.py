@@ -1,5 +1,8 @@
 """Autograd Functions of the torch path: forward from :mod:`._threshold`, hand-written backward.
 
+Each map's forward and backward are plain functions first (``*_parts``, ``*_vjp``), which the Functions wrap and
+the backward of the compiled maps' operator (:mod:`.operators`) calls directly.
+
 Each Function acts on the last dimension, upcasts to the working dtype (float32, or float64) inside and
 returns the input dtype. The backward pass is the closed-form Jacobian-vector product (the Jacobians are
 symmetric), never autograd through the threshold search. Each Function takes a trailing
