@@ -253,12 +253,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, map: MapSpec = 
     map_fn = resolve_map(map, backend)
     _check_qkv(q, k, v)
     score_scale = _check_score_scale(scale, q.shape[-1])
-    if _as_one_operator(map, (q, k, v, attn_mask)):
-        _dispatch.check_backend(backend)
-        return torch.ops.pladis_analysis.attention(q, k, v, attn_mask, map, score_scale, backend)
-    # The fused Triton kernel where it fits. Not while compiling (a call that needs gradients): its host-side
-    # dispatch cannot be traced, and the traced path's map is an operator that may launch the row-wise kernel.
-    if backend != "torch" and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
+        if _as_one_operator(map, (q, k, v, attn_mask)):
+            _dispatch.check_backend(backend)
+            return torch.ops.pladis_analysis.attention(q, k, v, attn_mask, map, score_scale, backend)
+        # Needs gradients: traced through the torch path below, not the fused kernel, whose host-side dispatch
+        # cannot be traced; the map there is an operator that may launch the row-wise kernel.
+    elif backend != "torch":  # the fused Triton kernel where it fits
         fast = _dispatch.maybe_triton_attention_named(parse_map_name(map) if isinstance(map, str) else None, q, k, v,
                                                       attn_mask=attn_mask, score_scale=score_scale, backend=backend)
         if fast is not None:
@@ -288,10 +289,11 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     """
     lam = _check_pladis_scale(scale)
     alpha = _check_alpha(alpha)
-    if _as_one_operator("pladis", (q, k, v, attn_mask)):
-        return attention(q, k, v, map=f"pladis:{lam!r}:{alpha!r}", attn_mask=attn_mask, scale=score_scale,
-                         backend=backend)
-    if backend != "torch" and not torch.compiler.is_compiling():  # the fused Triton kernel where it fits
+    if torch.compiler.is_compiling():
+        if _as_one_operator("pladis", (q, k, v, attn_mask)):
+            return attention(q, k, v, map=f"pladis:{lam!r}:{alpha!r}", attn_mask=attn_mask, scale=score_scale,
+                             backend=backend)
+    elif backend != "torch":  # the fused Triton kernel where it fits
         _check_qkv(q, k, v)
         fast = _dispatch.maybe_triton_attention(q, k, v, map_name="pladis", attn_mask=attn_mask,
                                                 score_scale=_check_score_scale(score_scale, q.shape[-1]),
@@ -315,17 +317,21 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 # backward (maps.operators), so that it has no graph break either.
 
 def _as_one_operator(map: MapSpec, tensors: tuple) -> bool:
-    """Route this call through the operator: only while torch.compile traces, for a map given by name (a
-    callable cannot be an operator argument), and when no input wants a gradient (inference, the diffusion
-    use)."""
-    if not (torch.compiler.is_compiling() and isinstance(map, str)):
+    """While torch.compile traces: route this call through the operator, for a map given by name (a callable
+    cannot be an operator argument) when no input wants a gradient (inference, the diffusion use)."""
+    if not isinstance(map, str):
         return False
     return not (torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors))
 
 
+def _heads_interleaved(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The layout the operator promises: heads interleaved as the query's when it is a head-split projection
+    (what the fused kernel writes), else contiguous."""
+    return writes_heads_interleaved(q, broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+
+
 def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """An uninitialised output ``[..., Lq, dv]`` in the layout the operator promises: heads interleaved as the
-    query's when it is a head-split projection (what the fused kernel writes), else contiguous."""
+    """An uninitialised output ``[..., Lq, dv]`` in the promised layout."""
     lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     lq, dv = q.shape[-2], v.shape[-1]
     if writes_heads_interleaved(q, lead):
@@ -337,10 +343,9 @@ def _empty_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
 def _attention_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: Optional[torch.Tensor],
                         map_name: str, score_scale: float, backend: str) -> torch.Tensor:
     out = attention(q, k, v, map=map_name, attn_mask=attn_mask, scale=score_scale, backend=backend)
-    expected = _empty_output(q, k, v)
-    if out.stride() != expected.stride():  # the torch path's contiguous output, where the kernel interleaves
-        out = expected.copy_(out)
-    return out
+    in_layout = out.transpose(1, 2).is_contiguous() if _heads_interleaved(q, k, v) else out.is_contiguous()
+    # the kernel writes the promised layout; the torch path's contiguous output is copied into it
+    return out if in_layout else _empty_output(q, k, v).copy_(out)
 
 
 @_attention_operator.register_fake
