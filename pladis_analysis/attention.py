@@ -57,7 +57,7 @@ import torch
 
 from . import maps
 from .maps._shapes import broadcast_shapes, writes_heads_interleaved
-from .maps._threshold import finite_number
+from .maps._threshold import check_alpha, check_scale, finite_number
 from .maps.kernels import dispatch as _dispatch
 
 __all__ = ["attention", "pladis_attention", "resolve_map", "parse_map_name", "NamedMap", "AttentionMap"]
@@ -74,24 +74,12 @@ _MAP_NAMES = ("softmax", "sparsemax", "entmax15", "entmax:<alpha>", "pladis", "p
 # Argument checks
 # --------------------------------------------------------------------------------------------------
 
-def _check_alpha(alpha, where: str = "alpha") -> float:
+def _number_in_name(text: str, where: str) -> float:
+    """A number written in a map name (``"1.25"`` of ``"entmax:1.25"``); the maps' checks judge its value."""
     try:
-        a = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}={alpha!r} must be a finite real number > 1") from None
-    if isinstance(alpha, bool) or not finite_number(a) or a <= 1.0:
-        raise ValueError(f"{where}={alpha!r} must be a finite real number > 1 (alpha -> 1 is softmax)")
-    return a
-
-
-def _check_pladis_scale(scale, where: str = "scale") -> float:
-    try:
-        lam = float(scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0") from None
-    if isinstance(scale, bool) or not finite_number(lam) or lam < 0.0:
-        raise ValueError(f"{where}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0")
-    return lam
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{where}={text!r} must be a finite real number") from None
 
 
 def _check_qkv(q, k, v) -> tuple[int, ...]:
@@ -172,10 +160,12 @@ def parse_map_name(map: str) -> NamedMap:
     if name == "entmax15" and not params:
         return NamedMap("entmax15", alpha=1.5)
     if name == "entmax" and len(params) == 1:
-        return NamedMap("entmax", alpha=_check_alpha(params[0], f"alpha in map={map!r}"))
+        where = f"alpha in map={map!r}"
+        return NamedMap("entmax", alpha=check_alpha(_number_in_name(params[0], where), where))
     if name == "pladis" and len(params) <= 2:
-        lam = _check_pladis_scale(params[0], f"scale in map={map!r}") if params else 2.0
-        alpha = _check_alpha(params[1], f"alpha in map={map!r}") if len(params) == 2 else 1.5
+        where_scale, where_alpha = f"scale in map={map!r}", f"alpha in map={map!r}"
+        lam = check_scale(_number_in_name(params[0], where_scale), where_scale) if params else 2.0
+        alpha = check_alpha(_number_in_name(params[1], where_alpha), where_alpha) if len(params) == 2 else 1.5
         return NamedMap("pladis", alpha=alpha, scale=lam)
     raise ValueError(f"map={map!r} is not a known map; expected a callable or one of {_MAP_NAMES}")
 
@@ -287,8 +277,8 @@ def pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         score_scale: the scale of q kᵀ (default 1/√d); this is what :func:`attention` calls ``scale``.
         backend: ``"auto"`` | ``"triton"`` | ``"torch"``, as in :func:`attention`.
     """
-    lam = _check_pladis_scale(scale)
-    alpha = _check_alpha(alpha)
+    lam = check_scale(scale)
+    alpha = check_alpha(alpha)
     if torch.compiler.is_compiling():
         if _as_one_operator("pladis", (q, k, v, attn_mask)):
             return attention(q, k, v, map=f"pladis:{lam!r}:{alpha!r}", attn_mask=attn_mask, scale=score_scale,

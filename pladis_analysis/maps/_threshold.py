@@ -76,17 +76,17 @@ def finite_number(x: float) -> bool:
     return abs(x) < math.inf
 
 
-def check_alpha(alpha) -> float:
-    """``alpha`` as a float, or ValueError unless it is a finite real number > 1."""
+def check_alpha(alpha, name: str = "alpha") -> float:
+    """``alpha`` as a float, or ValueError (naming the argument ``name``) unless it is a finite real number > 1."""
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1:
-            raise ValueError(f"alpha must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(alpha.shape)}")
         alpha = alpha.item()
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise ValueError(f"alpha={alpha!r} must be a real number > 1")
+        raise ValueError(f"{name}={alpha!r} must be a real number > 1")
     alpha = float(alpha)
     if not finite_number(alpha) or alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r} must be a finite number > 1 (alpha -> 1 is softmax: use softmax())")
+        raise ValueError(f"{name}={alpha!r} must be a finite real number > 1 (alpha -> 1 is softmax)")
     return alpha
 
 
@@ -104,7 +104,7 @@ def check_scale(scale, name: str = "scale") -> float:
         raise ValueError(f"{name}={scale!r} must be a finite real number")
     scale = float(scale)
     if not finite_number(scale) or scale < 0.0:
-        raise ValueError(f"{name}={scale!r} (the PLADIS λ) must be a finite real number >= 0")
+        raise ValueError(f"{name}={scale!r} (the PLADIS scale λ) must be a finite real number >= 0")
     return scale
 
 

@@ -58,6 +58,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, cdiv
+from .._threshold import check_alpha
 from .build_failures import KernelBuildError, launching
 
 # Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
@@ -483,13 +484,6 @@ def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
     return moved.reshape(-1, moved.shape[-1]).contiguous(), tuple(moved.shape)
 
 
-def _check_alpha(alpha: float) -> float:
-    alpha = float(alpha)
-    if not math.isfinite(alpha) or alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r}: α-entmax needs a finite alpha > 1 (use softmax for alpha = 1)")
-    return alpha
-
-
 def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torch.dtype | None = None,
                    return_steps: bool = False, stop_tol: float | None = None):
     """Launch the forward kernel (no autograd). ``z`` on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
@@ -500,7 +494,7 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
     long as its slowest row; ``experiments/search_steps.py`` measures both). ``stop_tol`` overrides the
     search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of ``z.dtype``; 0 stops on step size only).
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     tol = stop_tolerance(z.dtype, stop_tol)
     rows, moved_shape = _as_rows(z, dim)
     n_rows, n_cols = rows.shape
@@ -525,7 +519,7 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
 
 def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
     """Launch the backward kernel: the Jacobian–vector product at weights ``p`` (no autograd)."""
-    alpha = _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     p_rows, moved_shape = _as_rows(p, dim)
     g_rows, _ = _as_rows(grad, dim)
     n_rows, n_cols = p_rows.shape
@@ -599,4 +593,4 @@ def entmax_rowwise(z: torch.Tensor, alpha: float = 1.5, dim: int = -1, *,
     zeros. No input validation beyond α (the public maps validate before dispatching here).
     ``torch_backward_on_failure``: see :class:`EntmaxRowwise` (the dispatch sets it under ``auto``).
     """
-    return EntmaxRowwise.apply(z, _check_alpha(alpha), dim, torch_backward_on_failure)
+    return EntmaxRowwise.apply(z, check_alpha(alpha), dim, torch_backward_on_failure)
