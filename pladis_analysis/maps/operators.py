@@ -11,6 +11,8 @@ an output of the operator: such calls are traced as before.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 
 from . import _threshold as th
@@ -18,26 +20,35 @@ from .functions import (EntmaxFunction, PladisFunction, SoftmaxFunction, entmax_
                         pladis_vjp, softmax_parts, softmax_vjp)
 from .kernels import dispatch as _dispatch
 
-#: The maps by the name of their autograd Function: the Function, ``(parts, vjp)`` of :mod:`.functions`, and how
-#: many scalar parameters they take (λ and/or α, in the Function's order).
-_MAPS = {"SoftmaxFunction": (SoftmaxFunction, softmax_parts, softmax_vjp, 0),
-         "EntmaxFunction": (EntmaxFunction, entmax_parts, entmax_vjp, 1),
-         "PladisFunction": (PladisFunction, pladis_parts, pladis_vjp, 2)}
+class _Map(NamedTuple):
+    """A map of the torch path: its autograd Function, its forward and backward bodies (:mod:`.functions`) and
+    how many scalar parameters they take (λ and/or α, in the Function's order)."""
+
+    function: type[torch.autograd.Function]
+    parts: Callable
+    vjp: Callable
+    n_scalars: int
+
+
+#: The maps by the name of their autograd Function.
+_MAPS = {"SoftmaxFunction": _Map(SoftmaxFunction, softmax_parts, softmax_vjp, 0),
+         "EntmaxFunction": _Map(EntmaxFunction, entmax_parts, entmax_vjp, 1),
+         "PladisFunction": _Map(PladisFunction, pladis_parts, pladis_vjp, 2)}
 
 
 def autograd_function(function: str) -> type[torch.autograd.Function]:
     """The torch path's autograd Function of that name."""
-    return _MAPS[function][0]
+    return _MAPS[function].function
 
 
 def scalar_slots(function: str, args: tuple) -> tuple[float, float]:
     """A Function's scalar parameters in the operator's two slots ``(a, b)`` (unused slots 0)."""
-    values = [float(x) for x in args[: _MAPS[function][3]]]
+    values = [float(x) for x in args[: _MAPS[function].n_scalars]]
     return tuple(values + [0.0] * (2 - len(values)))
 
 
 def _scalars(function: str, a: float, b: float) -> tuple:
-    return (a, b)[: _MAPS[function][3]]
+    return (a, b)[: _MAPS[function].n_scalars]
 
 
 @torch.library.custom_op("pladis_analysis::map", mutates_args=())
@@ -57,11 +68,10 @@ def _(z, function, a, b, backend):
 @torch.library.custom_op("pladis_analysis::map_backward", mutates_args=())
 def map_backward_operator(z: torch.Tensor, grad: torch.Tensor, function: str, a: float, b: float) -> torch.Tensor:
     """J grad (J is symmetric) of the map at ``z``, its saved tensors recomputed on the torch path."""
-    _, parts, vjp, _ = _MAPS[function]
-    scalars = _scalars(function, a, b)
+    ops, scalars = _MAPS[function], _scalars(function, a, b)
     work = th.working_dtype(z.dtype)
-    _, _, saved = parts(z.to(work), *scalars, need_grad=True)
-    return vjp(saved, *scalars, grad.to(work)).to(grad.dtype).contiguous()
+    _, _, saved = ops.parts(z.to(work), *scalars, need_grad=True)
+    return ops.vjp(saved, *scalars, grad.to(work)).to(grad.dtype).contiguous()
 
 
 @map_backward_operator.register_fake
