@@ -23,7 +23,10 @@ SASS = """
         /*0030*/                   SHFL.BFLY PT, R5, R4, 0x1, 0x1f ;             /* 0x0c201f0004057f89 */
         /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;                 /* 0x0000000000007b1d */
         /*0050*/               @P1 LDL R6, [R1+0x10] ;                           /* 0x0000100001061983 */
-        /*0060*/                   EXIT ;                                        /* 0x000000000000794d */
+        /*0060*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;        /* 0x000000100c08723c */
+        /*0070*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ; /* 0x00e00000041879f0 */
+        /*0080*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR8], R24 ; /* 0x00e00000081879f0 */
+        /*0090*/                   EXIT ;                                        /* 0x000000000000794d */
 """
 
 
@@ -35,7 +38,16 @@ def test_parse_resource_usage_reads_the_function_not_the_common_section():
 
 def test_count_sass_counts_opcodes_with_and_without_predicates():
     counts = offline.count_sass(SASS)
-    assert counts == {"sass_instructions": 7, "local_loads": 1, "local_stores": 1, "barriers": 1, "shuffles": 1}
+    assert counts == {"sass_instructions": 10, "local_loads": 1, "local_stores": 1, "barriers": 1, "shuffles": 1,
+                      "hgmma": 2, "hmma": 1}
+
+
+@pytest.mark.parametrize("hgmma,hmma,path", [(2, 0, "wgmma"), (0, 5, "mma"), (0, 0, "none")])
+def test_tensor_core_path_names_the_mma_instructions(hgmma, hmma, path):
+    found = offline.Resources(registers=96, stack_bytes=0, shared_bytes=0, num_warps=8, blocks_per_sm=2,
+                              warps_per_sm=16, sass_instructions=100, local_loads=0, local_stores=0, barriers=0,
+                              shuffles=0, hgmma=hgmma, hmma=hmma)
+    assert found.tensor_core_path == path and found.as_dict()["tensor_core_path"] == path
 
 
 @pytest.mark.parametrize("registers,shared,warps,blocks", [

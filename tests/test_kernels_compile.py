@@ -68,6 +68,36 @@ def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
     assert fwd.asm["cubin"] and bwd.asm["cubin"]
 
 
+@pytest.mark.parametrize("need_entmax", [False, True], ids=["softmax", "pladis_alpha_1.5"])
+def test_long_key_rows_get_a_warpgroup_mma_launch_that_does_not_spill(need_entmax):
+    """At SANA's 300 keys (320 columns) the autotuner tries 64-query launches, which compile to sm_90's warpgroup
+    MMA (HGMMA), at least one of them without spilling; its 16-query blocks compile to per-warp MMA (HMMA), the
+    reason the 64-query ones are there."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels import offline
+
+    specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel,
+                                                         offline.fused_attention_call(300, 112, 20))
+    meta = {**ca.kernel_constexprs(torch.bfloat16, 300, 112, 112, alpha=1.5, mask_kind=0, need_softmax=True,
+                                   need_entmax=need_entmax, with_stats=False), **specialised}
+    types = offline.fused_kernel_types("bfloat16", 0)
+
+    def compiled(block_m, num_warps):
+        try:
+            kernel = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, dict(meta, BLOCK_M=block_m),
+                                             num_warps, attrs=attrs)
+        except offline.OfflineCompileError as exc:
+            pytest.skip(str(exc))
+        return offline.resources(kernel, num_warps)
+
+    wide = [shape for shape in ca.launch_shapes(ca.padded_keys(meta)) if shape[0] >= ca.WGMMA_MIN_ROWS]
+    assert wide, "no launch at 300 keys can use warpgroup MMA"
+    found = [compiled(*shape) for shape in wide]
+    assert {r.tensor_core_path for r in found} == {"wgmma"}
+    assert min(r.stack_bytes for r in found) == 0
+    assert compiled(16, 8).tensor_core_path == "mma"
+
+
 def _quick_grid(name: str, out):
     """Run experiments/<name>.py's quick grid into ``out``: (the experiment module, its table)."""
     import pandas as pd

@@ -364,14 +364,28 @@ def register_cap_enabled() -> bool:
     return os.environ.get("PLADIS_TRITON_REGISTER_CAP", "0") == "1"
 
 
+# On sm_90 Triton turns a dot into Hopper's warpgroup MMA (wgmma, SASS HGMMA) only for tiles of at least 64
+# rows; blocks of 16 or 32 queries use the per-warp MMA of earlier GPUs (mma.sync, HMMA), and each re-reads all
+# keys and values for fewer queries. Every launch the autotuner tried at SANA's 300 keys was such a block
+# (its H100 choice: 32 queries on 4 warps, a1ae08b), while at 77 keys it chose 64 (wgmma), where the softmax
+# skeleton ran at SDPA's speed. So long key rows also get 64-query launches: on 8 warps they compile without
+# spilling for softmax and α ≤ 2 up to 320 key columns, on 16 warps the register file caps them at 128
+# registers per thread, with small spills (results/kernel_resources.csv, its tensor_core_path column). At 512
+# columns every 64-query launch spills hundreds of bytes, so none is tried there.
+WGMMA_MIN_ROWS = 64
+
+
 def launch_shapes(n_cols: int) -> list[tuple[int, int]]:
     """The (BLOCK_M, num_warps) the autotuner tries for ``n_cols`` padded key columns: two query-block sizes
-    that keep the score tiles at 2k–8k floats, times 4 or 8 warps, and for ≤ 96 columns also 128 queries on 8
-    warps."""
+    that keep the score tiles at 2k–8k floats, times 4 or 8 warps; for ≤ 96 columns also 128 queries on 8
+    warps, and for 129–320 columns also 64 queries on 8 and 16 warps (the smallest blocks that use sm_90's
+    warpgroup MMA, see :data:`WGMMA_MIN_ROWS`)."""
     sizes = (32, 64) if n_cols <= 128 else (16, 32)
     shapes = [(bm, w) for bm in sizes for w in (4, 8)]
     if n_cols <= 96:  # 77 keys as 64 + 16 columns: a 128-query tile still fits 8 warps' registers (sm_90)
         shapes.append((128, 8))
+    elif 128 < n_cols <= 320:
+        shapes += [(WGMMA_MIN_ROWS, 8), (WGMMA_MIN_ROWS, 16)]
     return shapes
 
 

@@ -11,7 +11,10 @@ timing:
 * shared memory per block (Triton's dynamic allocation plus the static part);
 * resident blocks and warps per SM, by the occupancy rules of sm_90 (65 536 registers allocated per warp in
   units of 256, 64 warps, 32 blocks and 228 KiB of shared memory per SM, 1 KiB of it reserved per block);
-* the SASS: instructions in all, local loads/stores (spill traffic), barriers and warp shuffles.
+* the SASS: instructions in all, local loads/stores (spill traffic), barriers and warp shuffles, and which
+  tensor-core instructions the dots became: ``HGMMA`` (Hopper's warpgroup MMA, ``wgmma``, what fast attention
+  kernels use on sm_90; Triton emits it only for tiles of at least 64 rows) or ``HMMA`` (the per-warp MMA of
+  earlier architectures, ``mma.sync``).
 
 None of this is a time; it says where a kernel cannot be fast (spills, one block per SM) and lets a change to
 the kernel be checked on a CPU before a GPU times it. ``experiments/kernel_resources.py`` tabulates it for the
@@ -236,9 +239,17 @@ class Resources:
     local_stores: int
     barriers: int
     shuffles: int
+    hgmma: int
+    hmma: int
+
+    @property
+    def tensor_core_path(self) -> str:
+        """``"wgmma"`` when the dots compiled to warpgroup MMA (HGMMA), ``"mma"`` for per-warp MMA (HMMA),
+        ``"none"`` for neither (e.g. float32's IEEE dots, which run on the FMA units)."""
+        return "wgmma" if self.hgmma else "mma" if self.hmma else "none"
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "tensor_core_path": self.tensor_core_path}
 
 
 def parse_resource_usage(text: str) -> dict[str, int]:
@@ -256,13 +267,16 @@ _SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]
 
 
 def count_sass(text: str) -> dict[str, int]:
-    """Instruction counts in ``cuobjdump -sass`` output: all, local loads/stores, barriers, warp shuffles."""
+    """Instruction counts in ``cuobjdump -sass`` output: all, local loads/stores, barriers, warp shuffles,
+    warpgroup MMAs (``HGMMA``) and per-warp MMAs (``HMMA``)."""
     opcodes = [m.group(1).split(".")[0] for m in _SASS_LINE.finditer(text)]
     return {"sass_instructions": len(opcodes),
             "local_loads": sum(op == "LDL" for op in opcodes),
             "local_stores": sum(op == "STL" for op in opcodes),
             "barriers": sum(op in ("BAR", "BAR_SYNC") for op in opcodes),
-            "shuffles": sum(op == "SHFL" for op in opcodes)}
+            "shuffles": sum(op == "SHFL" for op in opcodes),
+            "hgmma": sum(op == "HGMMA" for op in opcodes),
+            "hmma": sum(op == "HMMA" for op in opcodes)}
 
 
 def occupancy(registers: int, shared_bytes: int, num_warps: int) -> tuple[int, int]:
