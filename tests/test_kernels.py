@@ -1111,3 +1111,52 @@ def test_autotuner_tries_the_launch_candidates_with_their_register_caps(opt_in, 
     expected_caps = {None, ca.REGISTER_CAP} if opt_in == "1" else {None}
     assert {cap for _, _, cap in ca.launch_candidates(80)} == expected_caps
     assert {cap for _, _, cap in ca.launch_candidates(320)} == {None}
+
+
+def test_launch_shapes_reach_warpgroup_mma_up_to_320_key_columns():
+    """Tiles of fewer than WGMMA_MIN_ROWS queries cannot use sm_90's warpgroup MMA, so every key width the
+    kernel holds without heavy spills (≤ 320 columns) gets a launch with at least that many queries; at 512
+    columns, where such launches spill hundreds of bytes (tests/test_kernels_compile.py), none is tried."""
+    pytest.importorskip("triton", reason="Triton is not installed")
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    for n_cols in (32, 80, 128, 256, 320):
+        assert max(bm for bm, _ in ca.launch_shapes(n_cols)) >= ca.WGMMA_MIN_ROWS, n_cols
+    assert max(bm for bm, _ in ca.launch_shapes(512)) < ca.WGMMA_MIN_ROWS
+
+
+def test_autotuned_launch_records_every_candidate_time(monkeypatch):
+    """The first call of a signature under the autotuner keeps its choice and the median time of every candidate
+    it measured, and tuned_launch_configs reports both; a tuning that measured nothing (the autotuner's own
+    cache) records no times rather than those of the previous tuning."""
+    triton = pytest.importorskip("triton", reason="Triton is not installed")
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    configs = [triton.Config({"BLOCK_M": 32}, num_warps=4), triton.Config({"BLOCK_M": 64}, num_warps=8)]
+
+    class FakeTuner:
+        configs_timings = {configs[0]: [9.0, 8.0, 10.0]}          # stale: a previous key's tuning
+
+        def __init__(self, measure):
+            self.measure = measure
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                if self.measure:
+                    self.configs_timings = {configs[0]: [0.5, 0.4, 0.6], configs[1]: [0.25, 0.2, 0.3]}
+                self.best_config = configs[1]
+            return launch
+
+    monkeypatch.setattr(ca, "_TUNED", {})
+    monkeypatch.setattr(ca, "_TUNING_MS", {})
+    monkeypatch.setattr(ca, "_use_autotune", lambda device: True)
+    for measure, lq in ((True, 64), (False, 128)):
+        monkeypatch.setattr(ca, "_autotuned_kernel", lambda n_cols, measure=measure: FakeTuner(measure))
+        q, k, v = (torch.randn(1, 2, n, 16) for n in (lq, 20, 20))
+        with ca.call_plans(False):
+            ca.fused_attention_forward(q, k, v, pladis_scale=2.0, alpha=1.5)
+    first, second = sorted(ca.tuned_launch_configs(), key=lambda row: row["Lq"])
+    assert (first["Lq"], first["BLOCK_M"], first["num_warps"], first["maxnreg"]) == (64, 64, 8, None)
+    assert first["candidates"] == [{"BLOCK_M": 32, "num_warps": 4, "maxnreg": None, "median_ms": 0.5},
+                                   {"BLOCK_M": 64, "num_warps": 8, "maxnreg": None, "median_ms": 0.25}]
+    assert second["Lq"] == 128 and second["candidates"] == []

@@ -326,6 +326,10 @@ _AUTOTUNED: dict[tuple[int, bool], object] = {}
 # with it, since the autotuner's per-call bookkeeping costs host time comparable to the kernel at diffusion
 # shapes.
 _TUNED: dict[tuple, tuple[int, int, int | None]] = {}
+# What the autotuner measured for every candidate, per launch key: {(BLOCK_M, num_warps, maxnreg): median ms}
+# (inf for a candidate that failed to build or launch). Benchmarks record it, so one GPU run says how each launch
+# shape fares, not only which one won.
+_TUNING_MS: dict[tuple, dict[tuple[int, int, int | None], float]] = {}
 
 
 def _autotuned_kernel(n_cols: int):
@@ -400,11 +404,29 @@ def launch_candidates(n_cols: int, register_cap: bool | None = None) -> list[tup
 
 def tuned_launch_configs() -> list[dict]:
     """The launch configurations the autotuner chose in this process, one dict per launch key (for benchmark
-    provenance: which query-block size, warp count and register cap each shape ran with)."""
+    provenance: which query-block size, warp count and register cap each shape ran with), each with
+    ``candidates``: every configuration it measured and its median time in ms (inf: failed)."""
     names = ("dtype", "Lq", "Lk", "D", "DV", "MASK_KIND", "NEED_SOFTMAX", "NEED_ENTMAX", "KIND", "Q_INT",
              "WITH_STATS")
     return [{**dict(zip(names, (str(key[0]).replace("torch.", ""), *key[1:]))), "BLOCK_M": bm, "num_warps": w,
-             "maxnreg": cap} for key, (bm, w, cap) in _TUNED.items()]
+             "maxnreg": cap,
+             "candidates": [{"BLOCK_M": c_bm, "num_warps": c_w, "maxnreg": c_cap, "median_ms": ms}
+                            for (c_bm, c_w, c_cap), ms in _TUNING_MS.get(key, {}).items()]}
+            for key, (bm, w, cap) in _TUNED.items()]
+
+
+def candidate_timings(tuner) -> dict[tuple[int, int, int | None], float]:
+    """{(BLOCK_M, num_warps, maxnreg): median ms} of the configurations ``tuner`` (a ``triton.autotune`` object)
+    measured in its last tuning; empty when it kept none (another Triton's bookkeeping). Triton records each
+    configuration's (median, 20th, 80th percentile), or inf when it failed."""
+    found = {}
+    for config, times in (getattr(tuner, "configs_timings", None) or {}).items():
+        kwargs = getattr(config, "kwargs", None)
+        if not isinstance(kwargs, dict) or "BLOCK_M" not in kwargs:
+            return {}
+        median = times[0] if isinstance(times, (list, tuple)) else times
+        found[(kwargs["BLOCK_M"], config.num_warps, getattr(config, "maxnreg", None))] = float(median)
+    return found
 
 
 def _use_autotune(device: torch.device) -> bool:
@@ -653,12 +675,14 @@ class _CallPlan:
             tuned = _TUNED.get(self.tune_key)
             if tuned is None:
                 tuner = _autotuned_kernel(self.n_cols)
+                tuner.configs_timings = None          # what this tuning measures, not a previous key's
                 rows = self.rows
                 with launching("fused cross-attention", (*self.build_key, "autotuned"), q.device):
                     tuner[lambda m: (cdiv(rows, m["BLOCK_M"]), self.programs)](*args, **self.meta)
                 best = getattr(tuner, "best_config", None)
                 if best is not None:
                     _TUNED[self.tune_key] = (best.kwargs["BLOCK_M"], best.num_warps, getattr(best, "maxnreg", None))
+                    _TUNING_MS[self.tune_key] = candidate_timings(tuner)
                 return (out, stats) if stats is not None else out
             block_m, num_warps, maxnreg = tuned
         shape = (block_m, num_warps, maxnreg)
