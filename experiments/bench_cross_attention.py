@@ -523,9 +523,27 @@ def _kernel_provenance() -> dict:
         from pladis_analysis.maps.kernels import cross_attention
     except ImportError:  # no Triton
         return {}
-    return dict(kernel_launch_configs=cross_attention.tuned_launch_configs(),
+    configs = cross_attention.tuned_launch_configs()
+    return dict(kernel_launch_configs=configs,
+                kernel_wgmma_blocks=wide_over_narrow_blocks(configs, cross_attention.WGMMA_MIN_ROWS),
                 kernel_launch_plans=cross_attention.launch_plan_status(),
                 kernel_register_cap_candidates=cross_attention.register_cap_enabled())
+
+
+def wide_over_narrow_blocks(configs: list[dict], min_rows: int) -> list[dict]:
+    """Per autotuned launch key that measured both kinds: the fastest candidate with at least ``min_rows``
+    queries per block (sm_90's warpgroup MMA) over the fastest with fewer (per-warp MMA), as the autotuner
+    timed them. Below 1: the wide blocks won."""
+    rows = []
+    for config in configs:
+        times = [(c["BLOCK_M"] >= min_rows, c["median_ms"]) for c in config.get("candidates", [])]
+        wide = min((ms for is_wide, ms in times if is_wide), default=float("nan"))
+        narrow = min((ms for is_wide, ms in times if not is_wide), default=float("nan"))
+        if wide == wide and narrow == narrow:
+            rows.append({name: config[name] for name in ("Lq", "Lk", "D", "NEED_ENTMAX", "KIND", "Q_INT",
+                                                        "WITH_STATS")}
+                        | {"wide_ms": wide, "narrow_ms": narrow, "wide_over_narrow": wide / narrow})
+    return rows
 
 
 def summarize(df, on_cuda: bool = True) -> dict:

@@ -47,6 +47,17 @@ def test_peak_bandwidth_table(bench):
     assert math.isnan(bench.peak_bandwidth_gbps("CPU: some Xeon"))
 
 
+def test_wide_over_narrow_blocks_compares_the_fastest_of_each_kind(bench):
+    key = dict(Lq=4096, Lk=300, D=112, NEED_ENTMAX=True, KIND=0, Q_INT=2, WITH_STATS=False)
+    candidates = [dict(BLOCK_M=bm, num_warps=w, maxnreg=None, median_ms=ms)
+                  for bm, w, ms in ((16, 8, 0.50), (32, 4, 0.40), (64, 8, 0.30), (64, 16, float("inf")))]
+    configs = [dict(key, BLOCK_M=64, num_warps=8, maxnreg=None, candidates=candidates),
+               dict(key, Lk=77, BLOCK_M=32, num_warps=4, maxnreg=None, candidates=candidates[:2]),  # no wide one
+               dict(key, Lq=1024, BLOCK_M=32, num_warps=4, maxnreg=None, candidates=[])]           # not measured
+    (row,) = bench.wide_over_narrow_blocks(configs, min_rows=64)
+    assert row == dict(key, wide_ms=0.30, narrow_ms=0.40, wide_over_narrow=pytest.approx(0.75))
+
+
 def test_quick_run_writes_results(bench, tmp_path):
     pytest.importorskip("entmax", reason="the naive baseline uses the entmax package")
     pytest.importorskip("diffusers", reason="the end-to-end rows build a diffusers UNet")
