@@ -186,14 +186,16 @@ def plot_probe_overhead(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
 def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """What the fused kernel costs an H100 SM, compiled offline (``results/kernel_resources.csv``): registers per
     thread, spilled stack and resident warps per SM for every launch configuration (queries per block × warps,
-    ``/128``: registers capped at 128), per key/head-dim family and kernel variant. Registers at 255 with a
-    stack are spills; more resident warps hide more latency. With rows from several Triton versions (column
+    ``/128``: registers capped at 128; ``wg``: its dots compiled to sm_90's warpgroup MMA), per key/head-dim
+    family and kernel variant. Registers at 255 with a stack are spills; more resident warps hide more latency. With rows from several Triton versions (column
     ``triton``), one column of panels per family and version."""
     df = _load(table).copy()
     if "triton" in df and df["triton"].nunique() > 1:
         df["family"] = df["family"] + " · Triton " + df["triton"].astype(str)
     df["launch"] = (df["block_m"].astype(str) + "×" + df["num_warps"].astype(str)
                     + df["maxnreg"].map(lambda cap: f"/{cap}" if cap else ""))
+    if "tensor_core_path" in df:  # tables before 7b97246 lack it
+        df["launch"] += df["tensor_core_path"].map({"wgmma": " wg"}).fillna("")
     alpha = "α = " + df["alpha"].map("{:g}".format)
     df["kernel"] = df["variant"].where(df["variant"] != "pladis", alpha).where(df["variant"] != "pladis_stats",
                                                                                alpha + " + statistics")
@@ -207,7 +209,7 @@ def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     for ax in grid.axes.flat:
         ax.tick_params(axis="x", rotation=30)
     grid.set_titles("{col_name} | {row_name}")
-    grid.set_axis_labels("queries per block × warps [/register cap]", "")
+    grid.set_axis_labels("queries per block × warps [/register cap] [wg: warpgroup MMA]", "")
     grid.figure.suptitle("Fused kernel, compiled for sm_90 offline: registers, spills, occupancy", y=1.02)
     return grid.figure
 

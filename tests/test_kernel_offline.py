@@ -91,6 +91,10 @@ def test_plot_kernel_resources_draws_one_panel_per_family_and_metric(tmp_path):
     # Rows of two Triton versions: a column of panels per family and version.
     two = pd.DataFrame([{**row, "triton": version} for row in rows for version in ("3.6.0", "3.9.0")])
     assert len(plotting.plot_kernel_resources(two).axes) == 4 * 3
+    # Launches whose dots became warpgroup MMA are marked on the launch axis.
+    paths = pd.DataFrame([{**row, "tensor_core_path": "wgmma" if row["block_m"] >= 64 else "mma"} for row in rows])
+    labels = {tick.get_text() for ax in plotting.plot_kernel_resources(paths).axes for tick in ax.get_xticklabels()}
+    assert {"64×4 wg", "64×4/128 wg", "16×4", "16×4/128"} <= labels
 
 
 def test_offline_compiles_specialise_like_the_launcher():

@@ -68,17 +68,15 @@ def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
     assert fwd.asm["cubin"] and bwd.asm["cubin"]
 
 
-@pytest.mark.parametrize("need_entmax", [False, True], ids=["softmax", "pladis_alpha_1.5"])
-def test_long_key_rows_get_a_warpgroup_mma_launch_that_does_not_spill(need_entmax):
-    """At SANA's 300 keys (320 columns) the autotuner tries 64-query launches, which compile to sm_90's warpgroup
-    MMA (HGMMA), at least one of them without spilling; its 16-query blocks compile to per-warp MMA (HMMA), the
-    reason the 64-query ones are there."""
+def _launch_resources(lk: int, d: int, heads: int, need_entmax: bool):
+    """A function (BLOCK_M, num_warps) → the sm_90 resources of the fused kernel at a diffusers-layout call with
+    ``lk`` keys, head dim ``d`` (bfloat16, no mask, α = 1.5 or the softmax skeleton), and its padded key count."""
     from pladis_analysis.maps.kernels import cross_attention as ca
     from pladis_analysis.maps.kernels import offline
 
     specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel,
-                                                         offline.fused_attention_call(300, 112, 20))
-    meta = {**ca.kernel_constexprs(torch.bfloat16, 300, 112, 112, alpha=1.5, mask_kind=0, need_softmax=True,
+                                                         offline.fused_attention_call(lk, d, heads))
+    meta = {**ca.kernel_constexprs(torch.bfloat16, lk, d, d, alpha=1.5, mask_kind=0, need_softmax=True,
                                    need_entmax=need_entmax, with_stats=False), **specialised}
     types = offline.fused_kernel_types("bfloat16", 0)
 
@@ -90,12 +88,31 @@ def test_long_key_rows_get_a_warpgroup_mma_launch_that_does_not_spill(need_entma
             pytest.skip(str(exc))
         return offline.resources(kernel, num_warps)
 
-    wide = [shape for shape in ca.launch_shapes(ca.padded_keys(meta)) if shape[0] >= ca.WGMMA_MIN_ROWS]
+    return compiled, ca.padded_keys(meta)
+
+
+@pytest.mark.parametrize("need_entmax", [False, True], ids=["softmax", "pladis_alpha_1.5"])
+def test_long_key_rows_get_a_warpgroup_mma_launch_that_does_not_spill(need_entmax):
+    """At SANA's 300 keys (320 columns) the autotuner tries 64-query launches, which compile to sm_90's warpgroup
+    MMA (HGMMA), at least one of them without spilling; its 16-query blocks compile to per-warp MMA (HMMA), the
+    reason the 64-query ones are there."""
+    from pladis_analysis.maps.kernels import cross_attention as ca
+
+    compiled, n_cols = _launch_resources(300, 112, 20, need_entmax)
+    wide = [shape for shape in ca.launch_shapes(n_cols) if shape[0] >= ca.WGMMA_MIN_ROWS]
     assert wide, "no launch at 300 keys can use warpgroup MMA"
     found = [compiled(*shape) for shape in wide]
     assert {r.tensor_core_path for r in found} == {"wgmma"}
     assert min(r.stack_bytes for r in found) == 0
     assert compiled(16, 8).tensor_core_path == "mma"
+
+
+def test_64_query_launches_spill_at_512_keys():
+    """Why no 64-query launch is tried at 512 key columns: even the softmax skeleton spills there, on 8 warps and
+    on 16."""
+    compiled, n_cols = _launch_resources(512, 128, 8, need_entmax=False)
+    assert n_cols == 512
+    assert compiled(64, 8).stack_bytes > 0 and compiled(64, 16).stack_bytes > 0
 
 
 def _quick_grid(name: str, out):

@@ -372,10 +372,12 @@ def register_cap_enabled() -> bool:
 # rows; blocks of 16 or 32 queries use the per-warp MMA of earlier GPUs (mma.sync, HMMA), and each re-reads all
 # keys and values for fewer queries. Every launch the autotuner tried at SANA's 300 keys was such a block
 # (its H100 choice: 32 queries on 4 warps, a1ae08b), while at 77 keys it chose 64 (wgmma), where the softmax
-# skeleton ran at SDPA's speed. So long key rows also get 64-query launches: on 8 warps they compile without
-# spilling for softmax and α ≤ 2 up to 320 key columns, on 16 warps the register file caps them at 128
-# registers per thread, with small spills (results/kernel_resources.csv, its tensor_core_path column). At 512
-# columns every 64-query launch spills hundreds of bytes, so none is tried there.
+# skeleton ran at SDPA's speed. So long key rows also get 64-query launches. At 300 keys on 8 warps they fill
+# the register file (247–255 per thread) and spill 0–216 bytes for softmax and α ≤ 2 (none at α = 1.5 under
+# either Triton); on 16 warps the register file caps them at 128 per thread and they spill 0–224 bytes
+# (results/kernel_resources.csv, its tensor_core_path column). Which launch is fastest is the autotuner's
+# measurement. At 512 columns 64-query launches spill even the softmax skeleton (hundreds of bytes per thread,
+# tests/test_kernels_compile.py), so none is tried there.
 WGMMA_MIN_ROWS = 64
 
 
