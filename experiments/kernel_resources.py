@@ -1,4 +1,5 @@
-"""What the fused kernel costs an H100 statically: registers, spills, shared memory, occupancy, SASS.
+"""What the fused kernel costs an H100 statically: registers, spills, shared memory, occupancy, SASS, and which
+tensor cores its dots use.
 
 The benchmark (``experiments/bench_cross_attention.py``) needs a GPU. Part of what it measures does not: the
 compiled kernel's registers per thread, its local-memory stack (spilled registers), its shared memory, how many
@@ -6,7 +7,8 @@ blocks of it fit on an SM, and its instruction counts are fixed by the cubin, wh
 any machine (:mod:`pladis_analysis.maps.kernels.offline`). At the benchmark's shapes the kernel is latency-bound
 (a few hundred bytes per query, a serial threshold search), so spills and resident warps decide much of its
 speed; this table lets a kernel change be judged on a CPU before a GPU times it, and says why a launch
-configuration the autotuner picks is fast or slow.
+configuration the autotuner picks is fast or slow. ``tensor_core_path`` says whether the dots compiled to sm_90's
+warpgroup MMA (``wgmma``: SASS HGMMA, only for blocks of ≥ 64 queries) or to per-warp MMA (``mma``: HMMA).
 
 Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
 bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}; ``softmax``: the softmax-only
@@ -117,7 +119,8 @@ def run(config: Config, out: Path) -> Path:
 def report(path: Path) -> None:
     df = pd.read_csv(path)
     cols = ["triton", "family", "variant", "alpha", "block_m", "num_warps", "maxnreg", "chosen", "scores_per_thread",
-            "registers", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers"]
+            "registers", "stack_bytes", "shared_bytes", "warps_per_sm", "sass_instructions", "local_loads", "barriers",
+            "tensor_core_path"]
     print(df[cols].to_string(index=False))
 
 
