@@ -187,8 +187,8 @@ def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     """What the fused kernel costs an H100 SM, compiled offline (``results/kernel_resources.csv``): registers per
     thread, spilled stack and resident warps per SM for every launch configuration (queries per block × warps,
     ``/128``: registers capped at 128; ``wg``: its dots compiled to sm_90's warpgroup MMA), per key/head-dim
-    family and kernel variant. Registers at 255 with a stack are spills; more resident warps hide more latency. With rows from several Triton versions (column
-    ``triton``), one column of panels per family and version."""
+    family and kernel variant. Registers at 255 with a stack are spills; more resident warps hide more latency.
+    With rows from several Triton versions (column ``triton``), one column of panels per family and version."""
     df = _load(table).copy()
     if "triton" in df and df["triton"].nunique() > 1:
         df["family"] = df["family"] + " · Triton " + df["triton"].astype(str)
