@@ -112,20 +112,19 @@ def stop_tolerance(dtype: torch.dtype, stop_tol: float | None = None) -> float:
 
 
 @triton.jit
-def _pow_q_minus_1(x, pos, q, Q_INT: tl.constexpr):
-    """[x]_+^{q−1} (zero where ``pos`` = x > 0 is False), for q ≥ 1; Q_INT > 0 is q as a small integer."""
+def _pow_q_minus_1(xp, q, Q_INT: tl.constexpr):
+    """xp^{q−1} for xp = [x]_+ ≥ 0 (zero where xp = 0), for q ≥ 1; Q_INT > 0 is q as a small integer."""
     if Q_INT == 1:
-        r = pos.to(tl.float32)
+        r = (xp > 0.0).to(tl.float32)
     elif Q_INT == 2:
-        r = tl.where(pos, x, 0.0)
+        r = xp
     elif Q_INT == 3:
-        xp = tl.where(pos, x, 0.0)
         r = xp * xp
     elif Q_INT == 4:
-        xp = tl.where(pos, x, 0.0)
         r = xp * xp * xp
     else:
-        r = tl.where(pos, tl.exp2((q - 1.0) * tl.log2(tl.where(pos, x, 1.0))), 0.0)
+        pos = xp > 0.0
+        r = tl.where(pos, tl.exp2((q - 1.0) * tl.log2(tl.where(pos, xp, 1.0))), 0.0)
     return r
 
 
@@ -166,10 +165,9 @@ def _resolution(tau, RELATIVE: tl.constexpr):
 @triton.jit
 def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
     """Per-row G = Σ [x]_+^{q−1} and F = Σ [x]_+^q of a tile, x = zp − τ."""
-    x = zp - tau[:, None]
-    pos = x > 0.0
-    g_q1 = _pow_q_minus_1(x, pos, q, Q_INT)
-    return tl.sum(g_q1, axis=1), tl.sum(g_q1 * tl.where(pos, x, 0.0), axis=1)
+    xp = tl.maximum(zp - tau[:, None], 0.0)                  # [x]_+ (−inf entries give 0)
+    g_q1 = _pow_q_minus_1(xp, q, Q_INT)
+    return tl.sum(g_q1, axis=1), tl.sum(g_q1 * xp, axis=1)
 
 
 @triton.jit
@@ -365,11 +363,11 @@ def _entmax_tau_above_two(z, valid, zp, z_t, valid_t, zp_t, m, row_ok, n_valid, 
 def _weights(zp, tau, q, KIND: tl.constexpr, Q_INT: tl.constexpr):
     """[zp − τ]_+^q of a tile (unnormalised)."""
     x = zp - tau[:, None]
-    pos = x > 0.0
     if KIND == 0:
-        p = _pow_q_minus_1(x, pos, q, Q_INT) * tl.where(pos, x, 0.0)
+        xp = tl.maximum(x, 0.0)
+        p = _pow_q_minus_1(xp, q, Q_INT) * xp
     else:
-        p = _powq_general(x, pos, q)
+        p = _powq_general(x, x > 0.0, q)
     return p
 
 
