@@ -372,9 +372,9 @@ def register_cap_enabled() -> bool:
 # rows; blocks of 16 or 32 queries use the per-warp MMA of earlier GPUs (mma.sync, HMMA), and each re-reads all
 # keys and values for fewer queries. Every launch the autotuner tried at SANA's 300 keys was such a block
 # (its H100 choice: 32 queries on 4 warps, a1ae08b), while at 77 keys it chose 64 (wgmma), where the softmax
-# skeleton ran at SDPA's speed. So long key rows also get 64-query launches. At 300 keys on 8 warps they fill
-# the register file (247–255 per thread) and spill 0–216 bytes for softmax and α ≤ 2 (none at α = 1.5 under
-# either Triton); on 16 warps the register file caps them at 128 per thread and they spill 0–224 bytes
+# skeleton ran at SDPA's speed. So long key rows also get 64-query launches. At 300 keys on 8 warps they take
+# 198–255 registers per thread and spill 0–192 bytes for softmax and α ≤ 2 (none at α = 1.5 and 2 under either
+# Triton); on 16 warps the register file caps them at 128 per thread and they spill 0–216 bytes
 # (results/kernel_resources.csv, its tensor_core_path column). Which launch is fastest is the autotuner's
 # measurement. At 512 columns 64-query launches spill even the softmax skeleton (hundreds of bytes per thread,
 # tests/test_kernels_compile.py), so none is tried there.
