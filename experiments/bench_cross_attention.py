@@ -597,11 +597,16 @@ def run(cfg: BenchConfig) -> Path:
         unet_rows(cfg, table, device_name)
     attention_rows(cfg, table, device_name, peak)
     summary = summarize(table.dataframe(), on_cuda=cfg.device.startswith("cuda"))
-    path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary,
-                       **_kernel_provenance())
+    kernel = _kernel_provenance()
+    path = table.flush(device_name=device_name, peak_bandwidth_GBps=peak, targets=summary, **kernel)
     print(f"wrote {path} ({len(table.rows)} rows) on {device_name}")
     for key, value in summary.items():
         print(f"  {key}: {value}")
+    wgmma = kernel.get("kernel_wgmma_blocks") or []
+    if wgmma:  # the autotuner's own timings: did the 64-query (warpgroup MMA) launches win?
+        ratios = [row["wide_over_narrow"] for row in wgmma]
+        print(f"  64-query / narrower launch, autotuner's medians: {min(ratios):.2f}–{max(ratios):.2f} over "
+              f"{len(ratios)} launch keys")
     return path
 
 
