@@ -42,6 +42,25 @@ def test_count_sass_counts_opcodes_with_and_without_predicates():
                       "hgmma": 2, "hmma": 1}
 
 
+LOOPS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   FADD R2, R2, R3 ;
+        /*0020*/                   FMNMX R4, R2, RZ, !PT ;
+        /*0030*/               @P0 BRA 0x10 ;
+        /*0040*/                   FFMA R5, R4, R4, R5 ;
+        /*0050*/                   BRA 0x70 ;
+        /*0060*/                   NOP ;
+        /*0070*/              @!P1 BRA 0x0 ;
+        /*0080*/                   EXIT ;
+"""
+
+
+def test_loop_bodies_are_backward_branches_with_their_targets():
+    # 0x10..0x30 (3 instructions) and 0x00..0x70 (8); the forward BRA to 0x70 is no loop
+    assert offline.loop_bodies(LOOPS) == [8, 3]
+    assert offline.loop_bodies(SASS) == []  # a forward branch only
+
+
 @pytest.mark.parametrize("hgmma,hmma,path", [(2, 0, "wgmma"), (0, 5, "mma"), (0, 0, "none")])
 def test_tensor_core_path_names_the_mma_instructions(hgmma, hmma, path):
     found = offline.Resources(registers=96, stack_bytes=0, shared_bytes=0, num_warps=8, blocks_per_sm=2,

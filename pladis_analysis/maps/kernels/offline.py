@@ -279,6 +279,24 @@ def count_sass(text: str) -> dict[str, int]:
             "hmma": sum(op == "HMMA" for op in opcodes)}
 
 
+_SASS_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
+
+
+def loop_bodies(text: str) -> list[int]:
+    """Instructions per iteration of each loop in ``cuobjdump -sass`` output, found as backward branches
+    (``BRA`` to a lower address; the body runs from the target to the branch, both included), largest first.
+    Every warp issues a loop's body once per iteration, predicated-off instructions included."""
+    addresses, branches = [], []
+    for match in _SASS_ADDRESS.finditer(text):
+        address = int(match.group(1), 16)
+        addresses.append(address)
+        target = re.search(r"0x([0-9a-f]+)", match.group(3)) if match.group(2).startswith("BRA") else None
+        if target is not None and int(target.group(1), 16) < address:
+            branches.append((int(target.group(1), 16), address))
+    index = {address: i for i, address in enumerate(addresses)}
+    return sorted((index[end] - index[start] + 1 for start, end in branches if start in index), reverse=True)
+
+
 def occupancy(registers: int, shared_bytes: int, num_warps: int) -> tuple[int, int]:
     """(blocks, warps) resident per sm_90 SM for a kernel with these per-thread registers, per-block shared
     memory and warps per block."""
@@ -316,3 +334,8 @@ def resources(compiled, num_warps: int) -> Resources:
     blocks, warps = occupancy(found["registers"], found["shared_bytes"], num_warps)
     return Resources(**found, num_warps=num_warps, blocks_per_sm=blocks, warps_per_sm=warps,
                      **count_sass(_cuobjdump(compiled, "-sass")))
+
+
+def sass(compiled) -> str:
+    """The SASS of a compiled kernel (``cuobjdump -sass``)."""
+    return _cuobjdump(compiled, "-sass")

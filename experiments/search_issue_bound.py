@@ -1,0 +1,151 @@
+"""A lower bound on the threshold search's device time from the compiled kernel, against SDPA's measured time.
+
+Is the issue's target (fused PLADIS attention ≤ 1.3× SDPA) reachable with a kernel that finds α-entmax's
+threshold by a Newton search over the whole score row? The search is a loop: every warp of every block issues
+the loop's body once per step, and the block steps until its slowest row has converged. An H100 SM issues at
+most one warp-instruction per cycle on each of its four schedulers, so the search alone takes at least
+
+    body instructions × mean steps per block × warps launched / (SMs × 4 × clock)
+
+whatever the memory system does. Every factor comes from a file, not a guess:
+
+* the loop's body: the largest backward branch in the kernel's SASS, compiled for sm_90 on this CPU
+  (``maps.kernels.offline.loop_bodies``; the other loops are the q kᵀ head-dimension chunks, a few dozen
+  instructions), for α ≤ 2 (Newton) at each launch;
+* the steps: ``results/search_steps.csv`` (the kernel's own counts on the benchmark's random scores, score std
+  1.5 as the benchmark draws them, bfloat16, the default stopping rule, per block size);
+* SDPA's time and the kernel's: ``results/bench_cross_attention.csv`` (CUDA-graph medians on an H100 SXM), and
+  its meta's launch configurations (what the autotuner chose);
+* the H100 SXM's 132 SMs and 1.98 GHz boost clock (NVIDIA's datasheet). A lower clock only raises the bound.
+
+Launches: the one the H100's autotuner chose at the benchmark's commit, and for 300 keys also 64 queries on 8
+warps (the smallest block that uses warpgroup MMA, tried by the autotuner since 7b97246). The bound ignores
+latency, reductions across threads and memory, so the real search costs more: ``bound_over_measured_search``
+compares it with the measured kernel − skeleton difference where the launch is the measured one.
+
+    python experiments/search_issue_bound.py          # writes results/search_issue_bound.csv (+ .meta.json)
+    python experiments/search_issue_bound.py --quick  # one shape (tests)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from pladis_analysis.results import provenance, write_table  # noqa: E402
+
+# H100 SXM5 (the benchmark's "NVIDIA H100 80GB HBM3"): streaming multiprocessors and maximum boost clock.
+H100_SMS = 132
+H100_CLOCK_HZ = 1.98e9
+ISSUE_PER_SM_CYCLE = 4   # four schedulers, one warp-instruction each per cycle
+
+
+@dataclass
+class Config:
+    bench: str = str(ROOT / "results" / "bench_cross_attention.csv")
+    steps: str = str(ROOT / "results" / "search_steps.csv")
+    alphas: tuple[float, ...] = (1.25, 1.5, 2.0)
+    score_group: str = "std 1.5"
+    shapes: tuple[str, ...] | None = None   # None: every attention shape of the benchmark
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(alphas=(1.5,), shapes=("sdxl_32px",))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def issue_bound_ms(body: int, steps: float, warps: int) -> float:
+    """The fewest milliseconds an H100 SXM needs to issue ``body`` instructions ``steps`` times on ``warps``
+    warps."""
+    return body * steps * warps / (H100_SMS * ISSUE_PER_SM_CYCLE * H100_CLOCK_HZ) * 1e3
+
+
+def launches(meta: dict, lq: int, lk: int, q_int: int) -> list[tuple[str, int, int]]:
+    """(name, BLOCK_M, num_warps): the autotuner's choice recorded in the benchmark's meta, and for long key rows
+    the 64-query warpgroup-MMA launch."""
+    found = [("chosen", c["BLOCK_M"], c["num_warps"]) for c in meta.get("kernel_launch_configs", [])
+             if (c["Lq"], c["Lk"], c["NEED_ENTMAX"], c["Q_INT"]) == (lq, lk, True, q_int)][:1]
+    if lk > 128 and not any(bm >= 64 for _, bm, _ in found):
+        found.append(("wgmma_64x8", 64, 8))
+    return found
+
+
+def run(config: Config, out: Path) -> Path:
+    import triton
+
+    from pladis_analysis.maps.kernels import cross_attention as ca
+    from pladis_analysis.maps.kernels import offline
+
+    bench = pd.read_csv(config.bench)
+    bench_meta = json.loads(Path(config.bench).with_suffix(".meta.json").read_text())
+    steps = pd.read_csv(config.steps)
+    steps = steps[(steps.source == "random") & (steps.group == config.score_group) & (steps.dtype == "bfloat16")
+                  & (steps.stop_rule == "bound")]
+    graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",
+                                                          values="graph_median_ms")
+    rows = []
+    for name, batch, heads, lq, lk, d in bench_meta["config"]["shapes"]:
+        if config.shapes is not None and name not in config.shapes:
+            continue
+        call = offline.fused_attention_call(lk, d, heads)
+        specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel, call)
+        types = offline.fused_kernel_types("bfloat16", 0)
+        for alpha in config.alphas:
+            meta = ca.kernel_constexprs(torch.bfloat16, lk, d, d, alpha=alpha, mask_kind=0, need_softmax=True,
+                                        need_entmax=True, with_stats=False)
+            for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
+                compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types,
+                                                   {**meta, **specialised, "BLOCK_M": block_m}, num_warps,
+                                                   attrs=attrs)
+                body = offline.loop_bodies(offline.sass(compiled))[0]
+                mean_steps = float(steps[(steps.lk == lk) & (steps.alpha == alpha)
+                                         & (steps.block_m == block_m)].mean_block_steps.iloc[0])
+                warps = -(-lq // block_m) * batch * heads * num_warps
+                bound = issue_bound_ms(body, mean_steps, warps)
+                sdpa, kernel, skeleton = (graph.loc[(name, alpha)].get(m, float("nan"))
+                                          for m in ("sdpa", "triton", "triton_softmax"))
+                measured_search = kernel - skeleton if launch == "chosen" else float("nan")
+                rows.append({"shape": name, "alpha": alpha, "launch": launch, "block_m": block_m,
+                             "num_warps": num_warps, "B": batch, "H": heads, "Lq": lq, "Lk": lk, "d": d,
+                             "body_instructions": body, "mean_block_steps": mean_steps, "warps": warps,
+                             "search_bound_ms": bound, "sdpa_graph_ms": sdpa,
+                             "search_bound_over_sdpa": bound / sdpa,
+                             "kernel_graph_ms": kernel, "skeleton_graph_ms": skeleton,
+                             "measured_search_ms": measured_search,
+                             "bound_over_measured_search": bound / measured_search,
+                             # the best the kernel can do if its skeleton matched SDPA exactly
+                             "floor_ratio_vs_sdpa": 1.0 + bound / sdpa})
+    meta = provenance(config.to_dict(), device="cpu (compiles for sm_90)", target="sm_90a",
+                      triton=triton.__version__, ptxas=offline.ptxas_version(),
+                      bench_commit=bench_meta.get("git_commit"), bench_device=bench_meta.get("device_name"),
+                      h100=dict(sms=H100_SMS, clock_hz=H100_CLOCK_HZ, issue_per_sm_cycle=ISSUE_PER_SM_CYCLE))
+    out.mkdir(parents=True, exist_ok=True)
+    return write_table(pd.DataFrame(rows), out / "search_issue_bound.csv", meta)
+
+
+def report(path: Path) -> None:
+    df = pd.read_csv(path)
+    cols = ["shape", "alpha", "launch", "block_m", "num_warps", "body_instructions", "mean_block_steps",
+            "search_bound_ms", "sdpa_graph_ms", "search_bound_over_sdpa", "bound_over_measured_search",
+            "floor_ratio_vs_sdpa"]
+    with pd.option_context("display.width", 200, "display.precision", 3):
+        print(df[cols].to_string(index=False))
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from pladis_analysis.maps.kernels.offline import experiment_main
+
+    return experiment_main(argv, __doc__.splitlines()[0], run, Config, report, ROOT / "results")
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
