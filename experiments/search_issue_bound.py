@@ -49,8 +49,8 @@ ISSUE_PER_SM_CYCLE = 4   # four schedulers, one warp-instruction each per cycle
 
 @dataclass
 class Config:
-    bench: str = str(ROOT / "results" / "bench_cross_attention.csv")
-    steps: str = str(ROOT / "results" / "search_steps.csv")
+    bench: str = "results/bench_cross_attention.csv"     # relative paths are from the repository root
+    steps: str = "results/search_steps.csv"
     alphas: tuple[float, ...] = (1.25, 1.5, 2.0)
     score_group: str = "std 1.5"
     shapes: tuple[str, ...] | None = None   # None: every attention shape of the benchmark
@@ -85,9 +85,10 @@ def run(config: Config, out: Path) -> Path:
     from pladis_analysis.maps.kernels import cross_attention as ca
     from pladis_analysis.maps.kernels import offline
 
-    bench = pd.read_csv(config.bench)
-    bench_meta = json.loads(Path(config.bench).with_suffix(".meta.json").read_text())
-    steps = pd.read_csv(config.steps)
+    bench_path, steps_path = ROOT / config.bench, ROOT / config.steps   # an absolute path stays as it is
+    bench = pd.read_csv(bench_path)
+    bench_meta = json.loads(bench_path.with_suffix(".meta.json").read_text())
+    steps = pd.read_csv(steps_path)
     steps = steps[(steps.source == "random") & (steps.group == config.score_group) & (steps.dtype == "bfloat16")
                   & (steps.stop_rule == "bound")]
     graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",

@@ -145,6 +145,16 @@ def test_kernel_resources_quick_grid(tmp_path):
     assert df.autotuned.all()  # 77 keys: the autotuner tries every shape with and without the cap
 
 
+def test_search_issue_bound_quick_grid(tmp_path):
+    """experiments/search_issue_bound.py --quick: the Newton loop is found in the SASS (far longer than the q kᵀ
+    chunk loops), and its issue-rate bound stays below the search time the H100 measured (else the bound, or
+    the loop it counted, is wrong)."""
+    _, df = _quick_grid("search_issue_bound", tmp_path)
+    assert len(df) == 1 and (df.body_instructions > 200).all()
+    assert ((df.search_bound_ms > 0) & (df.bound_over_measured_search < 1)).all()
+    assert (df.floor_ratio_vs_sdpa == 1 + df.search_bound_over_sdpa).all()
+
+
 def test_kernel_builds_quick_grid(tmp_path):
     """experiments/kernel_builds.py --quick: every kernel builds for sm_80 and sm_90 within the shared memory a
     block may have there, and a kernel the compiler rejects becomes a row, not an error of the script."""
