@@ -152,7 +152,7 @@ def test_search_issue_bound_quick_grid(tmp_path):
     _, df = _quick_grid("search_issue_bound", tmp_path)
     assert len(df) == 1 and (df.body_instructions > 200).all()
     assert ((df.search_bound_ms > 0) & (df.bound_over_measured_search < 1)).all()
-    assert (df.floor_ratio_vs_sdpa == 1 + df.search_bound_over_sdpa).all()
+    assert (df.serial_floor_ratio_vs_sdpa == 1 + df.search_bound_over_sdpa).all()
 
 
 def test_kernel_builds_quick_grid(tmp_path):
