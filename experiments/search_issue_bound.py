@@ -60,6 +60,12 @@ class Config:
     score_group: str = "std 1.5"
     shapes: tuple[str, ...] | None = None   # None: every attention shape of the benchmark
 
+    def __post_init__(self):
+        self.alphas = tuple(float(a) for a in self.alphas)
+        if not all(1.0 < a <= 2.0 for a in self.alphas):
+            # for α > 2 the search is safeguarded Halley with a second search: not one loop to count
+            raise ValueError(f"alphas={self.alphas}: the bound counts the Newton loop, which runs for 1 < α ≤ 2")
+
     @classmethod
     def quick(cls) -> "Config":
         return cls(alphas=(1.5,), shapes=("sdxl_32px",))

@@ -133,3 +133,18 @@ def test_offline_compiles_specialise_like_the_launcher():
     assert not marked & {"Lq", "Lk", "H", "score_scale", "alpha", "BLOCK_M"}  # 1000, 300, 20; floats; constexprs
     rows = offline.rowwise_call(40, 77)
     assert (rows["n_rows"], rows["n_cols"], rows["stride_z"]) == (40, 77, 77)
+
+
+def test_search_issue_bound_arithmetic_and_its_alpha_range():
+    """One second of an H100 SXM's issue slots is 132 SMs × 4 schedulers × 1.98e9 cycles of one warp-instruction;
+    the bound is defined for the Newton search only (1 < α ≤ 2)."""
+    from experiment_scripts import load_experiment
+
+    experiment = load_experiment("search_issue_bound")
+    slots_per_ms = 132 * 4 * 1.98e9 / 1e3
+    assert experiment.issue_bound_ms(body=100, steps=5.0, warps=int(slots_per_ms / 500)) == pytest.approx(1.0, 1e-3)
+    with pytest.raises(ValueError, match="alphas"):
+        experiment.Config(alphas=(1.5, 3.0))
+    meta = {"kernel_launch_configs": [dict(Lq=1024, Lk=300, NEED_ENTMAX=True, Q_INT=2, BLOCK_M=32, num_warps=4)]}
+    assert experiment.launches(meta, 1024, 300, 2) == [("chosen", 32, 4), ("wgmma_64x8", 64, 8)]
+    assert experiment.launches(meta, 1024, 77, 2) == []
