@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,35 +78,28 @@ def run(config: Config, out: Path) -> Path:
     table = ResultsTable(out / "kernel_resources.csv",
                          keys=["triton", "family", "variant", "alpha", "block_m", "num_warps", "maxnreg"],
                          config=config.to_dict())
-    dtype = getattr(torch, config.dtype)
     jobs = []
     for family, lk, d, heads in config.families:
         for variant, alpha in variants(config):
-            with_stats = variant == "pladis_stats"
-            # what the launcher specialises for a diffusers call at this shape (unit strides, multiples of 16)
-            specialised, attrs = offline.launcher_specialization(
-                ca._fused_pladis_fwd_kernel,
-                offline.fused_attention_call(lk, d, heads, dtype=config.dtype, return_stats=with_stats))
-            meta = ca.kernel_constexprs(dtype, lk, d, d, alpha=1.5 if variant == "softmax" else alpha, mask_kind=0,
-                                        need_softmax=True, need_entmax=variant != "softmax", with_stats=with_stats)
+            # compiled as a launch at a diffusers call of this shape compiles it (unit strides, multiples of 16)
+            meta, compile_launch = offline.fused_kernel_compiler(
+                lk, d, heads, alpha=1.5 if variant == "softmax" else alpha, need_entmax=variant != "softmax",
+                with_stats=variant == "pladis_stats", dtype=config.dtype)
             default = ca.default_launch(meta)
             tried = ca.launch_candidates(ca.padded_keys(meta), register_cap=True)
             shapes = dict.fromkeys([*ca.launch_shapes(ca.padded_keys(meta)), default[:2]])
             for launch in [(bm, w, cap) for bm, w in shapes for cap in (None, ca.REGISTER_CAP)]:
-                jobs.append((family, lk, d, variant, alpha, {**meta, **specialised}, attrs, launch, launch == default,
+                jobs.append((family, lk, d, variant, alpha, meta, compile_launch, launch, launch == default,
                              launch in tried))
-    types = offline.fused_kernel_types(config.dtype, mask_kind=0)
     ptxas = offline.ptxas_version()
-    for family, lk, d, variant, alpha, meta, attrs, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
+    for family, lk, d, variant, alpha, meta, compile_launch, (block_m, num_warps, maxnreg), chosen, autotuned in tqdm(
             jobs, desc=f"compile sm_90 (Triton {triton.__version__})"):
         # maxnreg 0: no cap (ptxas decides); a key column must read back as it was written
         key = dict(triton=triton.__version__, family=family, variant=variant, alpha=alpha, block_m=block_m,
                    num_warps=num_warps, maxnreg=maxnreg or 0)
         if table.has(**key):
             continue
-        compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, {**meta, "BLOCK_M": block_m},
-                                           num_warps, maxnreg=maxnreg, attrs=attrs)
-        found = offline.resources(compiled, num_warps)
+        found = offline.resources(compile_launch(block_m, num_warps, maxnreg), num_warps)
         table.add({**key, "ptxas": ptxas, "lk": lk, "d": d, "n_cols": ca.padded_keys(meta),
                    "d_chunk": meta["D_CHUNK"], "chosen": chosen, "autotuned": autotuned,
                    # one fp32 score tile's entries per thread: what each live tile of the search costs in registers

@@ -40,7 +40,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,7 +92,6 @@ def launches(meta: dict, lq: int, lk: int, q_int: int) -> list[tuple[str, int, i
 def run(config: Config, out: Path) -> Path:
     import triton
 
-    from pladis_analysis.maps.kernels import cross_attention as ca
     from pladis_analysis.maps.kernels import offline
 
     bench_path, steps_path = ROOT / config.bench, ROOT / config.steps   # an absolute path stays as it is
@@ -108,17 +106,10 @@ def run(config: Config, out: Path) -> Path:
     for name, batch, heads, lq, lk, d in bench_meta["config"]["shapes"]:
         if config.shapes is not None and name not in config.shapes:
             continue
-        call = offline.fused_attention_call(lk, d, heads)
-        specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel, call)
-        types = offline.fused_kernel_types("bfloat16", 0)
         for alpha in config.alphas:
-            meta = ca.kernel_constexprs(torch.bfloat16, lk, d, d, alpha=alpha, mask_kind=0, need_softmax=True,
-                                        need_entmax=True, with_stats=False)
+            meta, compile_launch = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
             for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
-                compiled = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types,
-                                                   {**meta, **specialised, "BLOCK_M": block_m}, num_warps,
-                                                   attrs=attrs)
-                body = offline.loop_bodies(offline.sass(compiled))[0]
+                body = offline.loop_bodies(offline.sass(compile_launch(block_m, num_warps)))[0]
                 mean_steps = float(steps[(steps.lk == lk) & (steps.alpha == alpha)
                                          & (steps.block_m == block_m)].mean_block_steps.iloc[0])
                 warps = -(-lq // block_m) * batch * heads * num_warps

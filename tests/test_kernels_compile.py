@@ -74,19 +74,13 @@ def _launch_resources(lk: int, d: int, heads: int, need_entmax: bool):
     from pladis_analysis.maps.kernels import cross_attention as ca
     from pladis_analysis.maps.kernels import offline
 
-    specialised, attrs = offline.launcher_specialization(ca._fused_pladis_fwd_kernel,
-                                                         offline.fused_attention_call(lk, d, heads))
-    meta = {**ca.kernel_constexprs(torch.bfloat16, lk, d, d, alpha=1.5, mask_kind=0, need_softmax=True,
-                                   need_entmax=need_entmax, with_stats=False), **specialised}
-    types = offline.fused_kernel_types("bfloat16", 0)
+    meta, compile_launch = offline.fused_kernel_compiler(lk, d, heads, alpha=1.5, need_entmax=need_entmax)
 
     def compiled(block_m, num_warps):
         try:
-            kernel = offline.compile_for_gpu(ca._fused_pladis_fwd_kernel, types, dict(meta, BLOCK_M=block_m),
-                                             num_warps, attrs=attrs)
+            return offline.resources(compile_launch(block_m, num_warps), num_warps)
         except offline.OfflineCompileError as exc:
             pytest.skip(str(exc))
-        return offline.resources(kernel, num_warps)
 
     return compiled, ca.padded_keys(meta)
 

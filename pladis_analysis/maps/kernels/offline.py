@@ -263,13 +263,14 @@ def parse_resource_usage(text: str) -> dict[str, int]:
     return found
 
 
-_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+# One SASS instruction: its address, its opcode (after an optional predicate) and its operands up to the ';'.
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
 def count_sass(text: str) -> dict[str, int]:
     """Instruction counts in ``cuobjdump -sass`` output: all, local loads/stores, barriers, warp shuffles,
     warpgroup MMAs (``HGMMA``) and per-warp MMAs (``HMMA``)."""
-    opcodes = [m.group(1).split(".")[0] for m in _SASS_LINE.finditer(text)]
+    opcodes = [m.group(2).split(".")[0] for m in _SASS_LINE.finditer(text)]
     return {"sass_instructions": len(opcodes),
             "local_loads": sum(op == "LDL" for op in opcodes),
             "local_stores": sum(op == "STL" for op in opcodes),
@@ -279,15 +280,12 @@ def count_sass(text: str) -> dict[str, int]:
             "hmma": sum(op == "HMMA" for op in opcodes)}
 
 
-_SASS_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
-
-
 def loop_bodies(text: str) -> list[int]:
     """Instructions per iteration of each loop in ``cuobjdump -sass`` output, found as backward branches
     (``BRA`` to a lower address; the body runs from the target to the branch, both included), largest first.
     Every warp issues a loop's body once per iteration, predicated-off instructions included."""
     addresses, branches = [], []
-    for match in _SASS_ADDRESS.finditer(text):
+    for match in _SASS_LINE.finditer(text):
         address = int(match.group(1), 16)
         addresses.append(address)
         target = re.search(r"0x([0-9a-f]+)", match.group(3)) if match.group(2).startswith("BRA") else None
@@ -333,9 +331,33 @@ def resources(compiled, num_warps: int) -> Resources:
     found = usage(compiled)
     blocks, warps = occupancy(found["registers"], found["shared_bytes"], num_warps)
     return Resources(**found, num_warps=num_warps, blocks_per_sm=blocks, warps_per_sm=warps,
-                     **count_sass(_cuobjdump(compiled, "-sass")))
+                     **count_sass(sass(compiled)))
 
 
 def sass(compiled) -> str:
     """The SASS of a compiled kernel (``cuobjdump -sass``)."""
     return _cuobjdump(compiled, "-sass")
+
+
+def fused_kernel_compiler(lk: int, d: int, heads: int, *, alpha: float, need_entmax: bool = True,
+                          with_stats: bool = False, dtype: str = "bfloat16"):
+    """``(meta, compile)`` for the fused kernel at a diffusers-layout call (``lk`` keys, head dim ``d``,
+    ``heads`` heads, no mask; see :func:`fused_attention_call`): ``meta`` its compile-time arguments but the
+    launch shape, ``compile(block_m, num_warps, maxnreg=None, arch=90)`` the kernel compiled as a launch of
+    that shape compiles it (with the launcher's specialisation)."""
+    import torch
+
+    from . import cross_attention as ca
+
+    kernel = ca._fused_pladis_fwd_kernel
+    specialised, attrs = launcher_specialization(
+        kernel, fused_attention_call(lk, d, heads, dtype=dtype, return_stats=with_stats))
+    meta = ca.kernel_constexprs(getattr(torch, dtype), lk, d, d, alpha=alpha, mask_kind=0, need_softmax=True,
+                                need_entmax=need_entmax, with_stats=with_stats)
+    types = fused_kernel_types(dtype, mask_kind=0)
+
+    def compile(block_m: int, num_warps: int, maxnreg: int | None = None, arch: int = 90):
+        return compile_for_gpu(kernel, types, {**meta, **specialised, "BLOCK_M": block_m}, num_warps, arch=arch,
+                               maxnreg=maxnreg, attrs=attrs)
+
+    return meta, compile
