@@ -109,6 +109,26 @@ def test_64_query_launches_spill_at_512_keys():
     assert compiled(64, 8).stack_bytes > 0 and compiled(64, 16).stack_bytes > 0
 
 
+def test_non_integer_q_newton_step_uses_the_hardware_log2():
+    """At α = 1.75 (q = 4/3) every score needs a log2 and an exp2 per Newton step: compiled, the log2 is the
+    GPU's MUFU.LG2, and the search loop stays within 1.6× the instructions of α = 1.5's (whose powers are
+    products). libdevice's accurate log2 made it 5.6×."""
+    from pladis_analysis.maps.kernels import offline
+
+    def loop_and_sass(alpha):
+        _, compile_launch = offline.fused_kernel_compiler(77, 64, 10, alpha=alpha)
+        try:
+            text = offline.sass(compile_launch(64, 4))
+        except offline.OfflineCompileError as exc:
+            pytest.skip(str(exc))
+        return offline.loop_bodies(text)[0], text
+
+    general, text = loop_and_sass(1.75)
+    integer, _ = loop_and_sass(1.5)
+    assert "MUFU.LG2" in text
+    assert general <= 1.6 * integer, f"Newton loop: {general} instructions at α = 1.75, {integer} at α = 1.5"
+
+
 def _quick_grid(name: str, out):
     """Run experiments/<name>.py's quick grid into ``out``: (the experiment module, its table)."""
     import pandas as pd

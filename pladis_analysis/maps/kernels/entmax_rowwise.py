@@ -112,6 +112,26 @@ def stop_tolerance(dtype: torch.dtype, stop_tol: float | None = None) -> float:
 
 
 @triton.jit
+def _log2(x):
+    """log2 of x ≥ 0 (−inf at 0) for the Newton search's powers. Compiled: the GPU's own approximation
+    (``lg2.approx.ftz.f32``, one MUFU instruction, absolute error ≤ 2^-22.6; subnormal x count as 0), the
+    counterpart of the ``ex2.approx`` that ``tl.exp2`` is. ``tl.log2`` compiles to libdevice's accurate log2,
+    ~30 instructions: per score and Newton step, that made a non-integer q cost several times an integer one.
+    The error added to a power x^{q−1} = 2^{(q−1) log2 x} is a relative (q−1)·2^-23, below ``ex2.approx``'s
+    own 2^-22.5 for q ≤ 2 (α ≥ 1.5). In the interpreter, which runs no PTX: numpy's log2."""
+    if HARDWARE_LOG2:
+        r = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                      pack=1)
+    else:
+        r = tl.log2(x)
+    return r
+
+
+# Compiled or interpreted: Triton decides when a kernel is decorated (TRITON_INTERPRET=1 at import).
+HARDWARE_LOG2: tl.constexpr = tl.constexpr(type(_log2).__name__ != "InterpretedFunction")
+
+
+@triton.jit
 def _pow_q_minus_1(xp, q, Q_INT: tl.constexpr):
     """xp^{q−1} for xp = [x]_+ ≥ 0 (zero where xp = 0), for q ≥ 1; Q_INT > 0 is q as a small integer."""
     if Q_INT == 1:
@@ -122,9 +142,11 @@ def _pow_q_minus_1(xp, q, Q_INT: tl.constexpr):
         r = xp * xp
     elif Q_INT == 4:
         r = xp * xp * xp
+    elif HARDWARE_LOG2:
+        r = tl.exp2((q - 1.0) * _log2(xp))              # lg2(+0) = −inf, ex2(−inf) = +0: zero where xp = 0
     else:
-        pos = xp > 0.0
-        r = tl.where(pos, tl.exp2((q - 1.0) * tl.log2(tl.where(pos, xp, 1.0))), 0.0)
+        pos = xp > 0.0                                  # numpy would warn on log2(0)
+        r = tl.where(pos, tl.exp2((q - 1.0) * _log2(tl.where(pos, xp, 1.0))), 0.0)
     return r
 
 
@@ -167,11 +189,12 @@ def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
     """Per-row G = Σ [x]_+^{q−1} and F = Σ [x]_+^q of a tile, x = zp − τ."""
     xp = tl.maximum(zp - tau[:, None], 0.0)                  # [x]_+ (−inf entries give 0)
     g_q1 = _pow_q_minus_1(xp, q, Q_INT)
+    g = tl.sum(g_q1, axis=1)
     if Q_INT == 1:
         f = tl.sum(xp, axis=1)                               # the compiler would multiply by the indicator
     else:
         f = tl.sum(g_q1 * xp, axis=1)
-    return tl.sum(g_q1, axis=1), f
+    return g, f
 
 
 @triton.jit
@@ -196,8 +219,7 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
             g_t, f_t = _newton_sums(zp_t, tau, q, Q_INT)
             g += g_t
             f += f_t
-        # F^{1−1/q}: 1 for sparsemax, √F for 1.5-entmax, √F · ⁴√F for α = 1.25 (powers by log2/exp2 cost a
-        # software log2 per row and step: libdevice's precise one, ~30 instructions).
+        # F^{1−1/q}: 1 for sparsemax, √F for 1.5-entmax, √F · ⁴√F for α = 1.25, else by log2/exp2.
         if Q_INT == 1:
             f_pow = 1.0
         elif Q_INT == 2:
@@ -205,7 +227,7 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
         elif Q_INT == 4:
             f_pow = tl.sqrt(f) * tl.sqrt(tl.sqrt(f))
         else:
-            f_pow = tl.exp2((1.0 - 1.0 / q) * tl.log2(tl.maximum(f, 1e-30)))
+            f_pow = tl.exp2((1.0 - 1.0 / q) * _log2(tl.maximum(f, 1e-30)))
         # The step (F − F^{1−1/q}) / G, and h(τ + step) ≤ step · (|h'(τ)| − 1) =: b with |h'| = G / F^{1−1/q}:
         # both from one reciprocal of G F^{1−1/q} (G ≥ F^{1−1/q} ≥ 1 left of the root; the clamp serves empty
         # rows). The weights' ℓ1 error after the step is at most b for sparsemax (no renormalisation), else
