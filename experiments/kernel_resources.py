@@ -9,9 +9,13 @@ any machine (:mod:`pladis_analysis.maps.kernels.offline`). At the benchmark's sh
 speed; this table lets a kernel change be judged on a CPU before a GPU times it, and says why a launch
 configuration the autotuner picks is fast or slow. ``tensor_core_path`` says whether the dots compiled to sm_90's
 warpgroup MMA (``wgmma``: SASS HGMMA, only for blocks of ≥ 64 queries) or to per-warp MMA (``mma``: HMMA).
+``loop_instructions`` is the largest loop's body, the threshold search's for the PLADIS variants (one
+iteration per search step; for the softmax skeleton, the q kᵀ chunk loop), and ``loop_mufu`` its
+special-function instructions (exp2, log2, square roots, reciprocals).
 
 Grid: the benchmark's two key/head-dim families (SD1.5/SDXL: 77 keys, d = 64; SANA: 300 keys, d = 112 → 128;
-bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 2, 3}; ``softmax``: the softmax-only
+bfloat16, no mask), the kernel's variants (PLADIS with α ∈ {1.25, 1.5, 1.75, 2, 3}: integer q = 1/(α−1), a
+non-integer q, and α > 2's safeguarded Halley search; ``softmax``: the softmax-only
 skeleton the benchmark calls ``triton_softmax``; ``pladis_stats``: PLADIS at α = 1.5 also writing the per-row
 statistics, as record_attention launches it on CUDA), and every launch shape the autotuner tries there (queries per
 block, warps), each without and with the register cap (``maxnreg``; 0: none, ptxas decides). Lq does not change
@@ -49,7 +53,7 @@ FAMILIES = (("sd_sdxl", 77, 64, 10), ("sana", 300, 112, 20))
 @dataclass
 class Config:
     families: tuple[tuple[str, int, int, int], ...] = FAMILIES
-    alphas: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0)
+    alphas: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 3.0)
     stats_alpha: float | None = 1.5   # α of the variant with statistics (None: not compiled)
     dtype: str = "bfloat16"
 

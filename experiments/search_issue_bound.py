@@ -3,23 +3,31 @@
 Is the issue's target (fused PLADIS attention ≤ 1.3× SDPA) reachable with a kernel that finds α-entmax's
 threshold by a Newton search over the whole score row? The search is a loop: every warp of every block issues
 the loop's body once per step, and the block steps until its slowest row has converged. An H100 SM issues at
-most one warp-instruction per cycle on each of its four schedulers, so the search alone takes at least
+most one warp-instruction per cycle on each of its four schedulers, and its special-function units (MUFU:
+exp2, log2, reciprocal, square root) return 16 results per cycle, two cycles per warp-instruction. So the
+search alone takes at least
 
-    body instructions × mean steps per block × warps launched / (SMs × 4 × clock)
+    max(body instructions / 4, MUFU instructions in the body × 2) × mean steps per block × warps launched
+    / (SMs × clock)
 
-whatever the memory system does. Every factor comes from a file, not a guess:
+whatever the memory system does. For α = 1.25, 1.5 and 2 the powers are products, a few MUFU per row remain,
+and issue decides; at α = 1.75 (a non-integer q) every score takes a log2 and an exp2 per step, and the MUFU
+units decide (column ``limited_by``). Every factor comes from a file, not a guess:
 
 * the loop's body: the largest backward branch in the kernel's SASS, compiled for sm_90 on this CPU
-  (``maps.kernels.offline.loop_bodies``; the other loops are the q kᵀ head-dimension chunks, a few dozen
+  (``maps.kernels.offline.loop_opcodes``; the other loops are the q kᵀ head-dimension chunks, a few dozen
   instructions), for α ≤ 2 (Newton) at each launch;
 * the steps: ``results/search_steps.csv`` (the kernel's own counts on the benchmark's random scores, score std
   1.5 as the benchmark draws them, bfloat16, the default stopping rule, per block size);
 * SDPA's time and the kernel's: ``results/bench_cross_attention.csv`` (CUDA-graph medians on an H100 SXM), and
   its meta's launch configurations (what the autotuner chose);
-* the H100 SXM's 132 SMs and 1.98 GHz boost clock (NVIDIA's datasheet). A lower clock only raises the bound.
+* the H100 SXM's 132 SMs and 1.98 GHz boost clock (NVIDIA's datasheet; a lower clock only raises the bound),
+  and the 16 MUFU results per SM and cycle of compute capability 9.0 (CUDA C++ Programming Guide, arithmetic
+  instruction throughput).
 
-Launches: the one the H100's autotuner chose at the benchmark's commit, and for 300 keys also 64 queries on 8
-warps (the smallest block that uses warpgroup MMA, tried by the autotuner since 7b97246). The bound ignores
+Launches: the one the H100's autotuner chose at the benchmark's commit (for an α the benchmark did not time,
+the launch it chose for another α at the same shape: ``chosen_for_other_alpha``), and for 300 keys also 64
+queries on 8 warps (the smallest block that uses warpgroup MMA, tried by the autotuner since 7b97246). The bound ignores
 latency, reductions across threads and memory, so the real search costs more: ``bound_over_measured_search``
 compares it with the measured kernel − skeleton difference where the launch is the measured one.
 
@@ -49,13 +57,15 @@ from pladis_analysis.results import provenance, write_table  # noqa: E402
 H100_SMS = 132
 H100_CLOCK_HZ = 1.98e9
 ISSUE_PER_SM_CYCLE = 4   # four schedulers, one warp-instruction each per cycle
+MUFU_PER_SM_CYCLE = 16   # special-function results per SM and cycle (compute capability 9.0)
+WARP = 32
 
 
 @dataclass
 class Config:
     bench: str = "results/bench_cross_attention.csv"     # relative paths are from the repository root
     steps: str = "results/search_steps.csv"
-    alphas: tuple[float, ...] = (1.25, 1.5, 2.0)
+    alphas: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0)
     score_group: str = "std 1.5"
     shapes: tuple[str, ...] | None = None   # None: every attention shape of the benchmark
 
@@ -73,17 +83,29 @@ class Config:
         return asdict(self)
 
 
-def issue_bound_ms(body: int, steps: float, warps: int) -> float:
-    """The fewest milliseconds an H100 SXM needs to issue ``body`` instructions ``steps`` times on ``warps``
-    warps."""
-    return body * steps * warps / (H100_SMS * ISSUE_PER_SM_CYCLE * H100_CLOCK_HZ) * 1e3
+def sm_cycles_per_step(body: int, mufu: int) -> tuple[float, str]:
+    """SM cycles one warp's loop iteration occupies at least, and what limits it: issuing its ``body``
+    instructions (four per SM and cycle) or its ``mufu`` special-function instructions (16 lanes per cycle)."""
+    issue, sfu = body / ISSUE_PER_SM_CYCLE, mufu * WARP / MUFU_PER_SM_CYCLE
+    return (issue, "issue") if issue >= sfu else (sfu, "mufu")
+
+
+def issue_bound_ms(body: int, steps: float, warps: int, mufu: int = 0) -> float:
+    """The fewest milliseconds an H100 SXM needs to run a loop of ``body`` instructions, ``mufu`` of them on
+    the special-function units, ``steps`` times on ``warps`` warps."""
+    cycles, _ = sm_cycles_per_step(body, mufu)
+    return cycles * steps * warps / (H100_SMS * H100_CLOCK_HZ) * 1e3
 
 
 def launches(meta: dict, lq: int, lk: int, q_int: int) -> list[tuple[str, int, int]]:
-    """(name, BLOCK_M, num_warps): the autotuner's choice recorded in the benchmark's meta, and for long key rows
-    the 64-query warpgroup-MMA launch."""
-    found = [("chosen", c["BLOCK_M"], c["num_warps"]) for c in meta.get("kernel_launch_configs", [])
-             if (c["Lq"], c["Lk"], c["NEED_ENTMAX"], c["Q_INT"]) == (lq, lk, True, q_int)][:1]
+    """(name, BLOCK_M, num_warps): the autotuner's choice recorded in the benchmark's meta (failing one for this
+    α's flavour, its choice for another α at the shape), and for long key rows the 64-query warpgroup-MMA
+    launch."""
+    configs = [c for c in meta.get("kernel_launch_configs", [])
+               if (c["Lq"], c["Lk"], c["NEED_ENTMAX"]) == (lq, lk, True)]
+    found = [("chosen", c["BLOCK_M"], c["num_warps"]) for c in configs if c["Q_INT"] == q_int][:1]
+    if not found:
+        found = [("chosen_for_other_alpha", c["BLOCK_M"], c["num_warps"]) for c in configs][:1]
     if lk > 128 and not any(bm >= 64 for _, bm, _ in found):
         found.append(("wgmma_64x8", 64, 8))
     return found
@@ -102,6 +124,7 @@ def run(config: Config, out: Path) -> Path:
                   & (steps.stop_rule == "bound")]
     graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",
                                                           values="graph_median_ms")
+    sdpa_by_shape = graph["sdpa"].groupby(level="shape").median()   # SDPA has no α: for an α not benchmarked
     rows = []
     for name, batch, heads, lq, lk, d in bench_meta["config"]["shapes"]:
         if config.shapes is not None and name not in config.shapes:
@@ -109,17 +132,21 @@ def run(config: Config, out: Path) -> Path:
         for alpha in config.alphas:
             meta, compile_launch = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
             for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
-                body = offline.loop_bodies(offline.sass(compile_launch(block_m, num_warps)))[0]
+                counts = offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
+                body, mufu = counts["loop_instructions"], counts["loop_mufu"]
+                _, limited_by = sm_cycles_per_step(body, mufu)
                 mean_steps = float(steps[(steps.lk == lk) & (steps.alpha == alpha)
                                          & (steps.block_m == block_m)].mean_block_steps.iloc[0])
                 warps = -(-lq // block_m) * batch * heads * num_warps
-                bound = issue_bound_ms(body, mean_steps, warps)
-                sdpa, kernel, skeleton = (graph.loc[(name, alpha)].get(m, float("nan"))
-                                          for m in ("sdpa", "triton", "triton_softmax"))
+                bound = issue_bound_ms(body, mean_steps, warps, mufu)
+                timed = graph.loc[(name, alpha)] if (name, alpha) in graph.index else pd.Series(dtype=float)
+                kernel, skeleton = (timed.get(m, float("nan")) for m in ("triton", "triton_softmax"))
+                sdpa = timed.get("sdpa", sdpa_by_shape.get(name, float("nan")))
                 measured_search = kernel - skeleton if launch == "chosen" else float("nan")
                 rows.append({"shape": name, "alpha": alpha, "launch": launch, "block_m": block_m,
                              "num_warps": num_warps, "B": batch, "H": heads, "Lq": lq, "Lk": lk, "d": d,
-                             "body_instructions": body, "mean_block_steps": mean_steps, "warps": warps,
+                             "body_instructions": body, "mufu_instructions": mufu, "limited_by": limited_by,
+                             "mean_block_steps": mean_steps, "warps": warps,
                              "search_bound_ms": bound, "sdpa_graph_ms": sdpa,
                              "search_bound_over_sdpa": bound / sdpa,
                              "kernel_graph_ms": kernel, "skeleton_graph_ms": skeleton,
@@ -132,14 +159,16 @@ def run(config: Config, out: Path) -> Path:
     meta = provenance(config.to_dict(), device="cpu (compiles for sm_90)", target="sm_90a",
                       triton=triton.__version__, ptxas=offline.ptxas_version(),
                       bench_commit=bench_meta.get("git_commit"), bench_device=bench_meta.get("device_name"),
-                      h100=dict(sms=H100_SMS, clock_hz=H100_CLOCK_HZ, issue_per_sm_cycle=ISSUE_PER_SM_CYCLE))
+                      h100=dict(sms=H100_SMS, clock_hz=H100_CLOCK_HZ, issue_per_sm_cycle=ISSUE_PER_SM_CYCLE,
+                                mufu_per_sm_cycle=MUFU_PER_SM_CYCLE))
     out.mkdir(parents=True, exist_ok=True)
     return write_table(pd.DataFrame(rows), out / "search_issue_bound.csv", meta)
 
 
 def report(path: Path) -> None:
     df = pd.read_csv(path)
-    cols = ["shape", "alpha", "launch", "block_m", "num_warps", "body_instructions", "mean_block_steps",
+    cols = ["shape", "alpha", "launch", "block_m", "num_warps", "body_instructions", "mufu_instructions",
+            "limited_by", "mean_block_steps",
             "search_bound_ms", "sdpa_graph_ms", "search_bound_over_sdpa", "bound_over_measured_search",
             "serial_floor_ratio_vs_sdpa"]
     with pd.option_context("display.width", 200, "display.precision", 3):

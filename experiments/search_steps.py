@@ -68,7 +68,7 @@ STOP_RULES = {"step": 0.0, "bound": None}
 @dataclass
 class Config:
     sources: tuple[str, ...] = ("random", "bundled")
-    alphas: tuple[float, ...] = (1.25, 1.5, 2.0, 3.0, 4.0)
+    alphas: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 3.0, 4.0)
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     stop_rules: tuple[str, ...] = ("step", "bound")
     block_ms: tuple[int, ...] = (16, 32, 64, 128)

@@ -39,7 +39,9 @@ def test_parse_resource_usage_reads_the_function_not_the_common_section():
 def test_count_sass_counts_opcodes_with_and_without_predicates():
     counts = offline.count_sass(SASS)
     assert counts == {"sass_instructions": 10, "local_loads": 1, "local_stores": 1, "barriers": 1, "shuffles": 1,
-                      "hgmma": 2, "hmma": 1}
+                      "hgmma": 2, "hmma": 1, "mufu": 0, "loop_instructions": 0, "loop_mufu": 0}
+    looped = offline.count_sass(LOOPS.replace("FADD R2, R2, R3", "MUFU.EX2 R2, R3"))
+    assert (looped["mufu"], looped["loop_instructions"], looped["loop_mufu"]) == (1, 8, 1)
 
 
 LOOPS = """
@@ -58,6 +60,7 @@ LOOPS = """
 def test_loop_bodies_are_backward_branches_with_their_targets():
     # 0x10..0x30 (3 instructions) and 0x00..0x70 (8); the forward BRA to 0x70 is no loop
     assert offline.loop_bodies(LOOPS) == [8, 3]
+    assert offline.loop_opcodes(LOOPS)[1] == ["FADD", "FMNMX", "BRA"]
     assert offline.loop_bodies(SASS) == []  # a forward branch only
 
 
@@ -136,15 +139,22 @@ def test_offline_compiles_specialise_like_the_launcher():
 
 
 def test_search_issue_bound_arithmetic_and_its_alpha_range():
-    """One second of an H100 SXM's issue slots is 132 SMs × 4 schedulers × 1.98e9 cycles of one warp-instruction;
-    the bound is defined for the Newton search only (1 < α ≤ 2)."""
+    """One second of an H100 SXM's issue slots is 132 SMs × 4 schedulers × 1.98e9 cycles of one warp-instruction,
+    and its MUFU units take two SM cycles per warp-instruction; the bound is defined for the Newton search only
+    (1 < α ≤ 2)."""
     from experiment_scripts import load_experiment
 
     experiment = load_experiment("search_issue_bound")
     slots_per_ms = 132 * 4 * 1.98e9 / 1e3
-    assert experiment.issue_bound_ms(body=100, steps=5.0, warps=int(slots_per_ms / 500)) == pytest.approx(1.0, 1e-3)
+    warps = int(slots_per_ms / 500)
+    assert experiment.issue_bound_ms(body=100, steps=5.0, warps=warps) == pytest.approx(1.0, 1e-3)
+    # 100 instructions issue in 25 SM cycles; 12 MUFU take 24 (issue decides), 13 take 26 (the MUFU units do)
+    assert experiment.sm_cycles_per_step(100, 12) == (25.0, "issue")
+    assert experiment.sm_cycles_per_step(100, 13) == (26.0, "mufu")
+    assert experiment.issue_bound_ms(body=100, steps=5.0, warps=warps, mufu=25) == pytest.approx(2.0, 1e-3)
     with pytest.raises(ValueError, match="alphas"):
         experiment.Config(alphas=(1.5, 3.0))
     meta = {"kernel_launch_configs": [dict(Lq=1024, Lk=300, NEED_ENTMAX=True, Q_INT=2, BLOCK_M=32, num_warps=4)]}
     assert experiment.launches(meta, 1024, 300, 2) == [("chosen", 32, 4), ("wgmma_64x8", 64, 8)]
+    assert experiment.launches(meta, 1024, 300, 0) == [("chosen_for_other_alpha", 32, 4), ("wgmma_64x8", 64, 8)]
     assert experiment.launches(meta, 1024, 77, 2) == []

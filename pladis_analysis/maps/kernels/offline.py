@@ -241,6 +241,9 @@ class Resources:
     shuffles: int
     hgmma: int
     hmma: int
+    mufu: int = 0                 # special-function instructions (exp2, log2, reciprocal, square root)
+    loop_instructions: int = 0    # the largest loop's body: the fused kernel's threshold search, when it has one
+    loop_mufu: int = 0            # MUFU instructions in that body
 
     @property
     def tensor_core_path(self) -> str:
@@ -269,30 +272,45 @@ _SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_
 
 def count_sass(text: str) -> dict[str, int]:
     """Instruction counts in ``cuobjdump -sass`` output: all, local loads/stores, barriers, warp shuffles,
-    warpgroup MMAs (``HGMMA``) and per-warp MMAs (``HMMA``)."""
+    warpgroup MMAs (``HGMMA``), per-warp MMAs (``HMMA``) and special-function instructions (``MUFU``), and the
+    largest loop's body (:func:`loop_opcodes`; 0 without a loop) with its MUFU instructions."""
     opcodes = [m.group(2).split(".")[0] for m in _SASS_LINE.finditer(text)]
+    loops = loop_opcodes(text)
+    loop = loops[0] if loops else []
     return {"sass_instructions": len(opcodes),
             "local_loads": sum(op == "LDL" for op in opcodes),
             "local_stores": sum(op == "STL" for op in opcodes),
             "barriers": sum(op in ("BAR", "BAR_SYNC") for op in opcodes),
             "shuffles": sum(op == "SHFL" for op in opcodes),
             "hgmma": sum(op == "HGMMA" for op in opcodes),
-            "hmma": sum(op == "HMMA" for op in opcodes)}
+            "hmma": sum(op == "HMMA" for op in opcodes),
+            "mufu": sum(op == "MUFU" for op in opcodes),
+            "loop_instructions": len(loop),
+            "loop_mufu": sum(op.startswith("MUFU") for op in loop)}
 
 
-def loop_bodies(text: str) -> list[int]:
-    """Instructions per iteration of each loop in ``cuobjdump -sass`` output, found as backward branches
-    (``BRA`` to a lower address; the body runs from the target to the branch, both included), largest first.
-    Every warp issues a loop's body once per iteration, predicated-off instructions included."""
-    addresses, branches = [], []
+def loop_opcodes(text: str) -> list[list[str]]:
+    """The opcodes (``FADD``, ``MUFU.EX2``, …) of each loop in ``cuobjdump -sass`` output, one list per iteration,
+    largest first. Loops are backward branches (``BRA`` to a lower address; the body runs from the target to the
+    branch, both included). Every warp issues a loop's body once per iteration, predicated-off instructions
+    included."""
+    addresses, opcodes, branches = [], [], []
     for match in _SASS_LINE.finditer(text):
         address = int(match.group(1), 16)
         addresses.append(address)
+        opcodes.append(match.group(2))
         target = re.search(r"0x([0-9a-f]+)", match.group(3)) if match.group(2).startswith("BRA") else None
         if target is not None and int(target.group(1), 16) < address:
             branches.append((int(target.group(1), 16), address))
     index = {address: i for i, address in enumerate(addresses)}
-    return sorted((index[end] - index[start] + 1 for start, end in branches if start in index), reverse=True)
+    bodies = [opcodes[index[start]:index[end] + 1] for start, end in branches if start in index]
+    return sorted(bodies, key=len, reverse=True)
+
+
+def loop_bodies(text: str) -> list[int]:
+    """Instructions per iteration of each loop in ``cuobjdump -sass`` output, largest first (see
+    :func:`loop_opcodes`)."""
+    return [len(body) for body in loop_opcodes(text)]
 
 
 def occupancy(registers: int, shared_bytes: int, num_warps: int) -> tuple[int, int]:
