@@ -169,7 +169,7 @@ if [ "$RUN_BENCH" = 1 ]; then
         $BENCH_ARGS > "$OUT/bench.log" 2>&1
     rc=$?
     note "bench: exit $rc"
-    tail -n 20 "$OUT/bench.log" >> "$STATUS"
+    tail -n 26 "$OUT/bench.log" >> "$STATUS"
 fi
 
 # 5. where the host time of one kernel call goes (a diagnostic for the logs: a cProfile of 2000 calls at an

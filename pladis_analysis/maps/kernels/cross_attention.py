@@ -47,8 +47,8 @@ import triton.language as tl
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks, writes_heads_interleaved
 from .._threshold import check_scale
 from .build_failures import launching
-from .entmax_rowwise import (KIND_NEWTON, _log2, alpha_flavour, entmax_rows, max_iterations, row_max, row_sum,
-                             stop_tolerance)
+from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, fast_log2, max_iterations, row_max,
+                             row_sum, stop_tolerance)
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -167,14 +167,14 @@ def _times_values(a, V, v_base, first, Lk, DV, svn, svd, acc, IEEE_FP32: tl.cons
     return acc
 
 
-# ln 2: the statistics take logarithms base 2, which the GPU computes in one instruction (entmax_rowwise._log2).
+# ln 2: the statistics take logarithms base 2, which the GPU computes in one instruction (fast_log2).
 LN_2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
 def _entropy_terms(w):
     """−w ln w elementwise (0 where w = 0)."""
-    return -w * LN_2 * tl.where(w > 0.0, _log2(tl.where(w > 0.0, w, 1.0)), 0.0)
+    return -w * LN_2 * tl.where(w > 0.0, fast_log2(tl.where(w > 0.0, w, 1.0)), 0.0)
 
 
 @triton.jit
@@ -204,7 +204,7 @@ def _weight_stats(w, w_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL: tl.constexp
 @triton.jit
 def _powers(p, exponent):
     """p ** exponent elementwise for p ≥ 0 (0 where p = 0)."""
-    return tl.where(p > 0.0, tl.exp2(exponent * _log2(tl.where(p > 0.0, p, 1.0))), 0.0)
+    return tl.where(p > 0.0, tl.exp2(exponent * fast_log2(tl.where(p > 0.0, p, 1.0))), 0.0)
 
 
 @triton.jit

@@ -18,7 +18,7 @@ without sorting:
   done, so fewer steps per row matter: the safeguarded Halley search on f that this replaced fell back to
   bisection on some rows of most blocks at α = 1.25).
   For q ∈ {1, 2, 3, 4} (α = 2, 1.5, 4/3, 1.25) the powers are multiplications; other q use one log2/exp2
-  pair per entry and step.
+  pair per entry and step, both the GPU's one-instruction approximations when compiled (:func:`fast_log2`).
   Stopping: a row stops when its step falls below float32 resolution, or earlier when the step just taken
   provably leaves the weights within a tolerance of the exact ones. Convexity gives, for a Newton step s from
   τ, h(τ + s) ≤ s (|h'(τ)| − |h'(τ + s)|) ≤ s (|h'(τ)| − 1) =: b, because |h'| = ‖t‖_{q−1}^{q−1} / ‖t‖_q^{q−1} ≥ 1
@@ -112,13 +112,14 @@ def stop_tolerance(dtype: torch.dtype, stop_tol: float | None = None) -> float:
 
 
 @triton.jit
-def _log2(x):
-    """log2 of x ≥ 0 (−inf at 0) for the Newton search's powers. Compiled: the GPU's own approximation
-    (``lg2.approx.ftz.f32``, one MUFU instruction, absolute error ≤ 2^-22.6; subnormal x count as 0), the
-    counterpart of the ``ex2.approx`` that ``tl.exp2`` is. ``tl.log2`` compiles to libdevice's accurate log2,
-    ~30 instructions: per score and Newton step, that made a non-integer q cost several times an integer one.
-    The error added to a power x^{q−1} = 2^{(q−1) log2 x} is a relative (q−1)·2^-23, below ``ex2.approx``'s
-    own 2^-22.5 for q ≤ 2 (α ≥ 1.5). In the interpreter, which runs no PTX: numpy's log2."""
+def fast_log2(x):
+    """log2 of x ≥ 0 (−inf at 0), for the powers of the Newton search and of the fused kernel's statistics.
+    Compiled: the GPU's own approximation (``lg2.approx.ftz.f32``, one MUFU instruction, absolute error
+    ≤ 2^-22.6; subnormal x count as 0), the counterpart of the ``ex2.approx`` that ``tl.exp2`` is.
+    ``tl.log2`` compiles to libdevice's accurate log2, ~30 instructions: per score and Newton step, that made a
+    non-integer q cost several times an integer one. The error added to a power x^{q−1} = 2^{(q−1) log2 x} is
+    a relative (q−1)·2^-23, below ``ex2.approx``'s own 2^-22.5 for q ≤ 2 (α ≥ 1.5). In the interpreter, which
+    runs no PTX: numpy's log2."""
     if HARDWARE_LOG2:
         r = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
                                       pack=1)
@@ -128,7 +129,7 @@ def _log2(x):
 
 
 # Compiled or interpreted: Triton decides when a kernel is decorated (TRITON_INTERPRET=1 at import).
-HARDWARE_LOG2: tl.constexpr = tl.constexpr(type(_log2).__name__ != "InterpretedFunction")
+HARDWARE_LOG2: tl.constexpr = tl.constexpr(type(fast_log2).__name__ != "InterpretedFunction")
 
 
 @triton.jit
@@ -143,10 +144,10 @@ def _pow_q_minus_1(xp, q, Q_INT: tl.constexpr):
     elif Q_INT == 4:
         r = xp * xp * xp
     elif HARDWARE_LOG2:
-        r = tl.exp2((q - 1.0) * _log2(xp))              # lg2(+0) = −inf, ex2(−inf) = +0: zero where xp = 0
+        r = tl.exp2((q - 1.0) * fast_log2(xp))          # lg2(+0) = −inf, ex2(−inf) = +0: zero where xp = 0
     else:
         pos = xp > 0.0                                  # numpy would warn on log2(0)
-        r = tl.where(pos, tl.exp2((q - 1.0) * _log2(tl.where(pos, xp, 1.0))), 0.0)
+        r = tl.where(pos, tl.exp2((q - 1.0) * fast_log2(tl.where(pos, xp, 1.0))), 0.0)
     return r
 
 
@@ -219,28 +220,37 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
             g_t, f_t = _newton_sums(zp_t, tau, q, Q_INT)
             g += g_t
             f += f_t
-        # F^{1−1/q}: 1 for sparsemax, √F for 1.5-entmax, √F · ⁴√F for α = 1.25, else by log2/exp2.
+        # The step (F − F^{1−1/q}) / G and h(τ + step) ≤ step · (|h'(τ)| − 1) =: b, |h'| = G / F^{1−1/q}: two
+        # numerators over one denominator (G ≥ F^{1−1/q} ≥ 1 left of the root; the clamp serves empty rows).
+        # Near the root F ≈ F^{1−1/q} ≈ 1 and their difference cancels; for q = 2 and 4 it is taken without
+        # cancellation, F^{1−1/q} (F − 1) / Σ_k F^{k/q}, so that the step shrinks to float32 resolution rather
+        # than to the rounding of F^{1−1/q}. √F for 1.5-entmax, √F · ⁴√F for α = 1.25, log2/exp2 for other q.
         if Q_INT == 1:
-            f_pow = 1.0
-        elif Q_INT == 2:
-            f_pow = tl.sqrt(f)
-        elif Q_INT == 4:
-            f_pow = tl.sqrt(f) * tl.sqrt(tl.sqrt(f))
-        else:
-            f_pow = tl.exp2((1.0 - 1.0 / q) * _log2(tl.maximum(f, 1e-30)))
-        # The step (F − F^{1−1/q}) / G, and h(τ + step) ≤ step · (|h'(τ)| − 1) =: b with |h'| = G / F^{1−1/q}:
-        # both from one reciprocal of G F^{1−1/q} (G ≥ F^{1−1/q} ≥ 1 left of the root; the clamp serves empty
-        # rows). The weights' ℓ1 error after the step is at most b for sparsemax (no renormalisation), else
-        # 2((1 + b)^q − 1) ≤ 2qb(1 + b)^{q−1}: by multiplications for an integer q, else bounded once more by
-        # 2qb·e^{(q−1)b} (ln(1 + b) ≤ b), which needs no logarithm.
-        excess = f - f_pow
-        if Q_INT == 1:
-            step = excess / tl.maximum(g, 1e-30)
+            step = (f - 1.0) / tl.maximum(g, 1e-30)
             b = step * tl.maximum(g - 1.0, 0.0)
         else:
-            inv_g_f_pow = 1.0 / tl.maximum(g * f_pow, 1e-30)
-            step = excess * f_pow * inv_g_f_pow
-            b = excess * tl.maximum(g - f_pow, 0.0) * inv_g_f_pow
+            if Q_INT == 2:
+                f_pow = tl.sqrt(f)
+                inv = 1.0 / tl.maximum((f_pow + 1.0) * g, 1e-30)
+                step_numerator = f_pow * (f - 1.0)                          # (F − √F)(√F + 1)
+                b_numerator = (f - 1.0) * tl.maximum(g - f_pow, 0.0)
+            elif Q_INT == 4:
+                root2 = tl.sqrt(f)
+                root4 = tl.sqrt(root2)
+                f_pow = root2 * root4
+                inv = 1.0 / tl.maximum((root2 + 1.0) * (root4 + 1.0) * g, 1e-30)
+                step_numerator = f_pow * (f - 1.0)
+                b_numerator = (f - 1.0) * tl.maximum(g - f_pow, 0.0)
+            else:
+                f_pow = tl.exp2((1.0 - 1.0 / q) * fast_log2(tl.maximum(f, 1e-30)))
+                inv = 1.0 / tl.maximum(g * f_pow, 1e-30)
+                step_numerator = (f - f_pow) * f_pow
+                b_numerator = (f - f_pow) * tl.maximum(g - f_pow, 0.0)
+            step = step_numerator * inv
+            b = b_numerator * inv
+        # The weights' ℓ1 error after the step is at most b for sparsemax (no renormalisation), else
+        # 2((1 + b)^q − 1) ≤ 2qb(1 + b)^{q−1}: by multiplications for an integer q, else bounded once more by
+        # 2qb·e^{(q−1)b} (ln(1 + b) ≤ b), which needs no logarithm.
         if Q_INT == 1:
             l1_after = b
         elif Q_INT == 2:
@@ -250,7 +260,7 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
         elif Q_INT == 4:
             l1_after = 8.0 * b * (1.0 + b) * (1.0 + b) * (1.0 + b)
         else:
-            l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * 1.4426950408889634 * b)
+            l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * 1.4426950408889634 * b)       # 1.4427 = log2 e
         cand = tau + step
         moved = tl.abs(cand - tau) > _resolution(tau, False)
         tau = tl.where(active, cand, tau)
