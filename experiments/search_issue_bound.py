@@ -124,7 +124,8 @@ def run(config: Config, out: Path) -> Path:
                   & (steps.stop_rule == "bound")]
     graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",
                                                           values="graph_median_ms")
-    sdpa_by_shape = graph["sdpa"].groupby(level="shape").median()   # SDPA has no α: for an α not benchmarked
+    # SDPA does not depend on α: for an α the benchmark did not time, its median over the α's it did
+    sdpa_by_shape = graph["sdpa"].groupby(level="shape").median()
     rows = []
     for name, batch, heads, lq, lk, d in bench_meta["config"]["shapes"]:
         if config.shapes is not None and name not in config.shapes:
@@ -135,8 +136,12 @@ def run(config: Config, out: Path) -> Path:
                 counts = offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
                 body, mufu = counts["loop_instructions"], counts["loop_mufu"]
                 _, limited_by = sm_cycles_per_step(body, mufu)
-                mean_steps = float(steps[(steps.lk == lk) & (steps.alpha == alpha)
-                                         & (steps.block_m == block_m)].mean_block_steps.iloc[0])
+                counted = steps[(steps.lk == lk) & (steps.alpha == alpha) & (steps.block_m == block_m)]
+                if counted.empty:
+                    raise ValueError(f"{steps_path} has no step counts for alpha={alpha}, Lk={lk}, "
+                                     f"BLOCK_M={block_m} ({config.score_group}, bfloat16, bound rule): rerun "
+                                     "experiments/search_steps.py with them, or leave the alpha out")
+                mean_steps = float(counted.mean_block_steps.iloc[0])
                 warps = -(-lq // block_m) * batch * heads * num_warps
                 bound = issue_bound_ms(body, mean_steps, warps, mufu)
                 timed = graph.loc[(name, alpha)] if (name, alpha) in graph.index else pd.Series(dtype=float)
