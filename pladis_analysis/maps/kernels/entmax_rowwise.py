@@ -136,7 +136,7 @@ HARDWARE_LOG2: tl.constexpr = tl.constexpr(type(fast_log2).__name__ != "Interpre
 def _pow_q_minus_1(xp, q, Q_INT: tl.constexpr):
     """xp^{q−1} for xp = [x]_+ ≥ 0 (zero where xp = 0), for q ≥ 1; Q_INT > 0 is q as a small integer."""
     if Q_INT == 1:
-        r = (xp > 0.0).to(tl.float32)
+        r = tl.where(xp > 0.0, 1.0, 0.0)
     elif Q_INT == 2:
         r = xp
     elif Q_INT == 3:
