@@ -220,45 +220,41 @@ def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl
             g_t, f_t = _newton_sums(zp_t, tau, q, Q_INT)
             g += g_t
             f += f_t
-        # The step (F − F^{1−1/q}) / G and h(τ + step) ≤ step · (|h'(τ)| − 1) =: b, |h'| = G / F^{1−1/q}: two
-        # numerators over one denominator (G ≥ F^{1−1/q} ≥ 1 left of the root; the clamp serves empty rows).
-        # Near the root F ≈ F^{1−1/q} ≈ 1 and their difference cancels; for q = 2 and 4 it is taken without
-        # cancellation, F^{1−1/q} (F − 1) / Σ_k F^{k/q}, so that the step shrinks to float32 resolution rather
-        # than to the rounding of F^{1−1/q}. √F for 1.5-entmax, √F · ⁴√F for α = 1.25, log2/exp2 for other q.
+        # The step (F − F^{1−1/q}) / G and h(τ + step) ≤ step · (|h'(τ)| − 1) =: b, |h'| = G / F^{1−1/q}. With
+        # F − F^{1−1/q} = F^{1−1/q} · excess / spread both share one reciprocal of spread · G (G ≥ F^{1−1/q} ≥ 1
+        # left of the root; the clamp serves empty rows). Near the root F ≈ F^{1−1/q} ≈ 1 and their difference
+        # cancels; for q = 2 and 4 it is taken without cancellation, excess = F − 1 and spread = Σ_k F^{k/q}, so
+        # that the step shrinks to float32 resolution rather than to the rounding of F^{1−1/q}.
         if Q_INT == 1:
             step = (f - 1.0) / tl.maximum(g, 1e-30)
             b = step * tl.maximum(g - 1.0, 0.0)
         else:
             if Q_INT == 2:
                 f_pow = tl.sqrt(f)
-                inv = 1.0 / tl.maximum((f_pow + 1.0) * g, 1e-30)
-                step_numerator = f_pow * (f - 1.0)                          # (F − √F)(√F + 1)
-                b_numerator = (f - 1.0) * tl.maximum(g - f_pow, 0.0)
+                excess = f - 1.0
+                spread = f_pow + 1.0
             elif Q_INT == 4:
                 root2 = tl.sqrt(f)
                 root4 = tl.sqrt(root2)
                 f_pow = root2 * root4
-                inv = 1.0 / tl.maximum((root2 + 1.0) * (root4 + 1.0) * g, 1e-30)
-                step_numerator = f_pow * (f - 1.0)
-                b_numerator = (f - 1.0) * tl.maximum(g - f_pow, 0.0)
+                excess = f - 1.0
+                spread = (root2 + 1.0) * (root4 + 1.0)
             else:
                 f_pow = tl.exp2((1.0 - 1.0 / q) * fast_log2(tl.maximum(f, 1e-30)))
-                inv = 1.0 / tl.maximum(g * f_pow, 1e-30)
-                step_numerator = (f - f_pow) * f_pow
-                b_numerator = (f - f_pow) * tl.maximum(g - f_pow, 0.0)
-            step = step_numerator * inv
-            b = b_numerator * inv
+                excess = f - f_pow
+                spread = f_pow
+            inv = 1.0 / tl.maximum(spread * g, 1e-30)
+            step = f_pow * excess * inv
+            b = excess * tl.maximum(g - f_pow, 0.0) * inv
         # The weights' ℓ1 error after the step is at most b for sparsemax (no renormalisation), else
         # 2((1 + b)^q − 1) ≤ 2qb(1 + b)^{q−1}: by multiplications for an integer q, else bounded once more by
         # 2qb·e^{(q−1)b} (ln(1 + b) ≤ b), which needs no logarithm.
         if Q_INT == 1:
             l1_after = b
-        elif Q_INT == 2:
-            l1_after = 4.0 * b * (1.0 + b)
-        elif Q_INT == 3:
-            l1_after = 6.0 * b * (1.0 + b) * (1.0 + b)
-        elif Q_INT == 4:
-            l1_after = 8.0 * b * (1.0 + b) * (1.0 + b) * (1.0 + b)
+        elif Q_INT > 1:
+            l1_after = 2.0 * Q_INT * b
+            for _ in tl.static_range(Q_INT - 1):
+                l1_after = l1_after * (1.0 + b)
         else:
             l1_after = 2.0 * q * b * tl.exp2((q - 1.0) * 1.4426950408889634 * b)       # 1.4427 = log2 e
         cand = tau + step
