@@ -105,7 +105,8 @@ def _rowwise_jobs(config: Config) -> list[dict]:
                                  types={"Z": pointer[dtype], "P": "*fp32", "STEPS": "*i32", "alpha": "fp32",
                                         "stop_tol": "fp32"},
                                  consts=dict(KIND=kind, Q_INT=q_int, MAX_ITER=er.max_iterations(kind),
-                                             WITH_STEPS=False, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+                                             START_RANKS=er.default_start_ranks(alpha), WITH_STEPS=False,
+                                             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
                                              **specialised), attrs=attrs))
             # The backward runs on float32 weights whatever the input dtype (EntmaxRowwise keeps them so).
             if dtype == config.dtypes[0]:

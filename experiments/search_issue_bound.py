@@ -7,18 +7,21 @@ most one warp-instruction per cycle on each of its four schedulers, and its spec
 exp2, log2, reciprocal, square root) return 16 results per cycle, two cycles per warp-instruction. So the
 search alone takes at least
 
-    max(body instructions / 4, MUFU instructions in the body × 2) × mean steps per block × warps launched
-    / (SMs × clock)
+    (start instructions / 4 + max(body instructions / 4, MUFU instructions in the body × 2) × mean steps per
+    block) × warps launched / (SMs × clock)
 
-whatever the memory system does. For α = 1.25, 1.5 and 2 the powers are products, a few MUFU per row remain,
+whatever the memory system does. The start is what a block does once before the loop: for sparsemax, one masked
+maximum over the row per rank of its starting point (``entmax_rowwise.default_start_ranks``), none for the
+other α (they start at τ = −1). For α = 1.25, 1.5 and 2 the powers are products, a few MUFU per row remain,
 and issue decides; at α = 1.75 (a non-integer q) every score takes a log2 and an exp2 per step, and the MUFU
 units decide (column ``limited_by``). Every factor comes from a file, not a guess:
 
 * the loop's body: the largest backward branch in the kernel's SASS, compiled for sm_90 on this CPU
   (``maps.kernels.offline.loop_opcodes``; the other loops are the q kᵀ head-dimension chunks, a few dozen
-  instructions), for α ≤ 2 (Newton) at each launch;
+  instructions), for α ≤ 2 (Newton) at each launch; the start: the whole kernel's SASS instructions less
+  those of the same launch compiled to start at τ = −1;
 * the steps: ``results/search_steps.csv`` (the kernel's own counts on the benchmark's random scores, score std
-  1.5 as the benchmark draws them, bfloat16, the default stopping rule, per block size);
+  1.5 as the benchmark draws them, bfloat16, the default stopping rule and start, per block size);
 * SDPA's time and the kernel's: ``results/bench_cross_attention.csv`` (CUDA-graph medians on an H100 SXM), and
   its meta's launch configurations (what the autotuner chose);
 * the H100 SXM's 132 SMs and 1.98 GHz boost clock (NVIDIA's datasheet; a lower clock only raises the bound),
@@ -29,7 +32,9 @@ Launches: the one the H100's autotuner chose at the benchmark's commit (for an �
 the launch it chose for another α at the same shape: ``chosen_for_other_alpha``), and for 300 keys also 64
 queries on 8 warps (the smallest block that uses warpgroup MMA, tried by the autotuner since 7b97246). The bound ignores
 latency, reductions across threads and memory, so the real search costs more: ``bound_over_measured_search``
-compares it with the measured kernel − skeleton difference where the launch is the measured one.
+compares it with the measured kernel − skeleton difference where the launch is the measured one. Where the
+default start is not τ = −1, ``search_bound_minus_one_ms`` is the same bound for the search from τ = −1 (its
+build's loop, the steps the table counts from there, no start): what the start gains in this model.
 
 What it proves: where ``search_bound_over_sdpa`` exceeds 1.3, no tuning of this search meets the target. Where
 it does not, ``serial_floor_ratio_vs_sdpa`` = 1 + bound / SDPA is what the kernel would need at best if its
@@ -90,11 +95,11 @@ def sm_cycles_per_step(body: int, mufu: int) -> tuple[float, str]:
     return (issue, "issue") if issue >= sfu else (sfu, "mufu")
 
 
-def issue_bound_ms(body: int, steps: float, warps: int, mufu: int = 0) -> float:
-    """The fewest milliseconds an H100 SXM needs to run a loop of ``body`` instructions, ``mufu`` of them on
-    the special-function units, ``steps`` times on ``warps`` warps."""
+def issue_bound_ms(body: int, steps: float, warps: int, mufu: int = 0, start: int = 0) -> float:
+    """The fewest milliseconds an H100 SXM needs to run ``start`` instructions once and then a loop of ``body``
+    instructions, ``mufu`` of them on the special-function units, ``steps`` times, on each of ``warps`` warps."""
     cycles, _ = sm_cycles_per_step(body, mufu)
-    return cycles * steps * warps / (H100_SMS * H100_CLOCK_HZ) * 1e3
+    return (start / ISSUE_PER_SM_CYCLE + cycles * steps) * warps / (H100_SMS * H100_CLOCK_HZ) * 1e3
 
 
 def launches(meta: dict, lq: int, lk: int, q_int: int) -> list[tuple[str, int, int]]:
@@ -115,6 +120,7 @@ def run(config: Config, out: Path) -> Path:
     import triton
 
     from pladis_analysis.maps.kernels import offline
+    from pladis_analysis.maps.kernels.entmax_rowwise import default_start_ranks
 
     bench_path, steps_path = ROOT / config.bench, ROOT / config.steps   # an absolute path stays as it is
     bench = pd.read_csv(bench_path)
@@ -122,6 +128,8 @@ def run(config: Config, out: Path) -> Path:
     steps = pd.read_csv(steps_path)
     steps = steps[(steps.source == "random") & (steps.group == config.score_group) & (steps.dtype == "bfloat16")
                   & (steps.stop_rule == "bound")]
+    if "start" not in steps:                                 # a table from before the start was a column
+        steps = steps.assign(start="default")
     graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",
                                                           values="graph_median_ms")
     # SDPA does not depend on α: for an α the benchmark did not time, its median over the α's it did
@@ -131,19 +139,25 @@ def run(config: Config, out: Path) -> Path:
         if config.shapes is not None and name not in config.shapes:
             continue
         for alpha in config.alphas:
+            ranks = default_start_ranks(alpha)
             meta, compile_launch = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
+            _, compile_minus_one = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha, start_ranks=1)
             for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
                 counts = offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
                 body, mufu = counts["loop_instructions"], counts["loop_mufu"]
                 _, limited_by = sm_cycles_per_step(body, mufu)
-                counted = steps[(steps.lk == lk) & (steps.alpha == alpha) & (steps.block_m == block_m)]
-                if counted.empty:
-                    raise ValueError(f"{steps_path} has no step counts for alpha={alpha}, Lk={lk}, "
-                                     f"BLOCK_M={block_m} ({config.score_group}, bfloat16, bound rule): rerun "
-                                     "experiments/search_steps.py with them, or leave the alpha out")
-                mean_steps = float(counted.mean_block_steps.iloc[0])
+                mean_steps = _mean_block_steps(steps, steps_path, config, alpha, lk, block_m, "default")
                 warps = -(-lq // block_m) * batch * heads * num_warps
-                bound = issue_bound_ms(body, mean_steps, warps, mufu)
+                if ranks > 1:
+                    counts_minus_one = offline.count_sass(offline.sass(compile_minus_one(block_m, num_warps)))
+                    start = counts["sass_instructions"] - counts_minus_one["sass_instructions"]
+                    steps_minus_one = _mean_block_steps(steps, steps_path, config, alpha, lk, block_m, "minus_one")
+                    bound_minus_one = issue_bound_ms(counts_minus_one["loop_instructions"], steps_minus_one, warps,
+                                                     counts_minus_one["loop_mufu"])
+                else:
+                    start, steps_minus_one, bound_minus_one = 0, mean_steps, None
+                bound = issue_bound_ms(body, mean_steps, warps, mufu, start)
+                bound_minus_one = bound if bound_minus_one is None else bound_minus_one
                 timed = graph.loc[(name, alpha)] if (name, alpha) in graph.index else pd.Series(dtype=float)
                 kernel, skeleton = (timed.get(m, float("nan")) for m in ("triton", "triton_softmax"))
                 sdpa = timed.get("sdpa", sdpa_by_shape.get(name, float("nan")))
@@ -151,8 +165,11 @@ def run(config: Config, out: Path) -> Path:
                 rows.append({"shape": name, "alpha": alpha, "launch": launch, "block_m": block_m,
                              "num_warps": num_warps, "B": batch, "H": heads, "Lq": lq, "Lk": lk, "d": d,
                              "body_instructions": body, "mufu_instructions": mufu, "limited_by": limited_by,
+                             "start_ranks": ranks, "start_instructions": start,
                              "mean_block_steps": mean_steps, "warps": warps,
-                             "search_bound_ms": bound, "sdpa_graph_ms": sdpa,
+                             "search_bound_ms": bound,
+                             "mean_block_steps_minus_one": steps_minus_one,
+                             "search_bound_minus_one_ms": bound_minus_one, "sdpa_graph_ms": sdpa,
                              "search_bound_over_sdpa": bound / sdpa,
                              "kernel_graph_ms": kernel, "skeleton_graph_ms": skeleton,
                              "measured_search_ms": measured_search,
@@ -170,10 +187,21 @@ def run(config: Config, out: Path) -> Path:
     return write_table(pd.DataFrame(rows), out / "search_issue_bound.csv", meta)
 
 
+def _mean_block_steps(steps: pd.DataFrame, path: Path, config: Config, alpha: float, lk: int, block_m: int,
+                      start: str) -> float:
+    """Mean steps per block of ``block_m`` queries from the step table's rows for this α, key count and start."""
+    counted = steps[(steps.lk == lk) & (steps.alpha == alpha) & (steps.block_m == block_m) & (steps.start == start)]
+    if counted.empty:
+        raise ValueError(f"{path} has no step counts for alpha={alpha}, Lk={lk}, BLOCK_M={block_m}, start={start} "
+                         f"({config.score_group}, bfloat16, bound rule): rerun experiments/search_steps.py with "
+                         "them, or leave the alpha out")
+    return float(counted.mean_block_steps.iloc[0])
+
+
 def report(path: Path) -> None:
     df = pd.read_csv(path)
     cols = ["shape", "alpha", "launch", "block_m", "num_warps", "body_instructions", "mufu_instructions",
-            "limited_by", "mean_block_steps",
+            "limited_by", "start_instructions", "mean_block_steps", "mean_block_steps_minus_one",
             "search_bound_ms", "sdpa_graph_ms", "search_bound_over_sdpa", "bound_over_measured_search",
             "serial_floor_ratio_vs_sdpa"]
     with pd.option_context("display.width", 200, "display.precision", 3):

@@ -26,7 +26,12 @@ bound existed), ``bound`` also stops it as soon as the proved bound on its weigh
 dtype's tolerance (what the kernel does; see ``pladis_analysis.maps.kernels.entmax_rowwise``). For α > 2 the
 Halley search has no such rule and both rows agree.
 
-Per (source, group, dtype, stop rule, α, BLOCK_M) the table has the mean, 90th percentile and maximum steps
+Sparsemax's search starts from Michelot's thresholds on each row's few largest scores
+(``entmax_rowwise.default_start_ranks``); for every α whose default start is not τ = −1 the grid also counts
+the steps from τ = −1 (column ``start``: ``default`` or ``minus_one``; ``start_ranks`` the ranks used), so the
+table compares both starts on the same rows in one run.
+
+Per (source, group, dtype, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and maximum steps
 per row, the mean steps per block (the block's maximum; blocks are BLOCK_M consecutive queries of one head, as
 in the kernel), ``idle_fraction`` = 1 − Σ row steps / (BLOCK_M · Σ block steps) (the share of the search's
 row-iterations spent on rows that had already converged) and ``max_l1_error``: the largest ℓ1 distance of a
@@ -71,6 +76,8 @@ class Config:
     alphas: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 3.0, 4.0)
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     stop_rules: tuple[str, ...] = ("step", "bound")
+    # also count from τ = −1 where an α's default start uses more ranks (the baseline of that start)
+    compare_starts: bool = True
     block_ms: tuple[int, ...] = (16, 32, 64, 128)
     # random source: score std σ, key counts, queries per head, heads, head dim
     score_stds: tuple[float, ...] = (0.5, 1.0, 1.5, 3.0)
@@ -168,14 +175,16 @@ def bundled_scores(config: Config) -> dict[int, torch.Tensor]:
 # counting
 # --------------------------------------------------------------------------------------------------
 
-def row_steps(scores: torch.Tensor, alpha: float, stop_tol: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def row_steps(scores: torch.Tensor, alpha: float, stop_tol: float | None,
+              start_ranks: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel's float32 weights and threshold-search steps per row of ``scores`` (heads, Lq, Lk), in the
-    scores' dtype: ``(p, steps)``, (heads, Lq, Lk) and (heads, Lq) int64."""
+    scores' dtype: ``(p, steps)``, (heads, Lq, Lk) and (heads, Lq) int64. ``start_ranks``: the search's start
+    (None: the kernel's default for ``alpha``; 1: τ = −1)."""
     from pladis_analysis.maps.kernels.entmax_rowwise import entmax_forward
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     p, steps = entmax_forward(scores.to(device), alpha, out_dtype=torch.float32, return_steps=True,
-                              stop_tol=stop_tol)
+                              stop_tol=stop_tol, start_ranks=start_ranks)
     return p.cpu(), steps.long().cpu()
 
 
@@ -212,10 +221,10 @@ def run(config: Config, out: Path) -> Path:
     error = dispatch.triton_import_error()
     if error is not None:
         raise RuntimeError(f"the kernels cannot run here: {error}")
-    from pladis_analysis.maps.kernels.entmax_rowwise import stop_tolerance
+    from pladis_analysis.maps.kernels.entmax_rowwise import default_start_ranks, stop_tolerance
 
     table = ResultsTable(out / "search_steps.csv",
-                         keys=["source", "group", "lk", "dtype", "stop_rule", "alpha", "block_m"],
+                         keys=["source", "group", "lk", "dtype", "stop_rule", "alpha", "start", "block_m"],
                          config=config.to_dict(), seeds=[config.seed])
     jobs = []
     if "random" in config.sources:
@@ -230,20 +239,25 @@ def run(config: Config, out: Path) -> Path:
 
     if "bundled" in config.sources:
         jobs += [("bundled", f"step {s}", lambda s=s: bundled_group(s)) for s in config.bundled_record_steps]
-    grid = [(d, r, a) for d in config.dtypes for r in config.stop_rules for a in config.alphas]
+    # start → ranks: the kernel's default, and τ = −1 where that differs (and compare_starts)
+    starts = {a: {"default": default_start_ranks(a),
+                  **({"minus_one": 1} if config.compare_starts and default_start_ranks(a) > 1 else {})}
+              for a in config.alphas}
+    grid = [(d, r, a, s) for d in config.dtypes for r in config.stop_rules for a in config.alphas for s in starts[a]]
     for source, group, make_scores in tqdm(jobs, desc="search steps"):
         scores = None
-        for dtype_name, rule, alpha in grid:
-            key = dict(source=source, group=group, dtype=dtype_name, stop_rule=rule, alpha=alpha)
+        for dtype_name, rule, alpha, start in grid:
+            key = dict(source=source, group=group, dtype=dtype_name, stop_rule=rule, alpha=alpha, start=start)
             if all(table.has(**key, lk=lk, block_m=b) for b in config.block_ms for lk in _key_counts(source, config)):
                 continue
             scores = make_scores() if scores is None else scores
             dtype = getattr(torch, dtype_name)
             rounded = scores.to(dtype)
             valid = torch.isfinite(scores).any(dim=-1)                                           # (H, Lq) real rows
-            p, steps = row_steps(rounded, alpha, STOP_RULES[rule])
+            p, steps = row_steps(rounded, alpha, STOP_RULES[rule], starts[alpha][start])
             stop_tol = stop_tolerance(dtype) if STOP_RULES[rule] is None else STOP_RULES[rule]
-            measured = dict(lk=scores.shape[-1], score_std=float(scores[valid].std(dim=-1).mean()),
+            measured = dict(start_ranks=starts[alpha][start], lk=scores.shape[-1],
+                            score_std=float(scores[valid].std(dim=-1).mean()),
                             stop_tol=stop_tol, max_l1_error=max_l1_error(p, rounded, valid, alpha))
             for block_m in config.block_ms:
                 table.add({**key, **measured, "block_m": block_m, **summarise_steps(steps, valid, block_m)})
@@ -263,7 +277,8 @@ def _key_counts(source: str, config: Config) -> tuple[int, ...]:
 def report(path: Path) -> None:
     df = pd.read_csv(path)
     view = df[df.block_m == df.block_m.max()] if 32 not in set(df.block_m) else df[df.block_m == 32]
-    cols = ["source", "group", "lk", "dtype", "stop_rule", "alpha", "score_std", "mean_row_steps", "max_row_steps",
+    cols = ["source", "group", "lk", "dtype", "stop_rule", "alpha", "start", "score_std", "mean_row_steps",
+            "max_row_steps",
             "mean_block_steps", "idle_fraction", "max_l1_error"]
     print(f"steps per row and per block of {int(view.block_m.iloc[0])} queries:")
     print(view[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))

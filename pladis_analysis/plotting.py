@@ -216,16 +216,24 @@ def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
 
 def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """The Triton kernel's threshold-search steps per block of queries (``results/search_steps.csv``): what a
-    block costs with the ℓ1 stopping bound (bfloat16 scores, the kernel's default rule), and how many steps the
-    bound saves against stopping on step size alone. One bar per score source and α."""
+    block costs with the ℓ1 stopping bound (bfloat16 scores, the kernel's default rule and start), how many
+    steps the bound saves against stopping on step size alone, and, where the table has both (sparsemax), how
+    many the default start saves against starting at τ = −1. One bar per score source and α."""
     df = _load(table)
     block_m = 32 if 32 in set(df["block_m"]) else int(df["block_m"].max())
     df = df[(df["block_m"] == block_m) & (df["dtype"] == "bfloat16")].copy()
     df["scores"] = df["source"] + " " + df["group"] + " (" + df["lk"].astype(str) + " keys)"
+    if "start" not in df:                                     # tables from before the start was a column
+        df["start"] = "default"
+    from_minus_one = df[(df["start"] == "minus_one") & (df["stop_rule"] == "bound")]
+    df = df[df["start"] == "default"]
     bound = df[df["stop_rule"] == "bound"]
     paired = bound.merge(df[df["stop_rule"] == "step"], on=["scores", "alpha"], suffixes=("", "_step"))
     paired["saved"] = paired["mean_block_steps_step"] - paired["mean_block_steps"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.35 * bound["scores"].nunique() + 1.5), sharey=True)
+    starts = bound.merge(from_minus_one, on=["scores", "alpha"], suffixes=("", "_minus_one"))
+    starts["saved"] = starts["mean_block_steps_minus_one"] - starts["mean_block_steps"]
+    panels = 3 if len(starts) else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 0.35 * bound["scores"].nunique() + 1.5), sharey=True)
     sns.barplot(data=bound, y="scores", x="mean_block_steps", hue="alpha", orient="h", ax=axes[0], palette="deep")
     axes[0].set_xlabel(f"steps per block of {block_m} queries (its slowest row)")
     axes[0].set_ylabel("")
@@ -234,5 +242,10 @@ def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     sns.barplot(data=paired, y="scores", x="saved", hue="alpha", orient="h", ax=axes[1], palette="deep")
     axes[1].set_xlabel("steps per block saved by the bound (vs step-size rule alone)")
     axes[1].set_title("what the bound saves")
+    if len(starts):
+        axes[1].get_legend().remove()
+        sns.barplot(data=starts, y="scores", x="saved", hue="alpha", orient="h", ax=axes[2], palette="deep")
+        axes[2].set_xlabel("steps per block saved by the start (vs τ = −1), with the bound")
+        axes[2].set_title("what the start saves")
     fig.tight_layout()
     return fig

@@ -197,6 +197,51 @@ def test_rowwise_sparsemax_steps_bounded_by_start_support(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_sparsemax_start_confirms_small_supports(device):
+    """Sparsemax starts from Michelot's thresholds on the row's largest distinct scores: when the support has at
+    most SPARSEMAX_START_RANKS entries the start is τ* (to rounding) and the search only confirms it, in one step
+    (two where rounding leaves a step above resolution); from τ = −1 the same rows take one step per support
+    change. The weights are the same either way."""
+    from pladis_analysis.maps.kernels.entmax_rowwise import SPARSEMAX_START_RANKS
+
+    gen = torch.Generator().manual_seed(11)
+    z = torch.randn(256, 77, generator=gen) * torch.logspace(-1.0, 0.6, 256)[:, None]      # std 0.1–4
+    p_ref = R.entmax(z.double().numpy(), 2.0)
+    support = torch.from_numpy((p_ref > 0).sum(axis=-1))
+    small = support <= SPARSEMAX_START_RANKS
+    assert small.sum() >= 64 and (~small).sum() >= 16, "the rows must cover both cases"
+    p, steps = entmax_forward(z.to(device), 2.0, return_steps=True)
+    p_minus_one, steps_minus_one = entmax_forward(z.to(device), 2.0, return_steps=True, start_ranks=1)
+    steps, steps_minus_one = steps.cpu().long(), steps_minus_one.cpu().long()
+    assert_close(p, p_ref, name="sparsemax, default start")
+    assert_close(p_minus_one, p_ref, name="sparsemax from τ = −1")
+    assert torch.all(steps[small] <= 2) and steps[small].float().mean() <= 1.1, steps[small].bincount()
+    assert steps_minus_one[small & (support > 1)].float().mean() >= 2.0
+    assert torch.all(steps[~small] >= 2)         # the start is a strict lower bound there: at least one real step
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [2.0, 1.5, 1.25, 1.75])
+@pytest.mark.parametrize("ranks", [1, 2, 6, 32])
+def test_rowwise_any_start_gives_the_same_weights(device, alpha, ranks):
+    """The start is a lower bound for every α ≤ 2 (power means), so any number of ranks gives the reference's
+    weights, on rows with masks, ties, an all-masked row and huge or tiny scales; and fewer steps, never more,
+    for a row whose start moved (the iterates from a higher start stay above those from −1)."""
+    gen = torch.Generator().manual_seed(ranks)
+    z = _special_rows(77, gen).to(device)
+    p, steps = entmax_forward(z, alpha, return_steps=True, start_ranks=ranks)
+    assert_close(p, R.entmax(as_reference(z), alpha), name=f"entmax(alpha={alpha}), start on {ranks} ranks")
+    _, steps_minus_one = entmax_forward(z, alpha, return_steps=True, start_ranks=1)
+    assert torch.all(steps <= steps_minus_one + 1), (steps, steps_minus_one)
+
+
+@pytest.mark.parametrize("bad", [0, 33, 2.0, True, "6"])
+def test_rowwise_rejects_bad_start_ranks_by_name(bad):
+    with pytest.raises(ValueError, match="start_ranks"):
+        entmax_forward(torch.zeros(2, 5), 2.0, start_ranks=bad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rowwise_entmax_dim_and_layout(device):
     """Any dim, non-contiguous input: equal to the reference along that axis."""
     z = torch.randn(5, 33, 4).to(device).transpose(0, 2)      # (4, 33, 5), non-contiguous

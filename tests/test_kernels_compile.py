@@ -61,7 +61,8 @@ def test_rowwise_kernels_compile_for_sm90(kind, q_int, with_steps):
 
     fwd = _compile(er._entmax_fwd_kernel, {"Z": "*bf16", "P": "*fp32", "STEPS": "*i32", "alpha": "fp32",
                                                  "stop_tol": "fp32"},
-                   dict(KIND=kind, Q_INT=q_int, MAX_ITER=40, WITH_STEPS=with_steps, BLOCK_ROWS=8, BLOCK_COLS=512),
+                   dict(KIND=kind, Q_INT=q_int, MAX_ITER=40, START_RANKS=er.SPARSEMAX_START_RANKS if q_int == 1 else 1,
+                        WITH_STEPS=with_steps, BLOCK_ROWS=8, BLOCK_COLS=512),
                    num_warps=8)
     bwd = _compile(er._entmax_bwd_kernel, {"P": "*fp32", "G": "*fp32", "DZ": "*fp32", "alpha": "fp32"},
                    dict(Q_INT=q_int, BLOCK_ROWS=8, BLOCK_COLS=512), num_warps=8)

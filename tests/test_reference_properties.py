@@ -542,3 +542,24 @@ def test_newton_step_bound_on_the_weights_error(z, alpha):
         assert error <= bound + 1e-8, f"ℓ1 error {error!r} > bound {bound!r} after a step of {step!r}"
         if step <= 1e-13:
             break
+
+
+def newton_start(zp: np.ndarray, q: float, ranks: int) -> float:
+    """The Newton search's start (``maps/kernels/entmax_rowwise._newton_start``) in float64: the largest of
+    mean_j − j^{−1/q} over the j ≤ ``ranks`` largest distinct values of ``zp`` (max 0)."""
+    values = np.unique(zp[np.isfinite(zp)])[::-1][:ranks]
+    return max(np.cumsum(values)[j - 1] / j - j ** (-1.0 / q) for j in range(1, len(values) + 1))
+
+
+@given(z=score_rows(), alpha=NEWTON_ALPHAS, ranks=st.integers(1, 40))
+def test_newton_start_is_a_lower_bound_and_michelot_exact_on_small_supports(z, alpha, ranks):
+    """Any j entries S give f(τ) + 1 ≥ j (mean_S z' − τ)^q (power means), so mean_S z' − j^{−1/q} ≤ τ*; for
+    sparsemax the start is τ* itself when the support has at most ``ranks`` entries, all of distinct value."""
+    q = 1.0 / (alpha - 1.0)
+    zp = (alpha - 1.0) * (z - z.max())
+    tau_star = R.entmax_threshold(z, alpha) - (alpha - 1.0) * z.max()
+    start = newton_start(zp, q, ranks)
+    assert start <= tau_star + 1e-9 * (1.0 + abs(tau_star)), f"start {start!r} > τ* {tau_star!r}"
+    support = zp[zp > tau_star]
+    if alpha == 2.0 and len(support) <= ranks and len(np.unique(support)) == len(support):
+        assert abs(start - tau_star) <= 1e-9 * (1.0 + abs(tau_star)), f"start {start!r} ≠ τ* {tau_star!r}"

@@ -47,8 +47,8 @@ import triton.language as tl
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks, writes_heads_interleaved
 from .._threshold import check_scale
 from .build_failures import launching
-from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, entmax_rows, fast_log2, max_iterations, row_max,
-                             row_sum, stop_tolerance)
+from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, default_start_ranks, entmax_rows, fast_log2,
+                             max_iterations, row_max, row_sum, stop_tolerance)
 
 # Largest key length and head dimension the kernel holds in registers (text encoders: 77–300 tokens).
 MAX_KEYS = 512
@@ -231,7 +231,8 @@ def _fused_pladis_fwd_kernel(
         sob, soh, som, sod,
         ssb, ssh, ssm,
         MASK_KIND: tl.constexpr, NEED_SOFTMAX: tl.constexpr, NEED_ENTMAX: tl.constexpr,
-        KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STATS: tl.constexpr,
+        KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, START_RANKS: tl.constexpr,
+        WITH_STATS: tl.constexpr,
         IEEE_FP32: tl.constexpr, UPCAST_DOT: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_TAIL: tl.constexpr, BLOCK_T: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, D_CHUNK: tl.constexpr):
@@ -270,7 +271,7 @@ def _fused_pladis_fwd_kernel(
         # zp = (α−1)(z − max z), −inf off the valid entries; z itself is dead from here (fewer live registers
         # through the threshold search), and softmax comes from zp: exp(z − max z) = exp2(zp · log2(e)/(α−1)).
         e_w, shifted, e_w_t, shifted_t, _ = entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND, Q_INT,
-                                                        MAX_ITER, HAS_TAIL)
+                                                        MAX_ITER, HAS_TAIL, START_RANKS)
         to_log2 = log2e / (alpha - 1.0)
     else:
         zmax = row_max(tl.where(valid, z, float("-inf")), tl.where(valid_t, z_t, float("-inf")), HAS_TAIL)
@@ -470,6 +471,8 @@ def kernel_constexprs(dtype: torch.dtype, lk: int, d: int, dv: int, *, alpha: fl
     block_n, block_t = split_blocks(lk)
     return dict(MASK_KIND=mask_kind, NEED_SOFTMAX=need_softmax, NEED_ENTMAX=need_entmax,
                 KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind),
+                # a function of α like Q_INT (so not an autotuning key of its own)
+                START_RANKS=default_start_ranks(alpha) if need_entmax else 1,
                 WITH_STATS=with_stats, IEEE_FP32=dtype == torch.float32,
                 # The CPU interpreter multiplies bfloat16 tiles as raw integers; upcast there (GPUs use
                 # tensor cores).

@@ -9,14 +9,18 @@ Cross-attention rows are short (77–300 text tokens), so a whole row fits in re
 without sorting:
 
 * 1 < α ≤ 2 (q ≥ 1, sparsemax and 1.5-entmax included): Newton's method on the norm
-  h(τ) = ‖[z' − τ]_+‖_q − 1, started at the left end τ = −1. h is convex (a norm of componentwise convex,
-  non-negative functions) and decreasing, so the iterates increase monotonically to the root and never
-  overshoot: no bracket, no bisection. The step is  τ ← τ + (F − F^{1−1/q}) / G  with F = Σ [x]_+^q and
+  h(τ) = ‖[z' − τ]_+‖_q − 1, started left of the root: at τ = −1, or for sparsemax at the best of Michelot's
+  thresholds on the row's few largest scores, which is the root itself when the support is that small
+  (:func:`_newton_start`). h is convex (a norm of componentwise convex, non-negative functions) and
+  decreasing, so the iterates increase monotonically to the root and never overshoot: no bracket, no
+  bisection. The step is  τ ← τ + (F − F^{1−1/q}) / G  with F = Σ [x]_+^q and
   G = Σ [x]_+^{q−1}, x = z' − τ: the torch path's search (:mod:`pladis_analysis.maps._threshold`). For
   sparsemax (q = 1) this is Michelot's algorithm, exact once the support stops changing; h is nearly linear
   in τ for any q, so a few steps reach float32 resolution (a block of rows iterates until its slowest row is
   done, so fewer steps per row matter: the safeguarded Halley search on f that this replaced fell back to
-  bisection on some rows of most blocks at α = 1.25).
+  bisection on some rows of most blocks at α = 1.25). Sparsemax's Newton steps stay large until the support
+  is found, so its block needed as many steps as its slowest row's support changes; from the start above most
+  rows only confirm, in one step.
   For q ∈ {1, 2, 3, 4} (α = 2, 1.5, 4/3, 1.25) the powers are multiplications; other q use one log2/exp2
   pair per entry and step, both the GPU's one-instruction approximations when compiled (:func:`fast_log2`).
   Stopping: a row stops when its step falls below float32 resolution, or earlier when the step just taken
@@ -92,6 +96,21 @@ def alpha_flavour(alpha: float) -> tuple[int, int]:
     if 1 <= q_int <= INTEGER_Q_MAX and abs(q - q_int) <= 1e-12 * q:
         return KIND_NEWTON, q_int
     return KIND_NEWTON, 0
+
+
+# Sparsemax's search starts from Michelot's thresholds on a row's SPARSEMAX_START_RANKS largest distinct scores
+# (:func:`_newton_start`): each rank costs one pass over the row (a masked maximum, about half a Newton step's
+# instructions), and a row whose support has at most that many entries then needs one confirming step instead
+# of one per support change (random scores of std 1–3, 77 and 300 keys: a block of 64 queries 1.0–2.2 steps
+# instead of 4.1–5.9, ``experiments/search_steps.py``). For q > 1 the same bound is only a bound, and the steps
+# it saves cost about what its passes cost, so the other α start at τ = −1.
+SPARSEMAX_START_RANKS = 6
+
+
+def default_start_ranks(alpha: float) -> int:
+    """How many of a row's largest distinct scores the Newton search's starting point uses for ``alpha``
+    (:func:`_newton_start`; 1: it starts at τ = −1, as for α > 2, whose search does not use it)."""
+    return SPARSEMAX_START_RANKS if alpha_flavour(alpha) == (KIND_NEWTON, 1) else 1
 
 
 def max_iterations(kind: int) -> int:
@@ -199,17 +218,49 @@ def _newton_sums(zp, tau, q, Q_INT: tl.constexpr):
 
 
 @triton.jit
+def _newton_start(zp, zp_t, q, Q_INT: tl.constexpr, RANKS: tl.constexpr, HAS_TAIL: tl.constexpr):
+    """A starting point τ₀ ≤ τ* per row for the Newton search, from the row's ``RANKS`` largest distinct values
+    of zp (whose maximum is 0): τ₀ = max over j ≤ RANKS of  S_j/j − j^{−1/q},  S_j the sum of the j largest
+    (j = 1 gives −1; ``RANKS`` = 1 costs nothing).
+
+    Why τ₀ ≤ τ*: for any j entries S, f(τ) + 1 ≥ Σ_S [zp_i − τ]_+^q ≥ j [mean_S zp − τ]_+^q (power means, q ≥ 1),
+    which is 1 at τ = mean_S zp − j^{−1/q}; so f ≥ 0 there, and f decreases. Distinct values are a set of
+    entries too, so ties only weaken the bound. For sparsemax (q = 1) the candidates are Michelot's thresholds
+    (S_j − 1)/j, and their maximum is τ* itself when the support has at most ``RANKS`` entries with distinct
+    values: the search then only confirms it. Each rank is one masked maximum over the row. τ₀ is rounded
+    like any iterate: where the bound is tight it can land an ulp right of τ*, and then the first step is
+    negative, as is its error bound, which ends the row's search (one step from the right lands at or left of
+    τ*: h is convex).
+    """
+    tau0 = tl.full((zp.shape[0],), -1.0, tl.float32)
+    top = tl.zeros((zp.shape[0],), tl.float32)                     # the largest value: 0
+    total = tl.zeros((zp.shape[0],), tl.float32)
+    for j in tl.static_range(2, RANKS + 1):
+        # the next distinct value below ``top`` (−inf once a row has no more: its candidates are −inf)
+        top = row_max(tl.where(zp < top[:, None], zp, float("-inf")),
+                      tl.where(zp_t < top[:, None], zp_t, float("-inf")), HAS_TAIL)
+        total += top
+        if Q_INT == 1:
+            candidate = (total - 1.0) * (1.0 / j)                       # Michelot's (S_j − 1)/j
+        else:
+            candidate = total * (1.0 / j) - tl.exp2(tl.log2(tl.full((1,), j, tl.float32)) * (-1.0 / q))
+        tau0 = tl.maximum(tau0, candidate)
+    return tau0
+
+
+@triton.jit
 def _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr,
-                HAS_TAIL: tl.constexpr):
-    """``(τ, steps)`` per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from τ = −1 (q ≥ 1; see the module
-    docstring); ``steps`` counts the iterations a row was active in (its block runs the largest count).
+                HAS_TAIL: tl.constexpr, START_RANKS: tl.constexpr):
+    """``(τ, steps)`` per row by Newton on h(τ) = ‖[zp − τ]_+‖_q − 1 from the lower bound of
+    :func:`_newton_start` on ``START_RANKS`` ranks (q ≥ 1; see the module docstring); ``steps`` counts the
+    iterations a row was active in (its block runs the largest count).
 
     A row stops when its step is below float32 resolution, or as soon as a step provably leaves its final
     weights within ``stop_tol`` of the exact ones in ℓ1 (the step bound of the module docstring).
 
     A row is the tile ``zp`` followed, when ``HAS_TAIL``, by the tile ``zp_t`` (the same rows, more columns).
     """
-    tau = tl.full(row_ok.shape, -1.0, tl.float32)
+    tau = _newton_start(zp, zp_t, q, Q_INT, START_RANKS, HAS_TAIL)
     steps = tl.zeros(row_ok.shape, tl.int32)
     active = row_ok
     it = 0
@@ -429,10 +480,11 @@ def _shifted(z, valid, m, alpha):
 
 @triton.jit
 def entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND: tl.constexpr, Q_INT: tl.constexpr,
-                MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr):
+                MAX_ITER: tl.constexpr, HAS_TAIL: tl.constexpr, START_RANKS: tl.constexpr):
     """α-entmax of each row of float32 tiles held in registers: a row is ``z`` [R, C] followed, when
     ``HAS_TAIL``, by ``z_t`` [R, C_t] (two power-of-two tiles cover 77 keys as 64 + 16 instead of 128).
-    ``stop_tol``: the ℓ1 error per row the Newton search may stop at (see :func:`stop_tolerance`).
+    ``stop_tol``: the ℓ1 error per row the Newton search may stop at (see :func:`stop_tolerance`);
+    ``START_RANKS``: the ranks its starting point uses (:func:`default_start_ranks`).
 
     ``valid``/``valid_t`` mark real entries (False for padding columns and −inf scores). Returns
     ``(p, zp, p_t, zp_t, steps)``: the weights (0 on invalid entries and on rows with no valid entry), the
@@ -451,7 +503,7 @@ def entmax_rows(z, valid, z_t, valid_t, alpha, stop_tol, KIND: tl.constexpr, Q_I
         zp_t = _shifted(z_t, valid_t, m, alpha)
     q = 1.0 / (alpha - 1.0)
     if KIND == 0:
-        tau, steps = _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT, MAX_ITER, HAS_TAIL)
+        tau, steps = _newton_tau(zp, zp_t, row_ok, q, stop_tol, Q_INT, MAX_ITER, HAS_TAIL, START_RANKS)
         zw = zp
         zw_t = zp_t
     else:
@@ -493,14 +545,14 @@ def entmax_rows_jvp(p, g, alpha, Q_INT: tl.constexpr):
 
 @triton.jit
 def _entmax_fwd_kernel(Z, P, STEPS, n_rows, n_cols, stride_z, stride_p, alpha, stop_tol,
-                       KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, WITH_STEPS: tl.constexpr,
-                       BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+                       KIND: tl.constexpr, Q_INT: tl.constexpr, MAX_ITER: tl.constexpr, START_RANKS: tl.constexpr,
+                       WITH_STEPS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)   # 64-bit: rows·stride may pass 2³¹
     cols = tl.arange(0, BLOCK_COLS)
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=inb, other=float("-inf")).to(tl.float32)
     valid = inb & (z > float("-inf"))
-    p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False)
+    p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False, START_RANKS)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
     if WITH_STEPS:
         tl.store(STEPS + rows, steps, mask=rows < n_rows)
@@ -518,6 +570,19 @@ def _entmax_bwd_kernel(P, G, DZ, n_rows, n_cols, stride_p, stride_g, stride_dz, 
     tl.store(DZ + rows[:, None] * stride_dz + cols[None, :], dz.to(DZ.dtype.element_ty), mask=inb)
 
 
+# Each rank is a pass over the row, unrolled in the kernel: more than a few dozen only bloats the build.
+MAX_START_RANKS = 32
+
+
+def _check_start_ranks(alpha: float, start_ranks: int | None) -> int:
+    if start_ranks is None:
+        return default_start_ranks(alpha)
+    if isinstance(start_ranks, bool) or not isinstance(start_ranks, int) or not 1 <= start_ranks <= MAX_START_RANKS:
+        # (a bool is an int to Python, and True would silently mean one rank)
+        raise ValueError(f"start_ranks={start_ranks!r}: must be an integer from 1 to {MAX_START_RANKS}")
+    return start_ranks
+
+
 def _launch_shape(n_cols: int) -> tuple[int, int, int]:
     """(BLOCK_ROWS, BLOCK_COLS, num_warps): about 4k row elements per program keeps the tile in registers."""
     block_cols = block_size(n_cols)
@@ -533,7 +598,7 @@ def _as_rows(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 
 def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torch.dtype | None = None,
-                   return_steps: bool = False, stop_tol: float | None = None):
+                   return_steps: bool = False, stop_tol: float | None = None, start_ranks: int | None = None):
     """Launch the forward kernel (no autograd). ``z`` on CUDA, or on CPU under ``TRITON_INTERPRET=1``.
 
     The result has ``out_dtype`` (default: ``z.dtype``). With ``return_steps=True`` returns ``(p, steps)``,
@@ -541,6 +606,9 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
     attention kernel spends per row too, since both run :func:`entmax_rows` (a block of rows iterates as
     long as its slowest row; ``experiments/search_steps.py`` measures both). ``stop_tol`` overrides the
     search's ℓ1 stopping tolerance (default :func:`stop_tolerance` of ``z.dtype``; 0 stops on step size only).
+    ``start_ranks`` overrides how many ranks the Newton search's starting point uses (default
+    :func:`default_start_ranks` of ``alpha``; 1 starts at τ = −1): for experiments that compare starts, the
+    weights agree either way.
     """
     alpha = check_alpha(alpha)
     tol = stop_tolerance(z.dtype, stop_tol)
@@ -548,17 +616,19 @@ def entmax_forward(z: torch.Tensor, alpha: float, dim: int = -1, out_dtype: torc
     n_rows, n_cols = rows.shape
     if n_cols > MAX_ROW_LENGTH:
         raise ValueError(f"row length {n_cols} > {MAX_ROW_LENGTH}: too long for the register-resident kernel")
+    ranks = _check_start_ranks(alpha, start_ranks)
     out = torch.empty(rows.shape, dtype=out_dtype or z.dtype, device=rows.device)
     steps = torch.zeros(n_rows, dtype=torch.int32, device=rows.device) if return_steps else out
     if rows.numel() > 0:
         kind, q_int = alpha_flavour(alpha)
         block_rows, block_cols, num_warps = _launch_shape(n_cols)
         grid = (cdiv(n_rows, block_rows),)
-        signature = (str(rows.dtype), str(out.dtype), kind, q_int, return_steps, block_cols)
+        signature = (str(rows.dtype), str(out.dtype), kind, q_int, ranks, return_steps, block_cols)
         with launching("row-wise entmax", signature, rows.device):
             _entmax_fwd_kernel[grid](rows, out, steps, n_rows, n_cols, rows.stride(0), out.stride(0), alpha, tol,
-                                     KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), WITH_STEPS=return_steps,
-                                     BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, num_warps=num_warps)
+                                     KIND=kind, Q_INT=q_int, MAX_ITER=max_iterations(kind), START_RANKS=ranks,
+                                     WITH_STEPS=return_steps, BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols,
+                                     num_warps=num_warps)
     p = out.reshape(moved_shape).movedim(-1, dim)
     if return_steps:
         return p, steps.reshape(moved_shape[:-1])

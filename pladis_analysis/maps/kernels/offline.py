@@ -358,11 +358,12 @@ def sass(compiled) -> str:
 
 
 def fused_kernel_compiler(lk: int, d: int, heads: int, *, alpha: float, need_entmax: bool = True,
-                          with_stats: bool = False, dtype: str = "bfloat16"):
+                          with_stats: bool = False, dtype: str = "bfloat16", start_ranks: int | None = None):
     """``(meta, compile)`` for the fused kernel at a diffusers-layout call (``lk`` keys, head dim ``d``,
     ``heads`` heads, no mask; see :func:`fused_attention_call`): ``meta`` its compile-time arguments but the
     launch shape, ``compile(block_m, num_warps, maxnreg=None, arch=90)`` the kernel compiled as a launch of
-    that shape compiles it (with the launcher's specialisation)."""
+    that shape compiles it (with the launcher's specialisation). ``start_ranks`` overrides the threshold
+    search's start (``START_RANKS``; default: the kernel's for ``alpha``), to count what the start costs."""
     import torch
 
     from . import cross_attention as ca
@@ -372,6 +373,8 @@ def fused_kernel_compiler(lk: int, d: int, heads: int, *, alpha: float, need_ent
         kernel, fused_attention_call(lk, d, heads, dtype=dtype, return_stats=with_stats))
     meta = ca.kernel_constexprs(getattr(torch, dtype), lk, d, d, alpha=alpha, mask_kind=0, need_softmax=True,
                                 need_entmax=need_entmax, with_stats=with_stats)
+    if start_ranks is not None:
+        meta["START_RANKS"] = start_ranks
     types = fused_kernel_types(dtype, mask_kind=0)
 
     def compile(block_m: int, num_warps: int, maxnreg: int | None = None, arch: int = 90):
