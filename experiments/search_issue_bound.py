@@ -21,7 +21,8 @@ units decide (column ``limited_by``). Every factor comes from a file, not a gues
   instructions), for α ≤ 2 (Newton) at each launch; the start: the whole kernel's SASS instructions less
   those of the same launch compiled to start at τ = −1;
 * the steps: ``results/search_steps.csv`` (the kernel's own counts on the benchmark's random scores, score std
-  1.5 as the benchmark draws them, bfloat16, the default stopping rule and start, per block size);
+  1.5 as the benchmark draws them, as float32 products of bfloat16 q and k like the fused kernel's, with
+  bfloat16's stopping tolerance, the default stopping rule and start, per block size);
 * SDPA's time and the kernel's: ``results/bench_cross_attention.csv`` (CUDA-graph medians on an H100 SXM), and
   its meta's launch configurations (what the autotuner chose);
 * the H100 SXM's 132 SMs and 1.98 GHz boost clock (NVIDIA's datasheet; a lower clock only raises the bound),
@@ -82,7 +83,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(alphas=(1.5,), shapes=("sdxl_32px",))
+        return cls(alphas=(1.5, 2.0), shapes=("sdxl_32px",))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,6 +131,8 @@ def run(config: Config, out: Path) -> Path:
                   & (steps.stop_rule == "bound")]
     if "start" not in steps:                                 # a table from before the start was a column
         steps = steps.assign(start="default")
+    if "rounding" in steps:                                  # the fused kernel's scores: products of bf16 q and k
+        steps = steps[steps.rounding == "q, k"]
     graph = bench[bench.case == "attention"].pivot_table(index=["shape", "alpha"], columns="method",
                                                           values="graph_median_ms")
     # SDPA does not depend on α: for an α the benchmark did not time, its median over the α's it did
@@ -193,8 +196,8 @@ def _mean_block_steps(steps: pd.DataFrame, path: Path, config: Config, alpha: fl
     counted = steps[(steps.lk == lk) & (steps.alpha == alpha) & (steps.block_m == block_m) & (steps.start == start)]
     if counted.empty:
         raise ValueError(f"{path} has no step counts for alpha={alpha}, Lk={lk}, BLOCK_M={block_m}, start={start} "
-                         f"({config.score_group}, bfloat16, bound rule): rerun experiments/search_steps.py with "
-                         "them, or leave the alpha out")
+                         f"({config.score_group}, bfloat16 q and k, bound rule): rerun experiments/search_steps.py "
+                         "with them, or leave the alpha out")
     return float(counted.mean_block_steps.iloc[0])
 
 

@@ -20,8 +20,11 @@ Sources:
   (call, batch, head) slices, each with all its queries. Its prompts have 24 tokens (MiniLM), so these rows
   are shorter than SD's 77.
 
-Each grid point runs with the scores rounded to float32 or bfloat16 and with two stopping rules of the Newton
-search (α ≤ 2): ``step`` stops a row when its step is below float32 resolution (the rule alone, as before the
+Each grid point runs with the scores rounded to float32 or bfloat16 (column ``rounding`` = ``scores``: what the
+row-wise kernel sees on tensors of that dtype), and with q and k rounded to bfloat16 and the scores their float32
+products (``rounding`` = ``q, k``, ``dtype`` = bfloat16: what the fused kernel computes from bfloat16 inputs,
+searched with bfloat16's tolerance; rounded scores tie far more often, which matters to sparsemax's start), and
+with two stopping rules of the Newton search (α ≤ 2): ``step`` stops a row when its step is below float32 resolution (the rule alone, as before the
 bound existed), ``bound`` also stops it as soon as the proved bound on its weights' ℓ1 error is below the
 dtype's tolerance (what the kernel does; see ``pladis_analysis.maps.kernels.entmax_rowwise``). For α > 2 the
 Halley search has no such rule and both rows agree.
@@ -31,7 +34,7 @@ Sparsemax's search starts from Michelot's thresholds on each row's few largest s
 the steps from τ = −1 (column ``start``: ``default`` or ``minus_one``; ``start_ranks`` the ranks used), so the
 table compares both starts on the same rows in one run.
 
-Per (source, group, dtype, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and maximum steps
+Per (source, group, dtype, rounding, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and maximum steps
 per row, the mean steps per block (the block's maximum; blocks are BLOCK_M consecutive queries of one head, as
 in the kernel), ``idle_fraction`` = 1 − Σ row steps / (BLOCK_M · Σ block steps) (the share of the search's
 row-iterations spent on rows that had already converged) and ``max_l1_error``: the largest ℓ1 distance of a
@@ -75,6 +78,8 @@ class Config:
     sources: tuple[str, ...] = ("random", "bundled")
     alphas: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 3.0, 4.0)
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
+    # input dtypes also counted as the fused kernel sees them: q and k rounded, the scores their float32 products
+    qk_dtypes: tuple[str, ...] = ("bfloat16",)
     stop_rules: tuple[str, ...] = ("step", "bound")
     # also count from τ = −1 where an α's default start uses more ranks (the baseline of that start)
     compare_starts: bool = True
@@ -102,6 +107,8 @@ class Config:
             raise ValueError(f"sources={self.sources}: known sources are 'random' and 'bundled'")
         if not set(self.dtypes) <= {"float32", "float16", "bfloat16"}:
             raise ValueError(f"dtypes={self.dtypes}: the kernel takes float32, float16 and bfloat16")
+        if not set(self.qk_dtypes) <= {"float16", "bfloat16"}:
+            raise ValueError(f"qk_dtypes={self.qk_dtypes}: q and k can be rounded to float16 or bfloat16")
         if not set(self.stop_rules) <= set(STOP_RULES):
             raise ValueError(f"stop_rules={self.stop_rules}: known rules are {sorted(STOP_RULES)}")
         if any(b < 1 for b in self.block_ms):
@@ -124,31 +131,42 @@ class Config:
 # score sources: each yields (group, scores) with scores (heads, Lq, Lk), a head's queries consecutive
 # --------------------------------------------------------------------------------------------------
 
-def random_scores(config: Config, score_std: float, lk: int) -> torch.Tensor:
-    """The benchmark's scores at std ``score_std``: (heads, Lq, Lk) float32."""
+def random_scores(config: Config, score_std: float, lk: int, qk_dtype: str | None = None) -> torch.Tensor:
+    """The benchmark's scores at std ``score_std``: (heads, Lq, Lk) float32; with ``qk_dtype``, the products
+    of q and k rounded to it (as the fused kernel computes them)."""
     gen = torch.Generator().manual_seed(config.seed)
     q = torch.randn(config.heads, config.queries, config.head_dim, generator=gen) * score_std  # (H, Lq, d)
     k = torch.randn(config.heads, lk, config.head_dim, generator=gen)                          # (H, Lk, d)
-    return q @ k.transpose(1, 2) / config.head_dim ** 0.5                                      # (H, Lq, Lk)
+    return _products(q, k, qk_dtype) / config.head_dim ** 0.5                                  # (H, Lq, Lk)
 
 
-def bundled_scores(config: Config) -> dict[int, torch.Tensor]:
-    """Cross-attention scores of the bundled model per recorded sampling step: {step: (calls·B·H, Lq, Lk)}
-    (layers with different Lq are kept apart: their rows are padded to the longest Lq with −inf rows, which
-    the kernel counts as 0 steps and the summaries drop)."""
+def _products(q: torch.Tensor, k: torch.Tensor, qk_dtype: str | None) -> torch.Tensor:
+    """q kᵀ in float32, of q and k first rounded to ``qk_dtype`` when given."""
+    if qk_dtype is not None:
+        q, k = (x.to(getattr(torch, qk_dtype)).float() for x in (q, k))
+    return q.float() @ k.float().transpose(-1, -2)
+
+
+def bundled_scores(config: Config) -> dict[tuple[int, str | None], torch.Tensor]:
+    """Cross-attention scores of the bundled model per recorded sampling step, in float32 and from q and k
+    rounded to each of ``config.qk_dtypes``: {(step, qk_dtype or None): (calls·B·H, Lq, Lk)} (layers with
+    different Lq are kept apart: their rows are padded to the longest Lq with −inf rows, which the kernel
+    counts as 0 steps and the summaries drop)."""
     from pladis_analysis.diffusion.patch import processor_for, swap_processors
     from pladis_analysis.models.shapes import load_bundled
 
     pipe = load_bundled()
-    calls: dict[int, list[torch.Tensor]] = {s: [] for s in config.bundled_record_steps}
+    variants = (None, *config.qk_dtypes)
+    calls = {(s, v): [] for s in config.bundled_record_steps for v in variants}
     step = {"index": 0}
 
     def probe(call) -> None:
-        if step["index"] in calls:
-            scores = call.query.float() @ call.key.float().transpose(-1, -2) * call.scale  # (B, H, Lq, Lk)
+        if step["index"] in config.bundled_record_steps:
             if call.mask is not None:
                 raise ValueError("the bundled model passed an attention mask; this experiment does not apply it")
-            calls[step["index"]].append(scores.flatten(0, 1))                             # (B·H, Lq, Lk)
+            for v in variants:
+                scores = _products(call.query, call.key, v) * call.scale                  # (B, H, Lq, Lk)
+                calls[(step["index"], v)].append(scores.flatten(0, 1))                    # (B·H, Lq, Lk)
 
     def next_step(pipe_, index, timestep, kwargs):
         step["index"] = index + 1
@@ -159,7 +177,7 @@ def bundled_scores(config: Config) -> dict[int, torch.Tensor]:
         pipe(list(config.bundled_prompts), num_inference_steps=config.bundled_steps,
              guidance_scale=config.guidance_scale, generator=gen, output_type="np", callback_on_step_end=next_step)
     out = {}
-    for s, tensors in calls.items():
+    for (s, v), tensors in calls.items():
         if not tensors:
             raise RuntimeError(f"no cross-attention call was recorded at step {s}; is 'cross' the right layer spec?")
         lq = max(t.shape[1] for t in tensors)
@@ -167,7 +185,7 @@ def bundled_scores(config: Config) -> dict[int, torch.Tensor]:
                   for t in tensors]                                                            # (B·H, lq, Lk) each
         slices = torch.cat(padded)                                                               # (slices, lq, Lk)
         keep = torch.randperm(len(slices), generator=torch.Generator().manual_seed(config.seed + s))
-        out[s] = slices[keep[:config.bundled_max_heads].sort().values]
+        out[(s, v)] = slices[keep[:config.bundled_max_heads].sort().values]
     return out
 
 
@@ -224,41 +242,51 @@ def run(config: Config, out: Path) -> Path:
     from pladis_analysis.maps.kernels.entmax_rowwise import default_start_ranks, stop_tolerance
 
     table = ResultsTable(out / "search_steps.csv",
-                         keys=["source", "group", "lk", "dtype", "stop_rule", "alpha", "start", "block_m"],
+                         keys=["source", "group", "lk", "dtype", "rounding", "stop_rule", "alpha", "start",
+                               "block_m"],
                          config=config.to_dict(), seeds=[config.seed])
+    # each job: (source, group, scores(qk_dtype)) with qk_dtype None for float32 scores
     jobs = []
     if "random" in config.sources:
-        jobs += [("random", f"std {s:g}", lambda s=s, lk=lk: random_scores(config, s, lk))
+        jobs += [("random", f"std {s:g}", lambda v, s=s, lk=lk: random_scores(config, s, lk, v))
                  for lk in config.key_counts for s in config.score_stds]
-    bundled: dict[int, torch.Tensor] = {}
+    bundled: dict[tuple[int, str | None], torch.Tensor] = {}
 
-    def bundled_group(s: int) -> torch.Tensor:
+    def bundled_group(s: int, v: str | None) -> torch.Tensor:
         if not bundled:
             bundled.update(bundled_scores(config))
-        return bundled[s]
+        return bundled[(s, v)]
 
     if "bundled" in config.sources:
-        jobs += [("bundled", f"step {s}", lambda s=s: bundled_group(s)) for s in config.bundled_record_steps]
+        jobs += [("bundled", f"step {s}", lambda v, s=s: bundled_group(s, v)) for s in config.bundled_record_steps]
     # start → ranks: the kernel's default, and τ = −1 where that differs (and compare_starts)
     starts = {a: {"default": default_start_ranks(a),
                   **({"minus_one": 1} if config.compare_starts and default_start_ranks(a) > 1 else {})}
               for a in config.alphas}
-    grid = [(d, r, a, s) for d in config.dtypes for r in config.stop_rules for a in config.alphas for s in starts[a]]
+    # (dtype, rounding): the scores rounded to dtype (row-wise kernel), or q and k (fused kernel)
+    variants = [(d, "scores") for d in config.dtypes] + [(d, "q, k") for d in config.qk_dtypes]
+    grid = [(d, rounding, r, a, s) for d, rounding in variants for r in config.stop_rules for a in config.alphas
+            for s in starts[a]]
     for source, group, make_scores in tqdm(jobs, desc="search steps"):
-        scores = None
-        for dtype_name, rule, alpha, start in grid:
-            key = dict(source=source, group=group, dtype=dtype_name, stop_rule=rule, alpha=alpha, start=start)
+        made: dict[str | None, torch.Tensor] = {}
+        for dtype_name, rounding, rule, alpha, start in grid:
+            key = dict(source=source, group=group, dtype=dtype_name, rounding=rounding, stop_rule=rule, alpha=alpha,
+                       start=start)
             if all(table.has(**key, lk=lk, block_m=b) for b in config.block_ms for lk in _key_counts(source, config)):
                 continue
-            scores = make_scores() if scores is None else scores
+            qk_dtype = dtype_name if rounding == "q, k" else None
+            if qk_dtype not in made:
+                made[qk_dtype] = make_scores(qk_dtype)
+            scores = made[qk_dtype]
             dtype = getattr(torch, dtype_name)
-            rounded = scores.to(dtype)
+            # the kernel's input: rounded scores, or the float32 products searched with the dtype's tolerance
+            searched = scores.to(dtype) if rounding == "scores" else scores
             valid = torch.isfinite(scores).any(dim=-1)                                           # (H, Lq) real rows
-            p, steps = row_steps(rounded, alpha, STOP_RULES[rule], starts[alpha][start])
             stop_tol = stop_tolerance(dtype) if STOP_RULES[rule] is None else STOP_RULES[rule]
+            p, steps = row_steps(searched, alpha, stop_tol, starts[alpha][start])
             measured = dict(start_ranks=starts[alpha][start], lk=scores.shape[-1],
                             score_std=float(scores[valid].std(dim=-1).mean()),
-                            stop_tol=stop_tol, max_l1_error=max_l1_error(p, rounded, valid, alpha))
+                            stop_tol=stop_tol, max_l1_error=max_l1_error(p, searched, valid, alpha))
             for block_m in config.block_ms:
                 table.add({**key, **measured, "block_m": block_m, **summarise_steps(steps, valid, block_m)})
             table.flush(kernel_mode="interpreter" if dispatch.kernels_interpreted() else "compiled")

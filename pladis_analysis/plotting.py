@@ -216,12 +216,15 @@ def plot_kernel_resources(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
 
 def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """The Triton kernel's threshold-search steps per block of queries (``results/search_steps.csv``): what a
-    block costs with the ℓ1 stopping bound (bfloat16 scores, the kernel's default rule and start), how many
+    block costs with the ℓ1 stopping bound (the fused kernel's scores from bfloat16 q and k where the table has
+    them, else bfloat16 scores; the kernel's default rule and start), how many
     steps the bound saves against stopping on step size alone, and, where the table has both (sparsemax), how
     many the default start saves against starting at τ = −1. One bar per score source and α."""
     df = _load(table)
     block_m = 32 if 32 in set(df["block_m"]) else int(df["block_m"].max())
     df = df[(df["block_m"] == block_m) & (df["dtype"] == "bfloat16")].copy()
+    if "rounding" in df and (df["rounding"] == "q, k").any():
+        df = df[df["rounding"] == "q, k"]                    # the fused kernel's scores: products of bf16 q and k
     df["scores"] = df["source"] + " " + df["group"] + " (" + df["lk"].astype(str) + " keys)"
     if "start" not in df:                                     # tables from before the start was a column
         df["start"] = "default"

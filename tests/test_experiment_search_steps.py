@@ -46,23 +46,27 @@ def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch
     # sparsemax (α = 2) is counted from its default start and from τ = −1; α = 1.5 from its default (τ = −1) only
     assert set(df[df.alpha == 2.0].start) == {"default", "minus_one"} and set(df[df.alpha == 1.5].start) == {"default"}
     assert set(df[df.alpha == 2.0].start_ranks) == {1, 6} and set(df[df.alpha == 1.5].start_ranks) == {1}
-    assert len(df) == 2 * len(config.dtypes) * len(config.stop_rules) * (len(config.alphas) + 1) * len(config.block_ms)
+    variants = len(config.dtypes) + len(config.qk_dtypes)                # rounded scores, and rounded q and k
+    assert len(df) == 2 * variants * len(config.stop_rules) * (len(config.alphas) + 1) * len(config.block_ms)
+    fused = df[df.rounding == "q, k"]
+    assert set(fused.dtype) == {"bfloat16"} and set(fused[fused.stop_rule == "bound"].stop_tol) == {2.0 ** -12}
     assert (df.mean_block_steps >= df.mean_row_steps).all()
     assert df.idle_fraction.between(0.0, 1.0, inclusive="left").all()
     assert (df.max_row_steps >= 1).all() and (df.max_row_steps <= 40).all()
     # bigger blocks wait longer for their slowest row
-    for _, group in df.groupby(["source", "group", "dtype", "stop_rule", "alpha", "start"]):
+    for _, group in df.groupby(["source", "group", "dtype", "rounding", "stop_rule", "alpha", "start"]):
         by_block = group.sort_values("block_m")
         assert by_block.mean_block_steps.is_monotonic_increasing
     # the bound rule stops each row at or before the step rule, and within its tolerance (+ float32 rounding)
-    keys = ["source", "group", "dtype", "alpha", "start", "block_m"]
+    keys = ["source", "group", "dtype", "rounding", "alpha", "start", "block_m"]
     paired = df[df.stop_rule == "bound"].merge(df[df.stop_rule == "step"], on=keys, suffixes=("", "_step"))
     assert len(paired) == len(df) // 2
     assert (paired.mean_block_steps <= paired.mean_block_steps_step).all()
     assert (paired.mean_row_steps <= paired.mean_row_steps_step).all()
     assert (paired.max_l1_error <= paired.stop_tol + 1e-5).all(), paired[["max_l1_error", "stop_tol"]]
-    # the start is a better lower bound than τ = −1, so the iterates from it never trail: never more steps
-    keys = ["source", "group", "dtype", "stop_rule", "alpha", "block_m"]
+    # the Newton map is increasing left of the root (N' = h h''/h'² ≥ 0), so iterates from the higher start never
+    # trail those from τ = −1: no block takes more steps
+    keys = ["source", "group", "dtype", "rounding", "stop_rule", "alpha", "block_m"]
     starts = df[df.start == "default"].merge(df[df.start == "minus_one"], on=keys, suffixes=("", "_minus_one"))
     assert len(starts) == len(df[df.alpha == 2.0]) // 2
     assert (starts.mean_block_steps <= starts.mean_block_steps_minus_one).all()

@@ -152,6 +152,8 @@ def test_search_issue_bound_arithmetic_and_its_alpha_range():
     assert experiment.sm_cycles_per_step(100, 12) == (25.0, "issue")
     assert experiment.sm_cycles_per_step(100, 13) == (26.0, "mufu")
     assert experiment.issue_bound_ms(body=100, steps=5.0, warps=warps, mufu=25) == pytest.approx(2.0, 1e-3)
+    # a start of 500 instructions issues once, in as many cycles as the five steps of 100
+    assert experiment.issue_bound_ms(body=100, steps=5.0, warps=warps, start=500) == pytest.approx(2.0, 1e-3)
     with pytest.raises(ValueError, match="alphas"):
         experiment.Config(alphas=(1.5, 3.0))
     meta = {"kernel_launch_configs": [dict(Lq=1024, Lk=300, NEED_ENTMAX=True, Q_INT=2, BLOCK_M=32, num_warps=4)]}
