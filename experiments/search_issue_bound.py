@@ -33,9 +33,10 @@ Launches: the one the H100's autotuner chose at the benchmark's commit (for an �
 the launch it chose for another α at the same shape: ``chosen_for_other_alpha``), and for 300 keys also 64
 queries on 8 warps (the smallest block that uses warpgroup MMA, tried by the autotuner since 7b97246). The bound ignores
 latency, reductions across threads and memory, so the real search costs more: ``bound_over_measured_search``
-compares it with the measured kernel − skeleton difference where the launch is the measured one. Where the
-default start is not τ = −1, ``search_bound_minus_one_ms`` is the same bound for the search from τ = −1 (its
-build's loop, the steps the table counts from there, no start): what the start gains in this model.
+compares it with the measured kernel − skeleton difference where the launch is the measured one. The
+``other_start_*`` columns are the same bound for the other start (from τ = −1 for sparsemax; from the sparsemax
+start on ``SPARSEMAX_START_RANKS`` ranks for the other α): its build's loop and start, the steps the table
+counts from it. They say in this model what the kernel's choice of start gains or would lose.
 
 What it proves: where ``search_bound_over_sdpa`` exceeds 1.3, no tuning of this search meets the target. Where
 it does not, ``serial_floor_ratio_vs_sdpa`` = 1 + bound / SDPA is what the kernel would need at best if its
@@ -121,7 +122,7 @@ def run(config: Config, out: Path) -> Path:
     import triton
 
     from pladis_analysis.maps.kernels import offline
-    from pladis_analysis.maps.kernels.entmax_rowwise import default_start_ranks
+    from pladis_analysis.maps.kernels.entmax_rowwise import SPARSEMAX_START_RANKS, default_start_ranks
 
     bench_path, steps_path = ROOT / config.bench, ROOT / config.steps   # an absolute path stays as it is
     bench = pd.read_csv(bench_path)
@@ -143,24 +144,29 @@ def run(config: Config, out: Path) -> Path:
             continue
         for alpha in config.alphas:
             ranks = default_start_ranks(alpha)
-            meta, compile_launch = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
-            _, compile_minus_one = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha, start_ranks=1)
+            other_ranks = SPARSEMAX_START_RANKS if ranks == 1 else 1
+            meta, _ = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
+            compilers = {r: offline.fused_kernel_compiler(lk, d, heads, alpha=alpha, start_ranks=r)[1]
+                         for r in (1, SPARSEMAX_START_RANKS)}
             for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
-                counts = offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
-                body, mufu = counts["loop_instructions"], counts["loop_mufu"]
-                _, limited_by = sm_cycles_per_step(body, mufu)
-                mean_steps = _mean_block_steps(steps, steps_path, config, alpha, lk, block_m, "default")
+                counted = {r: offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
+                           for r, compile_launch in compilers.items()}
+                # the start: what the build with more ranks has beyond the one that starts at τ = −1
+                start_of = {1: 0, SPARSEMAX_START_RANKS: counted[SPARSEMAX_START_RANKS]["sass_instructions"]
+                            - counted[1]["sass_instructions"]}
                 warps = -(-lq // block_m) * batch * heads * num_warps
-                if ranks > 1:
-                    counts_minus_one = offline.count_sass(offline.sass(compile_minus_one(block_m, num_warps)))
-                    start = counts["sass_instructions"] - counts_minus_one["sass_instructions"]
-                    steps_minus_one = _mean_block_steps(steps, steps_path, config, alpha, lk, block_m, "minus_one")
-                    bound_minus_one = issue_bound_ms(counts_minus_one["loop_instructions"], steps_minus_one, warps,
-                                                     counts_minus_one["loop_mufu"])
-                else:
-                    start, steps_minus_one, bound_minus_one = 0, mean_steps, None
-                bound = issue_bound_ms(body, mean_steps, warps, mufu, start)
-                bound_minus_one = bound if bound_minus_one is None else bound_minus_one
+
+                def bound_for(r: int) -> tuple[float, float]:
+                    """(mean steps per block, search bound in ms) for the start on ``r`` ranks."""
+                    label = "default" if r == ranks else f"ranks {r}"
+                    mean = _mean_block_steps(steps, steps_path, config, alpha, lk, block_m, label)
+                    c = counted[r]
+                    return mean, issue_bound_ms(c["loop_instructions"], mean, warps, c["loop_mufu"], start_of[r])
+
+                body, mufu = counted[ranks]["loop_instructions"], counted[ranks]["loop_mufu"]
+                _, limited_by = sm_cycles_per_step(body, mufu)
+                mean_steps, bound = bound_for(ranks)
+                other_steps, other_bound = bound_for(other_ranks)
                 timed = graph.loc[(name, alpha)] if (name, alpha) in graph.index else pd.Series(dtype=float)
                 kernel, skeleton = (timed.get(m, float("nan")) for m in ("triton", "triton_softmax"))
                 sdpa = timed.get("sdpa", sdpa_by_shape.get(name, float("nan")))
@@ -168,11 +174,12 @@ def run(config: Config, out: Path) -> Path:
                 rows.append({"shape": name, "alpha": alpha, "launch": launch, "block_m": block_m,
                              "num_warps": num_warps, "B": batch, "H": heads, "Lq": lq, "Lk": lk, "d": d,
                              "body_instructions": body, "mufu_instructions": mufu, "limited_by": limited_by,
-                             "start_ranks": ranks, "start_instructions": start,
+                             "start_ranks": ranks, "start_instructions": start_of[ranks],
                              "mean_block_steps": mean_steps, "warps": warps,
                              "search_bound_ms": bound,
-                             "mean_block_steps_minus_one": steps_minus_one,
-                             "search_bound_minus_one_ms": bound_minus_one, "sdpa_graph_ms": sdpa,
+                             "other_start_ranks": other_ranks, "other_start_instructions": start_of[other_ranks],
+                             "other_start_mean_block_steps": other_steps,
+                             "other_start_search_bound_ms": other_bound, "sdpa_graph_ms": sdpa,
                              "search_bound_over_sdpa": bound / sdpa,
                              "kernel_graph_ms": kernel, "skeleton_graph_ms": skeleton,
                              "measured_search_ms": measured_search,
@@ -204,8 +211,9 @@ def _mean_block_steps(steps: pd.DataFrame, path: Path, config: Config, alpha: fl
 def report(path: Path) -> None:
     df = pd.read_csv(path)
     cols = ["shape", "alpha", "launch", "block_m", "num_warps", "body_instructions", "mufu_instructions",
-            "limited_by", "start_instructions", "mean_block_steps", "mean_block_steps_minus_one",
-            "search_bound_ms", "sdpa_graph_ms", "search_bound_over_sdpa", "bound_over_measured_search",
+            "limited_by", "start_instructions", "mean_block_steps", "other_start_mean_block_steps",
+            "search_bound_ms", "other_start_search_bound_ms", "sdpa_graph_ms", "search_bound_over_sdpa",
+            "bound_over_measured_search",
             "serial_floor_ratio_vs_sdpa"]
     with pd.option_context("display.width", 200, "display.precision", 3):
         print(df[cols].to_string(index=False))

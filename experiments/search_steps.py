@@ -24,15 +24,18 @@ Each grid point runs with the scores rounded to float32 or bfloat16 (column ``ro
 row-wise kernel sees on tensors of that dtype), and with q and k rounded to bfloat16 and the scores their float32
 products (``rounding`` = ``q, k``, ``dtype`` = bfloat16: what the fused kernel computes from bfloat16 inputs,
 searched with bfloat16's tolerance; rounded scores tie far more often, which matters to sparsemax's start), and
-with two stopping rules of the Newton search (α ≤ 2): ``step`` stops a row when its step is below float32 resolution (the rule alone, as before the
+with two stopping rules of the Newton search (α ≤ 2; the fused kernel's view only for α ≤ 2, the α the
+search bound ``experiments/search_issue_bound.py`` covers): ``step`` stops a row when its step is below float32 resolution (the rule alone, as before the
 bound existed), ``bound`` also stops it as soon as the proved bound on its weights' ℓ1 error is below the
 dtype's tolerance (what the kernel does; see ``pladis_analysis.maps.kernels.entmax_rowwise``). For α > 2 the
 Halley search has no such rule and both rows agree.
 
 Sparsemax's search starts from Michelot's thresholds on each row's few largest scores
-(``entmax_rowwise.default_start_ranks``); for every α whose default start is not τ = −1 the grid also counts
-the steps from τ = −1 (column ``start``: ``default`` or ``minus_one``; ``start_ranks`` the ranks used), so the
-table compares both starts on the same rows in one run.
+(``entmax_rowwise.default_start_ranks``; the other α start at τ = −1). Column ``start``: ``default`` (the
+kernel's), or ``ranks N``: the start on N ranks (``ranks 1`` is τ = −1; ``start_ranks`` holds N either way).
+For every α ≤ 2 whose default is not τ = −1, each view also counts from τ = −1; the fused kernel's view also
+counts, for every α ≤ 2, each of ``compare_ranks`` that is not the default: so one run compares the kernel's
+start with τ = −1 where it differs, and with the sparsemax start where the kernel does not use it.
 
 Per (source, group, dtype, rounding, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and maximum steps
 per row, the mean steps per block (the block's maximum; blocks are BLOCK_M consecutive queries of one head, as
@@ -81,8 +84,8 @@ class Config:
     # input dtypes also counted as the fused kernel sees them: q and k rounded, the scores their float32 products
     qk_dtypes: tuple[str, ...] = ("bfloat16",)
     stop_rules: tuple[str, ...] = ("step", "bound")
-    # also count from τ = −1 where an α's default start uses more ranks (the baseline of that start)
-    compare_starts: bool = True
+    # starts (ranks) also counted on the fused kernel's view for α ≤ 2 where they are not the default
+    compare_ranks: tuple[int, ...] = (1, 6)
     block_ms: tuple[int, ...] = (16, 32, 64, 128)
     # random source: score std σ, key counts, queries per head, heads, head dim
     score_stds: tuple[float, ...] = (0.5, 1.0, 1.5, 3.0)
@@ -107,6 +110,8 @@ class Config:
             raise ValueError(f"sources={self.sources}: known sources are 'random' and 'bundled'")
         if not set(self.dtypes) <= {"float32", "float16", "bfloat16"}:
             raise ValueError(f"dtypes={self.dtypes}: the kernel takes float32, float16 and bfloat16")
+        if not all(1 <= n <= 32 for n in self.compare_ranks):
+            raise ValueError(f"compare_ranks={self.compare_ranks}: a start uses 1 to 32 ranks")
         if not set(self.qk_dtypes) <= {"float16", "bfloat16"}:
             raise ValueError(f"qk_dtypes={self.qk_dtypes}: q and k can be rounded to float16 or bfloat16")
         if not set(self.stop_rules) <= set(STOP_RULES):
@@ -259,17 +264,24 @@ def run(config: Config, out: Path) -> Path:
 
     if "bundled" in config.sources:
         jobs += [("bundled", f"step {s}", lambda v, s=s: bundled_group(s, v)) for s in config.bundled_record_steps]
-    # start → ranks: the kernel's default, and τ = −1 where that differs (and compare_starts)
-    starts = {a: {"default": default_start_ranks(a),
-                  **({"minus_one": 1} if config.compare_starts and default_start_ranks(a) > 1 else {})}
-              for a in config.alphas}
-    # (dtype, rounding): the scores rounded to dtype (row-wise kernel), or q and k (fused kernel)
+    def starts(alpha: float, rounding: str) -> dict[str, int]:
+        """start label → ranks: the kernel's default; for α ≤ 2 also τ = −1 where that is not the default, and
+        on the fused kernel's view each of compare_ranks."""
+        default = default_start_ranks(alpha)
+        found = {"default": default}
+        if alpha <= 2.0:
+            others = (1, *config.compare_ranks) if rounding == "q, k" else (1,)
+            found.update({f"ranks {n}": n for n in others if n != default})
+        return found
+
+    # (dtype, rounding): the scores rounded to dtype (row-wise kernel), or q and k (fused kernel, α ≤ 2)
     variants = [(d, "scores") for d in config.dtypes] + [(d, "q, k") for d in config.qk_dtypes]
-    grid = [(d, rounding, r, a, s) for d, rounding in variants for r in config.stop_rules for a in config.alphas
-            for s in starts[a]]
+    grid = [(d, rounding, r, a, label, ranks) for d, rounding in variants for r in config.stop_rules
+            for a in config.alphas if rounding == "scores" or a <= 2.0
+            for label, ranks in starts(a, rounding).items()]
     for source, group, make_scores in tqdm(jobs, desc="search steps"):
         made: dict[str | None, torch.Tensor] = {}
-        for dtype_name, rounding, rule, alpha, start in grid:
+        for dtype_name, rounding, rule, alpha, start, ranks in grid:
             key = dict(source=source, group=group, dtype=dtype_name, rounding=rounding, stop_rule=rule, alpha=alpha,
                        start=start)
             if all(table.has(**key, lk=lk, block_m=b) for b in config.block_ms for lk in _key_counts(source, config)):
@@ -283,8 +295,8 @@ def run(config: Config, out: Path) -> Path:
             searched = scores.to(dtype) if rounding == "scores" else scores
             valid = torch.isfinite(scores).any(dim=-1)                                           # (H, Lq) real rows
             stop_tol = stop_tolerance(dtype) if STOP_RULES[rule] is None else STOP_RULES[rule]
-            p, steps = row_steps(searched, alpha, stop_tol, starts[alpha][start])
-            measured = dict(start_ranks=starts[alpha][start], lk=scores.shape[-1],
+            p, steps = row_steps(searched, alpha, stop_tol, ranks)
+            measured = dict(start_ranks=ranks, lk=scores.shape[-1],
                             score_std=float(scores[valid].std(dim=-1).mean()),
                             stop_tol=stop_tol, max_l1_error=max_l1_error(p, searched, valid, alpha))
             for block_m in config.block_ms:

@@ -228,7 +228,7 @@ def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     df["scores"] = df["source"] + " " + df["group"] + " (" + df["lk"].astype(str) + " keys)"
     if "start" not in df:                                     # tables from before the start was a column
         df["start"] = "default"
-    from_minus_one = df[(df["start"] == "minus_one") & (df["stop_rule"] == "bound")]
+    from_minus_one = df[(df["start"] == "ranks 1") & (df["stop_rule"] == "bound")]
     df = df[df["start"] == "default"]
     bound = df[df["stop_rule"] == "bound"]
     paired = bound.merge(df[df["stop_rule"] == "step"], on=["scores", "alpha"], suffixes=("", "_step"))

@@ -43,11 +43,15 @@ def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch
     df = pd.read_csv(path)
     config = steps_module.Config.quick()
     assert set(df.source) == {"random", "bundled"}
-    # sparsemax (α = 2) is counted from its default start and from τ = −1; α = 1.5 from its default (τ = −1) only
-    assert set(df[df.alpha == 2.0].start) == {"default", "minus_one"} and set(df[df.alpha == 1.5].start) == {"default"}
-    assert set(df[df.alpha == 2.0].start_ranks) == {1, 6} and set(df[df.alpha == 1.5].start_ranks) == {1}
-    variants = len(config.dtypes) + len(config.qk_dtypes)                # rounded scores, and rounded q and k
-    assert len(df) == 2 * variants * len(config.stop_rules) * (len(config.alphas) + 1) * len(config.block_ms)
+    # sparsemax (α = 2) is counted from its default start (6 ranks) and from τ = −1 on every view; α = 1.5 from
+    # its default (τ = −1), and on the fused kernel's view (rounding "q, k") also from the sparsemax start
+    starts = df.groupby(["rounding", "alpha"]).start.agg(lambda x: tuple(sorted(set(x)))).to_dict()
+    assert starts == {("scores", 1.5): ("default",), ("scores", 2.0): ("default", "ranks 1"),
+                      ("q, k", 1.5): ("default", "ranks 6"), ("q, k", 2.0): ("default", "ranks 1")}
+    assert set(df[(df.alpha == 2.0) & (df.start == "default")].start_ranks) == {6}
+    assert set(df[(df.alpha == 1.5) & (df.start == "default")].start_ranks) == {1}
+    per_rule = len(config.dtypes) * 3 + len(config.qk_dtypes) * 4                # (view, α, start) combinations
+    assert len(df) == 2 * per_rule * len(config.stop_rules) * len(config.block_ms)
     fused = df[df.rounding == "q, k"]
     assert set(fused.dtype) == {"bfloat16"} and set(fused[fused.stop_rule == "bound"].stop_tol) == {2.0 ** -12}
     assert (df.mean_block_steps >= df.mean_row_steps).all()
@@ -67,10 +71,10 @@ def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch
     # the Newton map is increasing left of the root (N' = h h''/h'² ≥ 0), so iterates from the higher start never
     # trail those from τ = −1: no block takes more steps
     keys = ["source", "group", "dtype", "rounding", "stop_rule", "alpha", "block_m"]
-    starts = df[df.start == "default"].merge(df[df.start == "minus_one"], on=keys, suffixes=("", "_minus_one"))
-    assert len(starts) == len(df[df.alpha == 2.0]) // 2
-    assert (starts.mean_block_steps <= starts.mean_block_steps_minus_one).all()
-    assert (starts.mean_block_steps < starts.mean_block_steps_minus_one).any()
+    paired = df[df.start_ranks == 6].merge(df[df.start_ranks == 1], on=keys, suffixes=("", "_minus_one"))
+    assert len(paired) == len(df[(df.alpha == 2.0) | (df.rounding == "q, k")]) // 2
+    assert (paired.mean_block_steps <= paired.mean_block_steps_minus_one).all()
+    assert (paired[paired.alpha == 2.0].mean_block_steps < paired[paired.alpha == 2.0].mean_block_steps_minus_one).any()
     assert read_meta(path)["config"]["alphas"] == list(config.alphas)
     from pladis_analysis import plotting
 

@@ -168,11 +168,13 @@ def test_search_issue_bound_quick_grid(tmp_path):
     assert len(df) == 2 and (df.body_instructions > 200).all()
     assert ((df.search_bound_ms > 0) & (df.bound_over_measured_search < 1)).all()
     assert (df.serial_floor_ratio_vs_sdpa == 1 + df.search_bound_over_sdpa).all()
-    # α = 1.5 starts at τ = −1: no start, and the bound from −1 is the bound; sparsemax's start costs
-    # instructions outside the loop (a masked maximum per rank beyond the first)
-    minus_one, sparsemax = df[df.alpha == 1.5].iloc[0], df[df.alpha == 2.0].iloc[0]
-    assert minus_one.start_instructions == 0 and minus_one.search_bound_minus_one_ms == minus_one.search_bound_ms
-    assert sparsemax.start_ranks == 6 and sparsemax.start_instructions > 5 * 40
+    # α = 1.5 starts at τ = −1 (no start instructions) and sparsemax on 6 ranks, whose start costs instructions
+    # outside the loop (a masked maximum per rank beyond the first); each row also bounds the other start
+    entmax15, sparsemax = df[df.alpha == 1.5].iloc[0], df[df.alpha == 2.0].iloc[0]
+    assert (entmax15.start_ranks, entmax15.start_instructions, entmax15.other_start_ranks) == (1, 0, 6)
+    assert (sparsemax.start_ranks, sparsemax.other_start_ranks, sparsemax.other_start_instructions) == (6, 1, 0)
+    assert sparsemax.start_instructions > 5 * 40 and entmax15.other_start_instructions > 5 * 40
+    assert (df.other_start_search_bound_ms > 0).all()
 
 
 def test_kernel_builds_quick_grid(tmp_path):
