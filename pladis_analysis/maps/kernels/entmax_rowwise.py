@@ -99,11 +99,12 @@ def alpha_flavour(alpha: float) -> tuple[int, int]:
 
 
 # Sparsemax's search starts from Michelot's thresholds on a row's SPARSEMAX_START_RANKS largest distinct scores
-# (:func:`_newton_start`): each rank costs one pass over the row (a masked maximum, about half a Newton step's
-# instructions), and a row whose support has at most that many entries then needs one confirming step instead
-# of one per support change (random scores of std 1–3, 77 and 300 keys: a block of 64 queries 1.0–2.2 steps
-# instead of 4.1–5.9, ``experiments/search_steps.py``). For q > 1 the same bound is only a bound, and the steps
-# it saves cost about what its passes cost, so the other α start at τ = −1.
+# (:func:`_newton_start`): each rank costs one pass over the row (a masked maximum), and a row whose support has at
+# most that many entries of distinct value then needs one confirming step instead of one per support change
+# (results/search_steps.csv: start "default" against "ranks 1"). For q > 1 the same start is only a bound and
+# saves fewer steps: in the issue-rate bound (results/search_issue_bound.csv, other_start_* columns) it would
+# cost α = 1.25 and 1.5, whose steps are multiplications, 1.32–1.48× their search, and save 7–14% at α = 1.75,
+# whose steps take a log2 and an exp2 per score. Until a GPU has timed that, only sparsemax uses it.
 SPARSEMAX_START_RANKS = 6
 
 
