@@ -236,19 +236,28 @@ def plot_search_steps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     starts = bound.merge(from_minus_one, on=["scores", "alpha"], suffixes=("", "_minus_one"))
     starts["saved"] = starts["mean_block_steps_minus_one"] - starts["mean_block_steps"]
     panels = 3 if len(starts) else 2
+    fused = "rounding" in bound and (bound["rounding"] == "q, k").all()
+    # one colour per α in every panel, and one legend (the middle panel's) for all
+    alphas = sorted(bound["alpha"].unique())
+    colours = dict(zip(alphas, sns.color_palette("deep", len(alphas))))
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 0.35 * bound["scores"].nunique() + 1.5), sharey=True)
-    sns.barplot(data=bound, y="scores", x="mean_block_steps", hue="alpha", orient="h", ax=axes[0], palette="deep")
+    sns.barplot(data=bound, y="scores", x="mean_block_steps", hue="alpha", hue_order=alphas, palette=colours,
+                orient="h", ax=axes[0])
     axes[0].set_xlabel(f"steps per block of {block_m} queries (its slowest row)")
     axes[0].set_ylabel("")
-    axes[0].set_title("threshold search, bfloat16, ℓ1 stopping bound")
-    axes[0].get_legend().remove()  # one legend (right) for both panels
-    sns.barplot(data=paired, y="scores", x="saved", hue="alpha", orient="h", ax=axes[1], palette="deep")
+    axes[0].set_title("threshold search, " + ("bf16 q, k (fused kernel)" if fused else "bfloat16")
+                      + ", ℓ1 stopping bound")
+    axes[0].get_legend().remove()
+    sns.barplot(data=paired, y="scores", x="saved", hue="alpha", hue_order=alphas, palette=colours, orient="h",
+                ax=axes[1])
     axes[1].set_xlabel("steps per block saved by the bound (vs step-size rule alone)")
     axes[1].set_title("what the bound saves")
     if len(starts):
-        axes[1].get_legend().remove()
-        sns.barplot(data=starts, y="scores", x="saved", hue="alpha", orient="h", ax=axes[2], palette="deep")
+        shown = [a for a in alphas if a in set(starts["alpha"])]
+        sns.barplot(data=starts, y="scores", x="saved", hue="alpha", hue_order=shown, palette=colours, orient="h",
+                    ax=axes[2])
+        axes[2].get_legend().remove()
         axes[2].set_xlabel("steps per block saved by the start (vs τ = −1), with the bound")
-        axes[2].set_title("what the start saves")
+        axes[2].set_title("what sparsemax's start saves")
     fig.tight_layout()
     return fig
