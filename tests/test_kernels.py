@@ -241,6 +241,11 @@ def test_rowwise_rejects_bad_start_ranks_by_name(bad):
         entmax_forward(torch.zeros(2, 5), 2.0, start_ranks=bad)
 
 
+def test_rowwise_rejects_a_start_for_the_search_above_two():
+    with pytest.raises(ValueError, match="start_ranks=6 with alpha=3.0"):
+        entmax_forward(torch.zeros(2, 5), 3.0, start_ranks=6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_rowwise_entmax_dim_and_layout(device):
     """Any dim, non-contiguous input: equal to the reference along that axis."""

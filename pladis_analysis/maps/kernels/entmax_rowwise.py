@@ -553,7 +553,8 @@ def _entmax_fwd_kernel(Z, P, STEPS, n_rows, n_cols, stride_z, stride_p, alpha, s
     inb = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     z = tl.load(Z + rows[:, None] * stride_z + cols[None, :], mask=inb, other=float("-inf")).to(tl.float32)
     valid = inb & (z > float("-inf"))
-    p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False, START_RANKS)
+    p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False,
+                                    START_RANKS)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
     if WITH_STEPS:
         tl.store(STEPS + rows, steps, mask=rows < n_rows)
@@ -581,6 +582,9 @@ def _check_start_ranks(alpha: float, start_ranks: int | None) -> int:
     if isinstance(start_ranks, bool) or not isinstance(start_ranks, int) or not 1 <= start_ranks <= MAX_START_RANKS:
         # (a bool is an int to Python, and True would silently mean one rank)
         raise ValueError(f"start_ranks={start_ranks!r}: must be an integer from 1 to {MAX_START_RANKS}")
+    if start_ranks != 1 and alpha_flavour(alpha)[0] != KIND_NEWTON:
+        raise ValueError(f"start_ranks={start_ranks} with alpha={alpha}: the start is the Newton search's "
+                         "(alpha <= 2); the alpha > 2 search does not use one")
     return start_ranks
 
 
