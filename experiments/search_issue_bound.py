@@ -122,7 +122,7 @@ def run(config: Config, out: Path) -> Path:
     import triton
 
     from pladis_analysis.maps.kernels import offline
-    from pladis_analysis.maps.kernels.entmax_rowwise import SPARSEMAX_START_RANKS, default_start_ranks
+    from pladis_analysis.maps.kernels.entmax_rowwise import SPARSEMAX_START_RANKS, alpha_flavour, default_start_ranks
 
     bench_path, steps_path = ROOT / config.bench, ROOT / config.steps   # an absolute path stays as it is
     bench = pd.read_csv(bench_path)
@@ -145,10 +145,9 @@ def run(config: Config, out: Path) -> Path:
         for alpha in config.alphas:
             ranks = default_start_ranks(alpha)
             other_ranks = SPARSEMAX_START_RANKS if ranks == 1 else 1
-            meta, _ = offline.fused_kernel_compiler(lk, d, heads, alpha=alpha)
             compilers = {r: offline.fused_kernel_compiler(lk, d, heads, alpha=alpha, start_ranks=r)[1]
                          for r in (1, SPARSEMAX_START_RANKS)}
-            for launch, block_m, num_warps in launches(bench_meta, lq, lk, meta["Q_INT"]):
+            for launch, block_m, num_warps in launches(bench_meta, lq, lk, alpha_flavour(alpha)[1]):
                 counted = {r: offline.count_sass(offline.sass(compile_launch(block_m, num_warps)))
                            for r, compile_launch in compilers.items()}
                 # the start: what the build with more ranks has beyond the one that starts at τ = −1

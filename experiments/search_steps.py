@@ -20,15 +20,16 @@ Sources:
   (call, batch, head) slices, each with all its queries. Its prompts have 24 tokens (MiniLM), so these rows
   are shorter than SD's 77.
 
-Each grid point runs with the scores rounded to float32 or bfloat16 (column ``rounding`` = ``scores``: what the
-row-wise kernel sees on tensors of that dtype), and with q and k rounded to bfloat16 and the scores their float32
-products (``rounding`` = ``q, k``, ``dtype`` = bfloat16: what the fused kernel computes from bfloat16 inputs,
-searched with bfloat16's tolerance; rounded scores tie far more often, which matters to sparsemax's start), and
-with two stopping rules of the Newton search (α ≤ 2; the fused kernel's view only for α ≤ 2, the α the
-search bound ``experiments/search_issue_bound.py`` covers): ``step`` stops a row when its step is below float32 resolution (the rule alone, as before the
-bound existed), ``bound`` also stops it as soon as the proved bound on its weights' ℓ1 error is below the
-dtype's tolerance (what the kernel does; see ``pladis_analysis.maps.kernels.entmax_rowwise``). For α > 2 the
-Halley search has no such rule and both rows agree.
+Each grid point runs in two views of its scores. ``rounding`` = ``scores``: the scores rounded to float32 or
+bfloat16, what the row-wise kernel sees on tensors of that dtype. ``rounding`` = ``q, k``: q and k rounded to
+bfloat16 and the scores their float32 products, searched with bfloat16's tolerance (``dtype`` = bfloat16), what
+the fused kernel computes from bfloat16 inputs; counted for α ≤ 2 only, the α the search bound
+(``experiments/search_issue_bound.py``) covers. Rounded scores tie far more often, which matters to
+sparsemax's start. Each runs with two stopping rules of the Newton search (α ≤ 2): ``step`` stops a row when
+its step is below float32 resolution (the rule alone, as before the bound existed), ``bound`` also stops it as
+soon as the proved bound on its weights' ℓ1 error is below the dtype's tolerance (what the kernel does; see
+``pladis_analysis.maps.kernels.entmax_rowwise``). For α > 2 the Halley search has no such rule and both rows
+agree.
 
 Sparsemax's search starts from Michelot's thresholds on each row's few largest scores
 (``entmax_rowwise.default_start_ranks``; the other α start at τ = −1). Column ``start``: ``default`` (the
@@ -37,11 +38,11 @@ For every α ≤ 2 whose default is not τ = −1, each view also counts from τ
 counts, for every α ≤ 2, each of ``compare_ranks`` that is not the default: so one run compares the kernel's
 start with τ = −1 where it differs, and with the sparsemax start where the kernel does not use it.
 
-Per (source, group, dtype, rounding, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and maximum steps
-per row, the mean steps per block (the block's maximum; blocks are BLOCK_M consecutive queries of one head, as
-in the kernel), ``idle_fraction`` = 1 − Σ row steps / (BLOCK_M · Σ block steps) (the share of the search's
-row-iterations spent on rows that had already converged) and ``max_l1_error``: the largest ℓ1 distance of a
-row's float32 weights from the float64 reference on the same (rounded) scores, next to ``stop_tol``.
+Per (source, group, dtype, rounding, stop rule, α, start, BLOCK_M) the table has the mean, 90th percentile and
+maximum steps per row, the mean steps per block (the block's maximum; blocks are BLOCK_M consecutive queries of
+one head, as in the kernel), ``idle_fraction`` = 1 − Σ row steps / (BLOCK_M · Σ block steps) (the share of the
+search's row-iterations spent on rows that had already converged) and ``max_l1_error``: the largest ℓ1 distance
+of a row's float32 weights from the float64 reference on the same (rounded) scores, next to ``stop_tol``.
 
     python experiments/search_steps.py            # writes results/search_steps.csv (+ .meta.json); resumes
     python experiments/search_steps.py --quick    # a small grid (tests)
@@ -264,6 +265,7 @@ def run(config: Config, out: Path) -> Path:
 
     if "bundled" in config.sources:
         jobs += [("bundled", f"step {s}", lambda v, s=s: bundled_group(s, v)) for s in config.bundled_record_steps]
+
     def starts(alpha: float, rounding: str) -> dict[str, int]:
         """start label → ranks: the kernel's default; for α ≤ 2 also τ = −1 where that is not the default, and
         on the fused kernel's view each of compare_ranks."""
@@ -317,9 +319,8 @@ def _key_counts(source: str, config: Config) -> tuple[int, ...]:
 def report(path: Path) -> None:
     df = pd.read_csv(path)
     view = df[df.block_m == df.block_m.max()] if 32 not in set(df.block_m) else df[df.block_m == 32]
-    cols = ["source", "group", "lk", "dtype", "stop_rule", "alpha", "start", "score_std", "mean_row_steps",
-            "max_row_steps",
-            "mean_block_steps", "idle_fraction", "max_l1_error"]
+    cols = ["source", "group", "lk", "dtype", "rounding", "stop_rule", "alpha", "start", "score_std",
+            "mean_row_steps", "max_row_steps", "mean_block_steps", "idle_fraction", "max_l1_error"]
     print(f"steps per row and per block of {int(view.block_m.iloc[0])} queries:")
     print(view[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
 
