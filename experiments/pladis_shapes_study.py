@@ -145,6 +145,11 @@ def summarise(per_image: pd.DataFrame, n_boot: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sample_seed_of(sample_seed: int, index: int) -> int:
+    """The noise seed of prompt ``index``: the same for every variant, so that the comparison is paired."""
+    return sample_seed * 1_000_003 + index
+
+
 def _variant_context(pipe, lam: float, alpha: float, layers: str, branches: str = "all"):
     from contextlib import nullcontext
 
@@ -171,8 +176,7 @@ def run_alignment(cfg: StudyConfig, pipe, out: Path) -> pd.DataFrame:
         bar.update(cfg.n_prompts - len(todo))
         for b in range(0, len(todo), cfg.batch_size):
             idx = todo[b:b + cfg.batch_size]
-            # Same generator seed per prompt index for every variant: the comparison is paired.
-            gens = [torch.Generator().manual_seed(cfg.sample_seed * 1_000_003 + i) for i in idx]
+            gens = [torch.Generator().manual_seed(sample_seed_of(cfg.sample_seed, i)) for i in idx]
             with _variant_context(pipe, lam, alpha, cfg.layers, branches):
                 images = pipe([samples[i].prompt for i in idx], num_inference_steps=cfg.num_inference_steps,
                               guidance_scale=g, generator=gens, output_type="pt").images

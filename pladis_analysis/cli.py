@@ -255,6 +255,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "hopfield_retrieval.csv": ("plot_hopfield_retrieval", "hopfield_retrieval.png"),
     "pladis_shapes_alignment_summary.csv": ("plot_pladis_alignment", "pladis_shapes_alignment.png"),
     "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
+    "pladis_gain_attention_summary.csv": ("plot_gain_attention", "pladis_gain_attention.png"),
     "shapes_eval_summary.csv": ("plot_shapes_eval", "shapes_eval.png"),
     "bench_probe_overhead.csv": ("plot_probe_overhead", "bench_probe_overhead.png"),
     "bench_cross_attention.csv": ("plot_bench_cross_attention", "bench_cross_attention.png"),

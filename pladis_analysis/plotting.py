@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.ticker
 
 matplotlib.use("Agg")  # figures are files; never open a window (CI has no screen)
@@ -151,6 +152,46 @@ def plot_attention_regime(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     axes[2].set_title("entmax support size (tokens)")
     for ax in axes:
         ax.set_xlabel("sampling step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gain_attention(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Does a prompt's change in alignment under PLADIS track its attention statistics? Spearman's ρ over
+    prompts with its bootstrap 95% interval, per statistic (rows) and outcome (columns), one colour per split
+    (from ``results/pladis_gain_attention_summary.csv``; filled markers: the interval excludes 0)."""
+    df = _load(table)
+    outcomes = list(dict.fromkeys(df["outcome"]))
+    statistics = list(dict.fromkeys(df["statistic"]))
+    splits = list(dict.fromkeys(df["split"]))
+    guidances = sorted(df["guidance_scale"].unique(), reverse=True)
+    colours = dict(zip(splits, sns.color_palette("deep", len(splits))))
+    fig, axes = plt.subplots(len(guidances), len(outcomes), squeeze=False, sharex=True, sharey=True,
+                             figsize=(3.6 * len(outcomes), 0.32 * len(statistics) * len(guidances) + 1.2))
+    for r, g in enumerate(guidances):
+        for c, outcome in enumerate(outcomes):
+            ax = axes[r][c]
+            for k, split in enumerate(splits):
+                sub = df[(df["guidance_scale"] == g) & (df["outcome"] == outcome) & (df["split"] == split)]
+                sub = sub.set_index("statistic").reindex(statistics)
+                y = [i + (k - (len(splits) - 1) / 2) * 0.22 for i in range(len(statistics))]
+                err = [(sub["spearman"] - sub["ci_low"]).clip(lower=0),
+                       (sub["ci_high"] - sub["spearman"]).clip(lower=0)]
+                ax.errorbar(sub["spearman"], y, xerr=err, fmt="none", ecolor=colours[split], lw=1)
+                excludes = sub["excludes_zero"].fillna(False).astype(bool)
+                ax.scatter(sub["spearman"], y, s=18, edgecolors=colours[split],
+                           facecolors=[colours[split] if e else "white" for e in excludes], zorder=3)
+            ax.axvline(0.0, color="grey", lw=0.8, ls="--")
+            ax.set_yticks(range(len(statistics)), statistics, fontsize=8)
+            ax.set_title(f"{outcome}, guidance {g:g}", fontsize=9)
+            ax.set_xlim(-1, 1)
+    axes[0][0].invert_yaxis()  # shared: the first statistic on top in every panel
+    for ax in axes[-1]:
+        ax.set_xlabel("Spearman ρ over prompts")
+    handles = [matplotlib.lines.Line2D([], [], color=colours[split], marker="o", label=split) for split in splits]
+    fig.legend(handles=handles, loc="upper center", ncol=len(splits), bbox_to_anchor=(0.5, 1.0), frameon=False,
+               fontsize=8)
+    fig.suptitle("Does PLADIS's change in alignment track the prompt's attention? (95% bootstrap CI)", y=1.04)
     fig.tight_layout()
     return fig
 
