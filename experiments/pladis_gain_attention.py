@@ -3,8 +3,9 @@
 THEORY.md asks whether the alignment gain of PLADIS (if any) tracks entropy reduction, support size or
 sensitivity. The main study (``experiments/pladis_shapes_study.py``) scores the same prompts from the same noise
 with stock attention and with PLADIS, but probes attention on other prompts. This script joins the two per
-prompt: it reruns the study's stock sample of every prompt of the chosen splits alone, with the probe on every
-cross-attention layer, and relates the prompt's attention statistics to its change in alignment.
+prompt: it reruns the study's stock sample of every prompt of the chosen splits alone, with the probe on the
+layers the study applied PLADIS to (the down and up blocks' cross-attention by default), and relates the prompt's
+attention statistics to its change in alignment.
 
 Per prompt (conditional branch, mean over sampling steps, layers and heads; the variants are measured on the
 stock trajectory's q, k, v, see ``record_attention``):
@@ -64,7 +65,7 @@ OUTCOMES = ("gain_all", "gain_count", "gain_attributes")
 ATTRIBUTE_COLUMNS = ("count", "colour", "shape", "position", "size", "relation",
                      "colour_0", "shape_0", "colour_1", "shape_1")
 # the study settings the rerun must share to be the study's stock sample
-SAMPLING_KEYS = ("prompt_seed", "sample_seed", "num_inference_steps", "unet_sha256")
+SAMPLING_KEYS = ("prompt_seed", "sample_seed", "num_inference_steps", "layers", "unet_sha256")
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Config:
     guidance_scales: tuple[float, ...] = (5.0,)
     variant: str = "pladis(2, 1.5)"                           # the study variant whose gain is explained
     n_prompts: int | None = None                              # None: every prompt the study table has
+    layers: str | None = None                                 # probed; None: the study's PLADIS layers
     sensitivity: bool = True
     sensitivity_eps: float = 1e-2
     sensitivity_rows: int = 16
@@ -243,7 +245,8 @@ def run(cfg: Config, pipe) -> pd.DataFrame:
     labels = probe_labels(lam, alpha)
     sensitivity = (SensitivityConfig(eps=(cfg.sensitivity_eps,), iterations=cfg.lipschitz_iterations,
                                      max_rows=cfg.sensitivity_rows) if cfg.sensitivity else None)
-    config = {**cfg.to_dict(), **{f"study_{k}": study_config.get(k) for k in SAMPLING_KEYS}}
+    layers = cfg.layers or study_config["layers"]
+    config = {**cfg.to_dict(), **{f"study_{k}": study_config.get(k) for k in SAMPLING_KEYS}, "probed_layers": layers}
     table = ResultsTable(Path(cfg.out) / "pladis_gain_attention.csv", keys=["split", "guidance_scale", "index"],
                          config=config, seeds=[study_config["prompt_seed"], study_config["sample_seed"]])
     jobs = []
@@ -266,7 +269,7 @@ def run(cfg: Config, pipe) -> pd.DataFrame:
                                            split=which)
         sample = datasets[split][i]
         generator = torch.Generator().manual_seed(study.sample_seed_of(study_config["sample_seed"], i))
-        with record_attention(pipe, stats="basic", variants=list(labels.values()), layers="cross",
+        with record_attention(pipe, stats="basic", variants=list(labels.values()), layers=layers,
                               sensitivity=sensitivity) as rec:
             images = pipe([sample.prompt], num_inference_steps=study_config["num_inference_steps"],
                           guidance_scale=g, generator=[generator], output_type="pt").images
@@ -290,10 +293,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--splits", nargs="+", choices=study.SPLITS, help="splits (default: the two-object ones)")
     parser.add_argument("--guidance-scales", type=float, nargs="+", help="guidance scales (default 5)")
     parser.add_argument("--n-prompts", type=int, help="prompts per split (default: all the study table has)")
+    parser.add_argument("--layers", help="layer spec to probe (default: the layers the study applied PLADIS to)")
     parser.add_argument("--weights-dir", default=None, help="weights folder (default: the bundled weights)")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("out", args.out), ("alignment", args.alignment), ("splits", args.splits),
-                                   ("guidance_scales", args.guidance_scales), ("n_prompts", args.n_prompts))
+                                   ("guidance_scales", args.guidance_scales), ("n_prompts", args.n_prompts),
+                                   ("layers", args.layers))
                  if v is not None}
     cfg = Config.quick_config(**overrides) if args.quick else Config(**overrides)
     torch.set_num_threads(cfg.threads)

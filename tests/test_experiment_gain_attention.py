@@ -138,7 +138,8 @@ def test_each_rerun_samples_the_study_prompt_with_its_noise_and_steps(gain, tmp_
         def to_dataframe(self):
             return _probe([("cond", "softmax", 4.0), ("cond", "entmax(1.5)", 1.0), ("cond", "pladis(2, 1.5)", 8.0)])
 
-    monkeypatch.setattr(gain, "record_attention", lambda *args, **kwargs: Recorder())
+    probed = []
+    monkeypatch.setattr(gain, "record_attention", lambda pipe, **kwargs: probed.append(kwargs) or Recorder())
     monkeypatch.setattr(gain, "check_same_weights", lambda study_config, pipe: None)
     per_prompt = gain.run(gain.Config.quick_config(out=str(tmp_path), n_prompts=2), Pipe())
     alignment = gain.ROOT / "results/pladis_shapes_alignment.csv"
@@ -149,6 +150,7 @@ def test_each_rerun_samples_the_study_prompt_with_its_noise_and_steps(gain, tmp_
     seeds = [gain.study.sample_seed_of(study_config["sample_seed"], i) for i in (0, 1)]
     assert seeds == [study_config["sample_seed"] * 1_000_003 + i for i in (0, 1)]   # the study's own rule
     assert calls == [([prompts[i]], study_config["num_inference_steps"], 5.0, [seeds[i]]) for i in (0, 1)]
+    assert [kw["layers"] for kw in probed] == [study_config["layers"]] * 2     # where the study applied PLADIS
     assert per_prompt["index"].tolist() == [0, 1] and per_prompt["entropy_reduction"].tolist() == [3.0, 3.0]
     assert per_prompt["gain_all"].notna().all()                                  # joined with the study's outcomes
 
