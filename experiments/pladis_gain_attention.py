@@ -14,8 +14,9 @@ stock trajectory's q, k, v, see ``record_attention``):
 * α-entmax's support size and its one-hot fraction (rows whose top gap is ≥ 1/(α−1));
 * softmax's start-of-text mass, max weight and the top score gap;
 * PLADIS's negative mass;
-* sensitivity of the PLADIS output over softmax's: to a relative perturbation of the queries and of the text
-  embeddings (``sens_*_ratio``), and the ratio of their local Lipschitz estimates.
+* sensitivity of the PLADIS output and of the α-entmax output over softmax's: to a relative perturbation of the
+  queries and of the text embeddings (``pladis_sens_*_ratio``, ``entmax_sens_*_ratio``), and the ratios of their
+  local Lipschitz estimates (``*_lipschitz_ratio``): is sparse attention "robust to noise" on real trajectories?
 
 The outcomes are the paired differences PLADIS − stock read from the study's table: all attributes right
 (``gain_all``, −1/0/1), object count (``gain_count``) and the mean over the attributes the prompt names
@@ -142,16 +143,18 @@ def prompt_statistics(probe: pd.DataFrame, labels: dict[str, str], eps: float | 
              "softmax_bos_mass": s["bos_mass"], "softmax_max_weight": s["max_weight"], "top_gap": s["top_gap"],
              "pladis_negative_mass": p["negative_mass"]}
     if eps is not None:
-        for target in ("query", "text"):
-            column = f"sens_{target}_{eps:g}"
-            stats[f"sens_{target}_ratio"] = p[column] / s[column]
-        stats["lipschitz_ratio"] = p["lipschitz"] / s["lipschitz"]
+        for name, mapped in (("pladis", p), ("entmax", e)):
+            for target in ("query", "text"):
+                column = f"sens_{target}_{eps:g}"
+                stats[f"{name}_sens_{target}_ratio"] = mapped[column] / s[column]
+            stats[f"{name}_lipschitz_ratio"] = mapped["lipschitz"] / s["lipschitz"]
     return {k: float(v) for k, v in stats.items()}
 
 
 STATISTICS = ("softmax_entropy", "entmax_entropy", "entropy_reduction", "entmax_support", "entmax_onehot_fraction",
               "softmax_bos_mass", "softmax_max_weight", "top_gap", "pladis_negative_mass",
-              "sens_query_ratio", "sens_text_ratio", "lipschitz_ratio")
+              "pladis_sens_query_ratio", "pladis_sens_text_ratio", "pladis_lipschitz_ratio",
+              "entmax_sens_query_ratio", "entmax_sens_text_ratio", "entmax_lipschitz_ratio")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -246,7 +249,9 @@ def run(cfg: Config, pipe) -> pd.DataFrame:
     sensitivity = (SensitivityConfig(eps=(cfg.sensitivity_eps,), iterations=cfg.lipschitz_iterations,
                                      max_rows=cfg.sensitivity_rows) if cfg.sensitivity else None)
     layers = cfg.layers or study_config["layers"]
-    config = {**cfg.to_dict(), **{f"study_{k}": study_config.get(k) for k in SAMPLING_KEYS}, "probed_layers": layers}
+    # rows resume only under the same settings, sampling and statistics (a new statistic recomputes them all)
+    config = {**cfg.to_dict(), **{f"study_{k}": study_config.get(k) for k in SAMPLING_KEYS}, "probed_layers": layers,
+              "statistics": list(STATISTICS)}
     table = ResultsTable(Path(cfg.out) / "pladis_gain_attention.csv", keys=["split", "guidance_scale", "index"],
                          config=config, seeds=[study_config["prompt_seed"], study_config["sample_seed"]])
     jobs = []

@@ -58,8 +58,9 @@ def test_prompt_statistics_average_the_conditional_branch_and_take_ratios(gain):
     assert got["softmax_entropy"] == 4.5 and got["entmax_entropy"] == 1.5 and got["entropy_reduction"] == 3.0
     assert got["entmax_support"] == 2.0 and got["entmax_onehot_fraction"] == 0.1
     assert got["softmax_bos_mass"] == 0.04 and got["pladis_negative_mass"] == 0.16
-    assert got["sens_query_ratio"] == 2.0 and got["sens_text_ratio"] == 2.0 and got["lipschitz_ratio"] == 2.0
-    assert "sens_query_ratio" not in gain.prompt_statistics(probe, labels, None)
+    assert got["pladis_sens_query_ratio"] == got["pladis_sens_text_ratio"] == got["pladis_lipschitz_ratio"] == 2.0
+    assert got["entmax_sens_query_ratio"] == got["entmax_sens_text_ratio"] == got["entmax_lipschitz_ratio"] == 0.25
+    assert not any("sens" in k or "lipschitz" in k for k in gain.prompt_statistics(probe, labels, None))
     with pytest.raises(ValueError, match="did not measure"):
         gain.prompt_statistics(probe, gain.probe_labels(3.0, 1.5), None)
     with pytest.raises(ValueError, match="conditional"):
@@ -160,7 +161,8 @@ def test_quick_run_reproduces_the_study_stock_samples_resumes_and_draws(gain, tm
     summary = gain.main(["--quick", "--out", str(tmp_path)])
     per_prompt = pd.read_csv(tmp_path / "pladis_gain_attention.csv")
     assert len(per_prompt) == 3 and set(per_prompt["split"]) == {"pair/train"}
-    assert set(gain.STATISTICS) - set(per_prompt) == {"sens_query_ratio", "sens_text_ratio", "lipschitz_ratio"}
+    assert set(gain.STATISTICS) - set(per_prompt) == {f"{m}_{s}_ratio" for m in ("pladis", "entmax")
+                                                      for s in ("sens_query", "sens_text", "lipschitz")}
     assert (per_prompt["entmax_support"] <= 24).all() and (per_prompt["entropy_reduction"] > 0).all()
     # the rerun is the study's stock sample: same prompt, noise, steps and weights, so the same score
     merged = gain.study_outcomes(pd.read_csv(gain.ROOT / "results/pladis_shapes_alignment.csv"), "pladis(2, 1.5)")
