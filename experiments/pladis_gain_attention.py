@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import rankdata
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,20 +184,25 @@ def study_outcomes(alignment: pd.DataFrame, variant: str) -> pd.DataFrame:
 # correlations
 # --------------------------------------------------------------------------------------------------
 
+def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's ρ of each row pair of ``x`` and ``y`` (..., n): Pearson's on average ranks (ties count once
+    each); NaN for a row where either side is constant."""
+    rx, ry = (rankdata(a, axis=-1) for a in (x, y))
+    rx, ry = rx - rx.mean(axis=-1, keepdims=True), ry - ry.mean(axis=-1, keepdims=True)
+    norm = np.sqrt((rx * rx).sum(axis=-1) * (ry * ry).sum(axis=-1))
+    return np.where(norm > 0, (rx * ry).sum(axis=-1) / np.where(norm > 0, norm, 1.0), np.nan)
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's ρ (Pearson's on average ranks, so ties count once each); NaN when either side is constant."""
-    rx, ry = (pd.Series(a).rank().to_numpy() for a in (x, y))
-    if np.ptp(rx) == 0 or np.ptp(ry) == 0:
-        return float("nan")
-    return float(np.corrcoef(rx, ry)[0, 1])
+    """Spearman's ρ of two samples; NaN when either side is constant."""
+    return float(spearman_rows(np.asarray(x, float), np.asarray(y, float)))
 
 
 def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int = 0) -> tuple[float, float, float]:
     """(ρ, 2.5%, 97.5%): Spearman's ρ and a percentile bootstrap interval over resampled pairs (resamples in
     which either side is constant are dropped; NaN bounds when none is left)."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(x), size=(n_boot, len(x)))
-    boots = np.array([spearman(x[i], y[i]) for i in picks])
+    picks = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))   # (n_boot, n)
+    boots = spearman_rows(x[picks], y[picks])
     boots = boots[np.isfinite(boots)]
     lo, hi = np.percentile(boots, [2.5, 97.5]) if len(boots) else (float("nan"), float("nan"))
     return spearman(x, y), float(lo), float(hi)
