@@ -86,3 +86,52 @@ def tied_group_rows(alpha: float, margins, group_sizes, length: int, seed: int =
             below = -1e-3 - np.abs(rng.normal(0.0, 0.5, size=length - 1 - k))
             rows.append(np.concatenate([[1.0 / (alpha - 1.0) - delta], np.zeros(k), below]))
     return np.asarray(rows, dtype=np.float32).astype(np.float64)
+
+
+def edge_weight_rows(length: int, edge_weights=(1e-2, 1e-4, 1e-6, 1e-8), support: int = 4,
+                     seed: int = 0) -> np.ndarray:
+    """Weight rows (float64, each summing to 1) with one support entry of tiny weight: one row per edge weight.
+
+    Each row has ``support`` non-zero weights, the edge weight and ``support − 1`` near-equal ones sharing the
+    rest, in random positions. For α > 2, s = p^{2−α} at the edge weight dwarfs the others' (1e16 against
+    about 10 at α = 4, weight 1e-8): a closed-form Jacobian–vector product that does not first measure the
+    vector from that entry leaves s·ε of rounding in a result of order Σ of the other s.
+    """
+    if not 2 <= support <= length:
+        raise ValueError(f"support must lie in [2, length={length}], got support={support}")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for edge in edge_weights:
+        row = np.zeros(length)
+        row[:support] = np.concatenate([[edge], (1.0 - edge) * rng.dirichlet(np.full(support - 1, 8.0))])
+        rows.append(rng.permutation(row))
+    return np.asarray(rows)
+
+
+def assert_entmax_jvp_close(actual, p, v, alpha: float, *, name: str = "jvp") -> None:
+    """Assert that ``actual`` is J v, J the α-entmax Jacobian at the weights ``p`` (rows on the last axis), to
+    what rounding of a well-computed product leaves: 8 ε of ``actual``'s dtype times the sum of s = p^{2−α}
+    over all entries but the largest, times max|v|, per row.
+
+    Leaving out the largest s is the point: for α > 2 it sits at the smallest weight and can be 10¹⁶ times
+    the others (:func:`edge_weight_rows`), yet J v stays of the others' order. ``p`` and ``v`` are the
+    tensors the product under test saw (in its dtype); the truth is :func:`reference.entmax_jacobian_at` on
+    them in float64.
+    """
+    from .maps import reference
+
+    dtype = actual.dtype if isinstance(actual, torch.Tensor) else torch.float64
+    p64, v64, a64 = _as_float64(p), _as_float64(v), _as_float64(actual)
+    expected = np.einsum("...ij,...j->...i", reference.entmax_jacobian_at(p64, alpha), v64)  # J symmetric
+    s = np.where(p64 > 0.0, np.where(p64 > 0.0, p64, 1.0) ** (2.0 - alpha), 0.0)
+    largest = np.arange(s.shape[-1]) == s.argmax(axis=-1)[..., None]
+    others = np.where(largest, 0.0, s).sum(axis=-1, keepdims=True)
+    allowed = 8 * torch.finfo(dtype).eps * others * np.abs(v64).max(axis=-1, keepdims=True)
+    excess = np.abs(a64 - expected) - allowed
+    if not np.all(excess <= 0.0):  # also catches NaN
+        worst = np.unravel_index(np.nanargmax(np.where(np.isnan(excess), np.inf, excess)), excess.shape)
+        raise AssertionError(
+            f"{name}: {int((~(excess <= 0.0)).sum())} of {excess.size} entries off the α={alpha} Jacobian-vector "
+            f"product by more than rounding; worst at {tuple(int(i) for i in worst)}: actual={a64[worst]!r}, "
+            f"expected={expected[worst]!r}, allowed {allowed[worst[:-1] + (0,)]:.3g} (largest s "
+            f"{s.max(axis=-1)[worst[:-1]]:.3g})")

@@ -851,6 +851,20 @@ def test_rowwise_backward_twin_equals_the_kernel(alpha):
                  dtype=torch.float32, name=f"backward twin, alpha={alpha}")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("alpha", [2.5, 4.0, 6.0])
+def test_rowwise_backward_next_to_a_vanishing_weight(device, alpha):
+    """For α > 2, s = p^{2−α} is largest at the smallest weight (up to 10³² here) while J g stays of the other
+    entries' order: the backward kernel and its torch twin measure g from that entry first."""
+    from pladis_analysis.maps.kernels.entmax_rowwise import entmax_backward, entmax_backward_torch
+    from pladis_analysis.testing import assert_entmax_jvp_close, edge_weight_rows
+
+    p = torch.from_numpy(edge_weight_rows(40, support=6, seed=int(alpha * 10))).float().to(device)
+    g = torch.randn(p.shape, generator=torch.Generator().manual_seed(22)).to(device)
+    assert_entmax_jvp_close(entmax_backward(p, g, alpha), p, g, alpha, name=f"backward kernel alpha={alpha}")
+    assert_entmax_jvp_close(entmax_backward_torch(p, g, alpha), p, g, alpha, name=f"backward twin alpha={alpha}")
+
+
 @pytest.mark.skipif(not _INTERPRETED, reason=_NEEDS_INTERPRETER)
 def test_rowwise_backward_that_does_not_build(fresh_build_state, monkeypatch, caplog):
     """Under ``auto`` the backward takes its torch twin (one warning, remembered: no second compile); under

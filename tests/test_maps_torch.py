@@ -192,6 +192,27 @@ def test_backward_equals_reference_jvp(name, dtype):
                  name=f"{name} vjp")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0, 6.0])
+def test_backward_next_to_a_vanishing_weight(alpha, dtype):
+    """For α > 2, s = p^{2−α} is largest at the smallest weight (up to 10³² here) while J v stays of the other
+    entries' order: the backward measures v from the entry of largest s so that it does not cancel that entry
+    against itself. Checked on the functions autograd calls (entmax and PLADIS) at the weights they saw."""
+    from pladis_analysis.maps import functions
+    from pladis_analysis.testing import assert_entmax_jvp_close, edge_weight_rows
+
+    p = torch.from_numpy(edge_weight_rows(12, seed=int(alpha * 10))).to(dtype)
+    v = _scores(p.shape, seed=11, dtype=dtype)
+    s = torch.where(p > 0, p.pow(2.0 - alpha), torch.zeros_like(p))
+    assert_entmax_jvp_close(functions.entmax_vjp((s,), alpha, v), p, v, alpha, name="entmax backward")
+    # PLADIS' backward is softmax's JVP lerped with this one: at λ = 1 it is this one alone
+    S = torch.softmax(_scores(p.shape, seed=12, dtype=dtype), dim=-1)
+    assert_entmax_jvp_close(functions.pladis_vjp((S, s), 1.0, alpha, v), p, v, alpha, name="PLADIS backward")
+    # what the centring is for: the uncentred product misses by far more than rounding
+    with pytest.raises(AssertionError, match="off the"):
+        assert_entmax_jvp_close(_threshold.entmax_jvp(s, None, v), p, v, alpha, name="uncentred")
+
+
 # --------------------------------------------------------------------------------------------------
 # agreement with the `entmax` package
 # --------------------------------------------------------------------------------------------------

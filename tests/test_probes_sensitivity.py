@@ -30,6 +30,17 @@ def test_map_jvp_equals_autograd(spec):
     assert_close(map_jvp(parts(z), dz), expected, name=f"{spec} JVP")
 
 
+@pytest.mark.parametrize("alpha", [3.0, 4.0])
+def test_map_jvp_next_to_a_vanishing_weight(alpha):
+    # for α > 2 the largest σ = p^{2−α} sits at the smallest weight (10¹⁶ at α = 4 here): the JVP must not
+    # cancel it against itself
+    from pladis_analysis.testing import assert_entmax_jvp_close, edge_weight_rows
+
+    p = torch.from_numpy(edge_weight_rows(9, seed=3)).float()
+    dz = torch.randn(p.shape, generator=torch.Generator().manual_seed(4))
+    assert_entmax_jvp_close(map_jvp({"entmax": p, "alpha": alpha}, dz), p, dz, alpha, name=f"alpha={alpha} JVP")
+
+
 def explicit_jacobian_norm(fn, q, k, v, scale):
     """‖∂(ρ(s·K q) V)/∂q‖₂ per row by autograd, one row at a time (float64)."""
     norms = []

@@ -194,6 +194,33 @@ def test_jacobian_shape_and_value_on_a_small_example():
     np.testing.assert_allclose(R.entmax_jacobian(z[0], 1.0), np.diag(p_soft) - np.outer(p_soft, p_soft), atol=1e-16)
 
 
+def test_jacobian_at_a_vanishing_weight_equals_exact_rational_arithmetic():
+    """α = 4: s = p^{−2} is rational for rational p, so J = diag(s) − s sᵀ/Σs is exact in fractions. With a weight
+    of 10⁻⁹ its s is 10¹⁸ against about 10 for the rest, yet J's entries are of the rest's order; computed as
+    s_i − s_i²/Σs its diagonal would keep 10¹⁸·ε ≈ 100 of rounding."""
+    from fractions import Fraction
+
+    weights = [Fraction(1, 10**9), Fraction(3, 10), Fraction(2, 5)]
+    weights.append(1 - sum(weights))
+    s = [1 / w**2 for w in weights]
+    total = sum(s)
+    exact = np.array([[float((s[i] if i == j else 0) - s[i] * s[j] / total) for j in range(4)] for i in range(4)])
+    J = R.entmax_jacobian_at(np.array([float(w) for w in weights]), 4.0)
+    assert np.abs(exact).max() < 50.0
+    np.testing.assert_allclose(J, exact, rtol=1e-13, atol=1e-13 * np.abs(exact).max())
+    p = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    tie = math.sqrt(0.5) / 2 * np.array([[1, -1, 0], [-1, 1, 0], [0, 0, 0]])
+    np.testing.assert_allclose(R.entmax_jacobian_at(p, 1.5), [tie, np.zeros((3, 3))], atol=1e-15,
+                               err_msg="two-way tie: s = √½ each, J = (s/2)[[1, −1], [−1, 1]]; one-hot: J = 0")
+
+
+def test_jacobian_at_checks_its_weights():
+    with pytest.raises(ValueError, match="p must be non-negative"):
+        R.entmax_jacobian_at([0.5, -0.1, 0.6], 3.0)
+    with pytest.raises(ValueError, match="alpha"):
+        R.entmax_jacobian_at([0.5, 0.5], 0.5)
+
+
 # --------------------------------------------------------------------------------------------------
 # Masking with -inf
 # --------------------------------------------------------------------------------------------------

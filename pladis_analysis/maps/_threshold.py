@@ -480,10 +480,17 @@ def _entmax_safeguarded(x, zs, m, alpha, p, s):
     s.div_(total.pow(2.0 - alpha))
 
 
-def entmax_jvp(s: torch.Tensor | None, p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(diag(s) − s sᵀ/Σs) v over the last dim; ``s=None`` means sparsemax (s = 1 on the support)."""
+def entmax_jvp(s: torch.Tensor | None, p: torch.Tensor, v: torch.Tensor, centre: bool = False) -> torch.Tensor:
+    """(diag(s) − s sᵀ/Σs) v over the last dim; ``s=None`` means sparsemax (s = 1 on the support).
+
+    ``centre`` (for α > 2) first measures v from its value at the entry of largest s. J·1 = 0 makes that exact,
+    and it matters there: s = p^{2−α} is largest at the smallest weight, and without it that entry's
+    s_k v_k − s_k (s_k v_k)/Σs cancels, leaving s_k·ε of rounding in a gradient of order 1.
+    """
     if s is None:
         s = torch.sign(p)  # p ≥ 0: the support indicator in one pass, already in v's dtype
+    if centre:
+        v = v - v.gather(-1, s.argmax(dim=-1, keepdim=True))
     g = s * v
     total = s.sum(dim=-1, keepdim=True)
     coef = g.sum(dim=-1, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total))

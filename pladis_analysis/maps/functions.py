@@ -48,7 +48,7 @@ def entmax_parts(x: torch.Tensor, alpha: float, need_support: bool = False, need
 
 def entmax_vjp(saved: tuple, alpha: float, g: torch.Tensor) -> torch.Tensor:
     (kept,) = saved
-    return th.entmax_jvp(None, kept, g) if alpha == 2.0 else th.entmax_jvp(kept, None, g)
+    return th.entmax_jvp(None, kept, g) if alpha == 2.0 else th.entmax_jvp(kept, None, g, centre=alpha > 2.0)
 
 
 def pladis_parts(x: torch.Tensor, scale: float, alpha: float, need_support: bool = False, need_grad: bool = True):

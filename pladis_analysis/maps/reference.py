@@ -42,6 +42,7 @@ __all__ = [
     "entmax_threshold",
     "support_size",
     "entmax_jacobian",
+    "entmax_jacobian_at",
     "shannon_entropy",
     "tsallis_entropy",
     "pladis_weights",
@@ -377,7 +378,8 @@ def entmax_jacobian(z, alpha: float = 1.5, axis: int = -1) -> np.ndarray:
     ``J = diag(s) − s sᵀ / Σs`` with ``s_i = p_i^{2−α}`` on the support and 0 off it (Peters, Niculae &
     Martins 2019, Prop. 1); for softmax s = p and J = diag(p) − p pᵀ. J is symmetric, J·1 = 0, and J = 0 on a
     one-hot row. The map is not differentiable where an entry sits exactly on the support boundary; there
-    this formula is one of its one-sided Jacobians. An all -inf row gives J = 0.
+    this formula is one of its one-sided Jacobians. An all -inf row gives J = 0. J depends on z only through
+    the weights p: :func:`entmax_jacobian_at` takes p.
 
     Returns:
         Array of shape ``batch + (d, d)``: the map axis is moved to the end and becomes the last two axes
@@ -386,10 +388,30 @@ def entmax_jacobian(z, alpha: float = 1.5, axis: int = -1) -> np.ndarray:
     alpha = _check_alpha(alpha, allow_softmax=True)
     z = _to_last(_check_scores(z), axis)
     p = _softmax_last(z) if alpha == 1.0 else _entmax_last(z, alpha, "auto")
+    return _jacobian_at_last(p, alpha)
+
+
+def entmax_jacobian_at(p, alpha: float = 1.5, axis: int = -1) -> np.ndarray:
+    """The Jacobian of α-entmax (α ≥ 1) at a point where it outputs the weights ``p``: diag(s) − s sᵀ/Σs,
+    s = p^{2−α} on the support (p > 0). Same layout as :func:`entmax_jacobian`.
+
+    For α > 2, s is largest where p is smallest and blows up as a weight goes to 0: J stays bounded while one
+    entry does so (its diagonal is summed without cancellation here) but grows without bound when two do.
+    """
+    alpha = _check_alpha(alpha, allow_softmax=True)
+    return _jacobian_at_last(_to_last(_check_distribution(p, "p"), axis, name="p"), alpha)
+
+
+def _jacobian_at_last(p: np.ndarray, alpha: float) -> np.ndarray:
     s = np.where(p > 0.0, np.where(p > 0.0, p, 1.0) ** (2.0 - alpha), 0.0)  # inner where: no 0^(negative)
     total = s.sum(axis=-1, keepdims=True)
-    outer = s[..., :, None] * s[..., None, :] / np.where(total == 0.0, 1.0, total)[..., None]
-    return s[..., :, None] * np.eye(z.shape[-1]) - outer
+    total = np.where(total == 0.0, 1.0, total)
+    eye = np.eye(p.shape[-1])
+    outer = s[..., :, None] * s[..., None, :] / total[..., None]
+    # J_ii = s_i − s_i²/Σs = s_i · Σ_{j≠i} s_j / Σs, summed without s_i: s_i − s_i²/Σs would cancel a
+    # dominant s_i against itself (α > 2, a small weight), leaving s_i·ε of rounding.
+    others = (s[..., None, :] * (1.0 - eye)).sum(axis=-1)  # (..., d): Σ_{j≠i} s_j
+    return (s * others / total)[..., :, None] * eye - outer * (1.0 - eye)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
-"""Modern Hopfield retrieval with softmax, α-entmax and PLADIS weights, and the bounds THEORY.md states."""
+"""Modern Hopfield retrieval with softmax, α-entmax and PLADIS weights, the bounds THEORY.md states, and the
+energy the PLADIS-weighted update descends (for λ ≤ 1)."""
 
+from .energy import entmax_conjugate, pladis_energy, pladis_step
 from .hopfield import (
     RetrievalGeometry,
     dense_retrieval_bound,
@@ -12,8 +14,11 @@ from .hopfield import (
 __all__ = [
     "RetrievalGeometry",
     "dense_retrieval_bound",
+    "entmax_conjugate",
     "entmax_retrieval_bound",
     "is_entmax_fixed_point",
+    "pladis_energy",
+    "pladis_step",
     "retrieval_geometry",
     "retrieve",
 ]
