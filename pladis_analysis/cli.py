@@ -253,6 +253,8 @@ def run_probe(args) -> int:
 FIGURES: dict[str, tuple[str, str]] = {
     "bench_maps.csv": ("plot_bench_maps", "bench_maps.png"),
     "hopfield_retrieval.csv": ("plot_hopfield_retrieval", "hopfield_retrieval.png"),
+    "hopfield_energy_summary.csv": ("plot_hopfield_energy", "hopfield_energy.png"),
+    "map_jacobian_norm.csv": ("plot_map_jacobian_norm", "map_jacobian_norm.png"),
     "pladis_shapes_alignment_summary.csv": ("plot_pladis_alignment", "pladis_shapes_alignment.png"),
     "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
     "pladis_gain_attention_summary.csv": ("plot_gain_attention", "pladis_gain_attention.png"),

@@ -54,6 +54,46 @@ def plot_hopfield_retrieval(table: str | os.PathLike | pd.DataFrame) -> plt.Figu
     return grid.figure
 
 
+def plot_hopfield_energy(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Share of PLADIS-weighted Hopfield steps that raise the energy E_λ, against λ, per α and pattern family
+    (from ``results/hopfield_energy_summary.csv``). Descent is guaranteed for λ ≤ 1 (dotted line), not beyond."""
+    df = _load(table).copy()
+    df["map"] = "α = " + df["alpha"].map("{:g}".format)
+    grid = sns.relplot(data=df, x="scale", y="share_steps_with_increase", hue="map", col="family", kind="line",
+                       marker="o", height=3.0, aspect=1.3)
+    for ax in grid.axes.flat:
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    grid.set_axis_labels("PLADIS scale λ", "steps that raise the energy")
+    grid.figure.suptitle("Concave–convex PLADIS updates: energy increases appear only for λ > 1", y=1.03)
+    return grid.figure
+
+
+def plot_map_jacobian_norm(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Largest ‖J‖₂ of α-entmax found by local search, per α and row length, against the two-way-tie value
+    2^{α−2} (left); for α > 2, ‖J‖₂ of rows with two weights w next to one large weight, against w (right)
+    (from ``results/map_jacobian_norm.csv``)."""
+    df = _load(table)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    search = df[df["method"] == "search"].groupby(["alpha", "d"], as_index=False)["norm"].max()
+    sns.lineplot(data=search, x="alpha", y="norm", hue="d", style="d", markers=True, dashes=False, ax=left,
+                 palette="viridis")
+    alphas = sorted(df["alpha"].unique())
+    left.plot(alphas, [0.5 if a == 1.0 else 2.0 ** (a - 2.0) for a in alphas], color="black", lw=0.8, ls="--",
+              label="2^(α−2) (two-way tie)")
+    left.set(yscale="log", xlabel="α (1 = softmax)", ylabel="largest ‖J‖₂ found", title="local search")
+    left.legend(title="row length", fontsize=8)
+    edge = df[df["method"] == "edge_pair"].copy()
+    if len(edge):
+        edge["map"] = "α = " + edge["alpha"].map("{:g}".format)
+        sns.lineplot(data=edge, x="edge_weight", y="norm", hue="map", marker="o", ax=right)
+        right.set(xscale="log", yscale="log")
+    right.set(xlabel="weight w of two entries (third: 1 − 2w)", ylabel="‖J‖₂", title="α > 2: two small weights")
+    fig.suptitle("Jacobian norm of α-entmax: 2^(α−2) bounds it for α ≤ 2; for α > 2 it is unbounded", y=1.02)
+    fig.tight_layout()
+    return fig
+
+
 def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """Map benchmark (``experiments/bench_maps.py``): time relative to ``torch.softmax`` per map and
     implementation, one panel per (device, shape) and mode; log scale, lower is faster."""
