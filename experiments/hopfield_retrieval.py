@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-from pladis_analysis.theory import dense_retrieval_bound, entmax_retrieval_bound, retrieval_geometry, retrieve
+from pladis_analysis.theory import (PATTERN_FAMILIES, dense_retrieval_bound, entmax_retrieval_bound, retrieval_geometry,
+                                    retrieve, sample_patterns)
 
 
 @dataclass
@@ -38,9 +39,9 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.families) - {"equal_norm", "unequal_norm"}
+        unknown = set(self.families) - set(PATTERN_FAMILIES)
         if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: equal_norm, unequal_norm")
+            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(PATTERN_FAMILIES)}")
         if self.trials < 1 or self.dim < 1 or self.num_patterns < 2:
             raise ValueError(f"trials, dim must be >= 1 and num_patterns >= 2, got {self.trials}, {self.dim}, "
                              f"{self.num_patterns}")
@@ -55,15 +56,6 @@ class Config:
         return asdict(self)
 
 
-def make_patterns(family: str, dim: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """(dim, n) patterns on the unit sphere; ``unequal_norm`` rescales them by factors in [1/√10, √10]."""
-    X = rng.standard_normal((dim, n))
-    X /= np.linalg.norm(X, axis=0)
-    if family == "unequal_norm":
-        X *= 10.0 ** rng.uniform(-0.5, 0.5, size=n)
-    return X
-
-
 def run(config: Config, out: Path) -> Path:
     table = ResultsTable(out / "hopfield_retrieval.csv",
                          keys=["family", "noise", "beta", "trial", "map"],
@@ -76,7 +68,7 @@ def run(config: Config, out: Path) -> Path:
         # One generator per trial, seeded by its grid coordinates, so a resumed run draws the same trials.
         rng = np.random.default_rng([config.seed, config.families.index(family),
                                      config.noise.index(noise), config.betas.index(beta), trial])
-        X = make_patterns(family, config.dim, config.num_patterns, rng)
+        X = sample_patterns(family, config.dim, config.num_patterns, rng)
         target = int(rng.integers(config.num_patterns))
         x = X[:, target] + noise * np.linalg.norm(X[:, target]) * rng.standard_normal(config.dim) / np.sqrt(config.dim)
         g = retrieval_geometry(X, x, beta)

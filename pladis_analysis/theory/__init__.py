@@ -3,15 +3,18 @@ energy the PLADIS-weighted update descends (for λ ≤ 1)."""
 
 from .energy import entmax_conjugate, pladis_energy, pladis_step
 from .hopfield import (
+    PATTERN_FAMILIES,
     RetrievalGeometry,
     dense_retrieval_bound,
     entmax_retrieval_bound,
     is_entmax_fixed_point,
     retrieval_geometry,
     retrieve,
+    sample_patterns,
 )
 
 __all__ = [
+    "PATTERN_FAMILIES",
     "RetrievalGeometry",
     "dense_retrieval_bound",
     "entmax_conjugate",
@@ -21,4 +24,5 @@ __all__ = [
     "pladis_step",
     "retrieval_geometry",
     "retrieve",
+    "sample_patterns",
 ]

@@ -34,6 +34,8 @@ __all__ = [
     "entmax_retrieval_bound",
     "is_entmax_fixed_point",
     "map_by_name",
+    "PATTERN_FAMILIES",
+    "sample_patterns",
 ]
 
 
@@ -58,6 +60,21 @@ def _check_beta(beta) -> float:
     if not np.isfinite(b) or b <= 0:
         raise ValueError(f"beta must be a finite number > 0, got beta={beta!r}")
     return b
+
+
+PATTERN_FAMILIES = ("equal_norm", "unequal_norm")
+
+
+def sample_patterns(family: str, dim: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(dim, n) random patterns on the unit sphere; ``unequal_norm`` rescales them by factors in [1/√10, √10]
+    (the family where sparse retrieval can lose to dense: a larger-norm pattern captures the argmax)."""
+    if family not in PATTERN_FAMILIES:
+        raise ValueError(f"family must be one of {PATTERN_FAMILIES}, got family={family!r}")
+    X = rng.standard_normal((dim, n))
+    X /= np.linalg.norm(X, axis=0)
+    if family == "unequal_norm":
+        X *= 10.0 ** rng.uniform(-0.5, 0.5, size=n)
+    return X
 
 
 def map_by_name(name: str, scale: float = 2.0) -> Callable[[np.ndarray], np.ndarray]:
