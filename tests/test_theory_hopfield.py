@@ -14,6 +14,7 @@ from pladis_analysis.theory import (
     is_entmax_fixed_point,
     retrieval_geometry,
     retrieve,
+    sample_patterns,
 )
 
 # A trial: patterns with unequal norms (norm spread up to 10x), a query near one of them, and β.
@@ -107,3 +108,12 @@ def test_bad_input_is_named():
         retrieve(X, np.ones(4), 1.0)
     with pytest.raises(ValueError, match="map name"):
         retrieve(X, X[:, 0], 1.0, "sparsest")
+
+
+def test_sample_patterns_families():
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(np.linalg.norm(sample_patterns("equal_norm", 5, 40, rng), axis=0), 1.0, rtol=1e-12)
+    norms = np.linalg.norm(sample_patterns("unequal_norm", 5, 400, rng), axis=0)
+    assert norms.min() >= 10**-0.5 and norms.max() <= 10**0.5 and norms.max() / norms.min() > 5
+    with pytest.raises(ValueError, match="family must be one of"):
+        sample_patterns("orthogonal", 5, 4, rng)
