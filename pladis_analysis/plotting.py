@@ -81,6 +81,9 @@ def plot_map_jacobian_norm(table: str | os.PathLike | pd.DataFrame) -> plt.Figur
     alphas = sorted(df["alpha"].unique())
     left.plot(alphas, [0.5 if a == 1.0 else 2.0 ** (a - 2.0) for a in alphas], color="black", lw=0.8, ls="--",
               label="2^(α−2) (two-way tie)")
+    capped = df.loc[(df["method"] == "search") & df["reached_cap"].astype(bool), "norm"]
+    if len(capped):  # the search stops climbing at its cap: those points are lower bounds
+        left.axhline(capped.max(), color="grey", lw=0.8, ls=":", label="search cap")
     left.set(yscale="log", xlabel="α (1 = softmax)", ylabel="largest ‖J‖₂ found", title="local search")
     left.legend(title="row length", fontsize=8)
     edge = df[df["method"] == "edge_pair"].copy()
