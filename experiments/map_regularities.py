@@ -33,9 +33,7 @@ from tqdm import tqdm
 
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-
-FAMILIES = ("gaussian", "gaussian_x3", "student_t2", "rounded")
-
+from pladis_analysis.theory import SCORE_FAMILIES, sample_score_rows
 
 @dataclass
 class Config:
@@ -48,7 +46,7 @@ class Config:
     # (rows near the support's edge are solved twice): longer rows are not searched.
     max_length_above_two: int = 4
     edge_weights: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-6)
-    families: tuple[str, ...] = FAMILIES
+    families: tuple[str, ...] = SCORE_FAMILIES
     sweep_lengths: tuple[int, ...] = (8, 24, 77)
     rows: int = 300
     alpha_grid: int = 60  # α − 1 log-spaced over [0.02, 3], plus softmax (α = 1)
@@ -58,9 +56,9 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.families) - set(FAMILIES)
+        unknown = set(self.families) - set(SCORE_FAMILIES)
         if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(SCORE_FAMILIES)}")
         if any(a < 1.0 for a in self.alphas + self.beta_alphas):
             raise ValueError(f"alphas must be >= 1 (1 is softmax), got {self.alphas} and {self.beta_alphas}")
         if min(self.lengths + self.sweep_lengths) < 2 or self.starts < 1 or self.rows < 1:
@@ -88,20 +86,6 @@ def jacobian_norm(z: np.ndarray, alpha: float) -> float:
 def two_way_tie_norm(alpha: float) -> float:
     """2^{α−2}: the norm at a two-way tie (s = 2^{α−2} each, J = s (I − ½ 11ᵀ)); ½ for softmax."""
     return 0.5 if alpha == 1.0 else 2.0 ** (alpha - 2.0)
-
-
-def sample_rows(family: str, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, d) score rows of a family: Gaussian (scale 1 or 3), Student t with 2 degrees of freedom (heavy
-    tails), or Gaussian rounded to 0.1 (ties, as padding tokens and rounded scores give)."""
-    if family == "gaussian":
-        return rng.standard_normal((n, d))
-    if family == "gaussian_x3":
-        return 3.0 * rng.standard_normal((n, d))
-    if family == "student_t2":
-        return rng.standard_t(2.0, size=(n, d))
-    if family == "rounded":
-        return np.round(rng.standard_normal((n, d)), 1)
-    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
 
 
 def search_jacobian_norm(alpha: float, d: int, start: int, config: Config) -> dict:
@@ -205,8 +189,8 @@ def run_monotonicity(config: Config, out: Path) -> Path:
     for family, d, sweep, alpha in tqdm(grid, desc="monotonicity sweeps"):
         if table.has(family=family, d=d, sweep=sweep, alpha=alpha):
             continue
-        rng = np.random.default_rng([config.seed, 2, FAMILIES.index(family), d])
-        Z = sample_rows(family, config.rows, d, rng)
+        rng = np.random.default_rng([config.seed, 2, SCORE_FAMILIES.index(family), d])
+        Z = sample_score_rows(family, config.rows, d, rng)
         if sweep == "alpha":
             counts = _sweep_counts(Z, np.ones_like(alpha_steps), alpha_steps)
         else:

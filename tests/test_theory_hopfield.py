@@ -117,3 +117,15 @@ def test_sample_patterns_families():
     assert norms.min() >= 10**-0.5 and norms.max() <= 10**0.5 and norms.max() / norms.min() > 5
     with pytest.raises(ValueError, match="family must be one of"):
         sample_patterns("orthogonal", 5, 4, rng)
+
+
+def test_sample_score_rows_families():
+    from pladis_analysis.theory import SCORE_FAMILIES, sample_score_rows
+
+    rng = np.random.default_rng(0)
+    for family in SCORE_FAMILIES:
+        assert sample_score_rows(family, 3, 5, rng).shape == (3, 5)
+    rounded = sample_score_rows("rounded", 50, 8, rng)
+    np.testing.assert_allclose(rounded * 10, np.round(rounded * 10), atol=1e-9)
+    with pytest.raises(ValueError, match="family must be one of"):
+        sample_score_rows("uniform", 3, 5, rng)

@@ -1,7 +1,8 @@
 """Modern Hopfield retrieval with softmax, α-entmax and PLADIS weights, the bounds THEORY.md states, and the
-energy the PLADIS-weighted update descends (for λ ≤ 1)."""
+energy the PLADIS-weighted update descends (for λ ≤ 1), and the random score rows the map studies draw."""
 
 from .energy import entmax_conjugate, pladis_energy, pladis_step
+from .families import SCORE_FAMILIES, sample_score_rows
 from .hopfield import (
     PATTERN_FAMILIES,
     RetrievalGeometry,
@@ -16,6 +17,7 @@ from .hopfield import (
 __all__ = [
     "PATTERN_FAMILIES",
     "RetrievalGeometry",
+    "SCORE_FAMILIES",
     "dense_retrieval_bound",
     "entmax_conjugate",
     "entmax_retrieval_bound",
@@ -25,4 +27,5 @@ __all__ = [
     "retrieval_geometry",
     "retrieve",
     "sample_patterns",
+    "sample_score_rows",
 ]
