@@ -69,6 +69,23 @@ def plot_hopfield_energy(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     return grid.figure
 
 
+def plot_pladis_weight_signs(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """Share of score rows whose PLADIS weights are negative somewhere inside the entmax support, against λ, per
+    α, row length and score family (from ``results/pladis_weight_signs.csv``). Where that happens the negative
+    mass exceeds its bound (λ−1)·(softmax mass off the support)."""
+    df = _load(table).copy()
+    df["map"] = "α = " + df["alpha"].map("{:g}".format)
+    df["keys"] = df["d"].astype(str)
+    grid = sns.relplot(data=df, x="scale", y="share_rows_negative_inside", hue="map", style="keys", col="family",
+                       kind="line", markers=True, height=2.8, aspect=1.1)
+    for ax in grid.axes.flat:
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_ylim(0.0, 1.02)
+    grid.set_axis_labels("PLADIS scale λ", "rows negative inside the support")
+    grid.figure.suptitle("PLADIS weights: negative inside the entmax support, not only off it", y=1.03)
+    return grid.figure
+
+
 def plot_map_jacobian_norm(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """Largest ‖J‖₂ of α-entmax found by local search, per α and row length, against the two-way-tie value
     2^{α−2} (left); for α > 2, ‖J‖₂ of rows with two weights w next to one large weight, against w (right)
