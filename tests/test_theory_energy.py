@@ -77,7 +77,7 @@ def test_step_is_retrieval_with_pladis_weights_and_energy_ends_are_hopfield_ener
 
 def test_bad_arguments_name_themselves():
     X, x = _trial(0, 4, 5, 0.1, 0.0)
-    with pytest.raises(ValueError, match="scale must be"):
+    with pytest.raises(ValueError, match=r"scale \(the PLADIS λ\) must be"):
         pladis_energy(X, x, 1.0, 1.5, -1.0)
     with pytest.raises(ValueError, match="beta must be"):
         pladis_step(X, x, 0.0)

@@ -51,6 +51,14 @@ def entmax_vjp(saved: tuple, alpha: float, g: torch.Tensor) -> torch.Tensor:
     return th.entmax_jvp(None, kept, g) if alpha == 2.0 else th.entmax_jvp(kept, None, g, centre=alpha > 2.0)
 
 
+def entmax_jvp_at(p: torch.Tensor, alpha: float, v: torch.Tensor) -> torch.Tensor:
+    """J v along the last dim with J the α-entmax Jacobian (α > 1) at the weights ``p`` alone, s = p^{2−α} on the
+    support: for callers that kept the weights, not the forward's s (the row-wise kernel's torch twin, the
+    sensitivity probes). Centred for α > 2 like :func:`entmax_vjp`."""
+    s = None if alpha == 2.0 else torch.where(p > 0, p.pow(2.0 - alpha), torch.zeros_like(p))
+    return th.entmax_jvp(s, p, v, centre=alpha > 2.0)
+
+
 def pladis_parts(x: torch.Tensor, scale: float, alpha: float, need_support: bool = False, need_grad: bool = True):
     m = th.row_max(x)
     S = th.softmax_forward(x, m)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..maps.functions import entmax_jvp_at, softmax_vjp
+
 
 @dataclass(frozen=True)
 class SensitivityConfig:
@@ -76,16 +78,10 @@ def map_jvp(weights_parts: dict, dz: torch.Tensor) -> torch.Tensor:
     ``{"softmax": S, "entmax": E, "alpha": α, "scale": λ}`` for PLADIS.
     """
     def softmax_jvp(p):
-        return p * dz - p * (p * dz).sum(-1, keepdim=True)
+        return softmax_vjp((p,), dz)  # the Jacobians are symmetric: JVP = VJP
 
     def entmax_jvp(p, alpha):
-        # σ = p^{2−α} on the support (p > 0), 0 elsewhere
-        s = torch.where(p > 0, p.clamp_min(0).pow(2 - alpha), torch.zeros_like(p))
-        total = s.sum(-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
-        # for α > 2 the largest σ sits at the smallest weight: measure dz from it (exact, J·1 = 0) so that
-        # its own term does not cancel to σ·ε of rounding
-        v = dz - dz.gather(-1, s.argmax(-1, keepdim=True)) if alpha > 2 else dz
-        return s * v - s * (s * v).sum(-1, keepdim=True) / total
+        return entmax_jvp_at(p, alpha, dz)
 
     if "scale" in weights_parts:
         lam = weights_parts["scale"]

@@ -46,20 +46,13 @@ def entmax_conjugate(z, alpha: float, axis: int = -1) -> np.ndarray:
     return (p * shifted).sum(axis=-1) + ref.tsallis_entropy(p, a) + top[..., 0]
 
 
-def _check_scale(scale) -> float:
-    lam = float(scale)
-    if not np.isfinite(lam) or lam < 0:
-        raise ValueError(f"scale must be a finite number >= 0, got scale={scale!r}")
-    return lam
-
-
 def pladis_energy(patterns, query, beta: float, alpha: float = 1.5, scale: float = 2.0) -> float:
     """E_λ(x) = ½‖x‖² − [(1−λ) lse(z) + λ Ψ*_α(z)]/β, z = βXᵀx: the energy of :func:`pladis_step`.
 
     λ = ``scale`` = 0 is the modern Hopfield energy of softmax retrieval, λ = 1 that of α-entmax retrieval.
     """
     X, x = _check_patterns(patterns, query)
-    b, lam = _check_beta(beta), _check_scale(scale)
+    b, lam = _check_beta(beta), ref._check_pladis_scale(scale)
     z = b * (X.T @ x)  # (N,)
     phi = (1.0 - lam) * entmax_conjugate(z, 1.0) + lam * entmax_conjugate(z, alpha)
     return float(0.5 * x @ x - phi / b)
@@ -68,5 +61,5 @@ def pladis_energy(patterns, query, beta: float, alpha: float = 1.5, scale: float
 def pladis_step(patterns, query, beta: float, alpha: float = 1.5, scale: float = 2.0) -> np.ndarray:
     """One update x ← X A(βXᵀx), A the PLADIS weights (1−λ) softmax + λ α-entmax."""
     X, x = _check_patterns(patterns, query)
-    b, lam = _check_beta(beta), _check_scale(scale)
+    b, lam = _check_beta(beta), ref._check_pladis_scale(scale)
     return X @ ref.pladis_weights(b * (X.T @ x), lam, alpha)

@@ -43,9 +43,9 @@ without sorting:
 Except for sparsemax (exact), the weights are renormalised to sum to one, like ``entmax_bisect`` does.
 
 The backward kernel is the closed-form Jacobian–vector product  ∂z = s ⊙ g − s (⟨s, g⟩ / Σ s)  with
-s_i = p_i^{2−α} on the support and 0 off it (s = 1 on the support for sparsemax, √p for α = 1.5). For other α,
-g is first measured from its value at the entry of largest s (exact, since J·1 = 0): for α > 2 that entry has
-the smallest weight and an s that can dwarf the rest, and would otherwise cancel against itself.
+s_i = p_i^{2−α} on the support and 0 off it (s = 1 on the support for sparsemax, √p for α = 1.5). For α > 2,
+g is first measured from its value at the entry of largest s (exact, since J·1 = 0): that entry has the
+smallest weight and an s that can dwarf the rest, and would otherwise cancel against itself.
 
 Entries equal to −inf are treated as masked (zero weight); a row whose entries are all −inf gets all-zero
 weights and zero gradient, never NaN. The kernels compute in float32 and return the input dtype.
@@ -540,11 +540,12 @@ def entmax_rows_jvp(p, g, alpha, Q_INT: tl.constexpr):
         s = tl.sqrt(p)
     else:
         s = tl.where(pos, tl.exp2((2.0 - alpha) * tl.log2(tl.where(pos, p, 1.0))), 0.0)
-        # Measure g from its value at the entry of largest s (J·1 = 0: exact). For α > 2 that entry has the
-        # smallest weight and an s that dwarfs the rest; uncentred, its own term would cancel to s·ε of rounding.
-        s_top = tl.max(s, axis=1)
-        g_top = tl.max(tl.where(pos & (s == s_top[:, None]), g, float("-inf")), axis=1)
-        g = g - tl.where(s_top > 0.0, g_top, 0.0)[:, None]
+        if alpha > 2.0:
+            # Measure g from its value at the entry of largest s (J·1 = 0: exact): for α > 2 that entry has the
+            # smallest weight and an s that can dwarf the rest; uncentred, its own term cancels to s·ε of rounding.
+            s_top = tl.max(s, axis=1)
+            g_top = tl.max(tl.where(pos & (s == s_top[:, None]), g, float("-inf")), axis=1)
+            g = g - tl.where(s_top > 0.0, g_top, 0.0)[:, None]
     g = tl.where(pos, g, 0.0)
     s_sum = tl.sum(s, axis=1)
     coef = tl.sum(s * g, axis=1) / tl.maximum(s_sum, 1e-30)
@@ -668,11 +669,9 @@ def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int 
 
 def entmax_backward_torch(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int = -1) -> torch.Tensor:
     """The backward kernel's torch twin: (diag(s) − s sᵀ/Σs) g along ``dim``, s = p^{2−α} on the support."""
-    from .._threshold import entmax_jvp  # same layer (maps); late, so that maps can import the kernels
+    from ..functions import entmax_jvp_at  # same layer (maps); late, so that maps can import the kernels
 
-    p_last, g_last = p.movedim(dim, -1), grad.movedim(dim, -1)
-    s = None if alpha == 2.0 else torch.where(p_last > 0, p_last.pow(2.0 - alpha), torch.zeros_like(p_last))
-    return entmax_jvp(s, p_last, g_last, centre=alpha > 2.0).movedim(-1, dim)
+    return entmax_jvp_at(p.movedim(dim, -1), alpha, grad.movedim(dim, -1)).movedim(-1, dim)
 
 
 # Backward signatures (device, α, row length) whose kernel did not build: their backward takes the torch twin.
