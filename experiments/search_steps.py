@@ -158,30 +158,22 @@ def bundled_scores(config: Config) -> dict[tuple[int, str | None], torch.Tensor]
     rounded to each of ``config.qk_dtypes``: {(step, qk_dtype or None): (calls·B·H, Lq, Lk)} (layers with
     different Lq are kept apart: their rows are padded to the longest Lq with −inf rows, which the kernel
     counts as 0 steps and the summaries drop)."""
-    from pladis_analysis.diffusion.patch import processor_for, swap_processors
     from pladis_analysis.models.shapes import load_bundled
+    from pladis_analysis.probes import capture_attention
 
     pipe = load_bundled()
-    variants = (None, *config.qk_dtypes)
-    calls = {(s, v): [] for s in config.bundled_record_steps for v in variants}
-    step = {"index": 0}
-
-    def probe(call) -> None:
-        if step["index"] in config.bundled_record_steps:
-            if call.mask is not None:
-                raise ValueError("the bundled model passed an attention mask; this experiment does not apply it")
-            for v in variants:
-                scores = _products(call.query, call.key, v) * call.scale                  # (B, H, Lq, Lk)
-                calls[(step["index"], v)].append(scores.flatten(0, 1))                    # (B·H, Lq, Lk)
-
-    def next_step(pipe_, index, timestep, kwargs):
-        step["index"] = index + 1
-        return kwargs
-
-    with swap_processors(pipe, "cross", lambda layer, state: processor_for(layer, probe=probe), track=False):
+    with capture_attention(pipe, "cross", steps=config.bundled_record_steps) as captured:
         gen = torch.Generator().manual_seed(config.seed)
         pipe(list(config.bundled_prompts), num_inference_steps=config.bundled_steps,
-             guidance_scale=config.guidance_scale, generator=gen, output_type="np", callback_on_step_end=next_step)
+             guidance_scale=config.guidance_scale, generator=gen, output_type="np")
+    variants = (None, *config.qk_dtypes)
+    calls = {(s, v): [] for s in config.bundled_record_steps for v in variants}
+    for call in captured:
+        if call.mask is not None:
+            raise ValueError("the bundled model passed an attention mask; this experiment does not apply it")
+        for v in variants:
+            scores = call.scores(None if v is None else getattr(torch, v))                 # (B, H, Lq, Lk)
+            calls[(call.step, v)].append(scores.flatten(0, 1))                              # (B·H, Lq, Lk)
     out = {}
     for (s, v), tensors in calls.items():
         if not tensors:

@@ -1,5 +1,6 @@
 """record_attention: statistics against direct computations, streaming memory, step tracking, scheduler loops."""
 
+import contextlib
 import copy
 
 import numpy as np
@@ -83,18 +84,24 @@ def direct_weights(attn, hidden, context, spec):
             "pladis(2, 1.5)": lambda z: ref.pladis_weights(z, 2.0, 1.5)}[spec](scores), scores
 
 
-def test_probe_statistics_equal_a_direct_computation(unet):
-    sample, timestep, text = make_inputs("unet", batch=2)  # [u1, u2, c1, c2]
+@contextlib.contextmanager
+def module_inputs(module):
+    """Yields a dict that receives the attention module's ``hidden`` states and text ``context`` when it runs."""
     captured = {}
-    module = dict(unet.named_modules())[LAYER]
     hook = module.register_forward_pre_hook(
         lambda mod, args, kwargs: captured.update(hidden=args[0], context=kwargs["encoder_hidden_states"]),
         with_kwargs=True)
     try:
-        with record_attention(unet, layers=[LAYER]) as rec:
-            run_model(unet, sample, timestep, text)
+        yield captured
     finally:
         hook.remove()
+
+
+def test_probe_statistics_equal_a_direct_computation(unet):
+    sample, timestep, text = make_inputs("unet", batch=2)  # [u1, u2, c1, c2]
+    module = dict(unet.named_modules())[LAYER]
+    with module_inputs(module) as captured, record_attention(unet, layers=[LAYER]) as rec:
+        run_model(unet, sample, timestep, text)
     df = rec.to_dataframe().set_index(["branch", "variant", "head"])
     for spec in ("softmax", "entmax(1.5)", "pladis(2, 1.5)"):
         weights, scores = direct_weights(module, captured["hidden"], captured["context"], spec)
