@@ -256,6 +256,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     "hopfield_energy_summary.csv": ("plot_hopfield_energy", "hopfield_energy.png"),
     "map_jacobian_norm.csv": ("plot_map_jacobian_norm", "map_jacobian_norm.png"),
     "pladis_weight_signs.csv": ("plot_pladis_weight_signs", "pladis_weight_signs.png"),
+    "pladis_weight_signs_bundled.csv": ("plot_pladis_weight_signs_bundled", "pladis_weight_signs_bundled.png"),
     "pladis_shapes_alignment_summary.csv": ("plot_pladis_alignment", "pladis_shapes_alignment.png"),
     "pladis_shapes_attention.csv": ("plot_attention_regime", "pladis_shapes_attention.png"),
     "pladis_gain_attention_summary.csv": ("plot_gain_attention", "pladis_gain_attention.png"),

@@ -86,6 +86,25 @@ def plot_pladis_weight_signs(table: str | os.PathLike | pd.DataFrame) -> plt.Fig
     return grid.figure
 
 
+def plot_pladis_weight_signs_bundled(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
+    """The same share on the bundled model's cross-attention rows, against the sampling step, per layer group
+    (line style), α (colour), guidance branch (column) and λ (row); the stock model's trajectory (from
+    ``results/pladis_weight_signs_bundled.csv``)."""
+    df = _load(table)
+    df = df[df["trajectory"] == "stock"].copy()
+    df["map"] = "α = " + df["alpha"].map("{:g}".format)
+    df["λ"] = df["scale"].map("{:g}".format)
+    grid = sns.relplot(data=df, x="step", y="share_rows_negative_inside", hue="map", style="group",
+                       col="branch", row="λ", kind="line", markers=True, height=2.4, aspect=1.4)
+    for ax in grid.axes.flat:
+        ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+        ax.set_ylim(0.0, 1.02)
+    grid.set_axis_labels("sampling step", "rows negative inside")
+    grid.figure.suptitle("Bundled model's cross-attention: PLADIS weights negative inside the entmax support",
+                         y=1.02)
+    return grid.figure
+
+
 def plot_map_jacobian_norm(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """Largest ‖J‖₂ of α-entmax found by local search, per α and row length, against the two-way-tie value
     2^{α−2} (left); for α > 2, ‖J‖₂ of rows with two weights w next to one large weight, against w (right)

@@ -1,4 +1,5 @@
-"""The PLADIS weight-sign study: its counts agree with a row-by-row recount, the bounds hold, it resumes."""
+"""The PLADIS weight-sign study: its counts agree with a row-by-row recount, the bounds hold on random and on the
+bundled model's rows, and it resumes."""
 
 import numpy as np
 import pandas as pd
@@ -31,22 +32,53 @@ def test_weight_signs_on_rows_whose_signs_are_known(study):
     assert out["mean_negative_mass"] == pytest.approx(negative.mean(), rel=1e-12)
 
 
-def test_quick_run_complete_bounds_hold_and_resumes(study, tmp_path):
-    path = study.main(["--quick", "--out", str(tmp_path)])
+@pytest.fixture(scope="module")
+def quick_run(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("weight_signs")
+    return out, study.main(["--quick", "--out", str(out)])
+
+
+def test_quick_run_complete_bounds_hold_and_resumes(study, quick_run):
+    out, (path, _) = quick_run
     cfg = study.Config.quick()
     df = pd.read_csv(path)
     assert len(df) == len(cfg.families) * len(cfg.lengths) * len(cfg.alphas) * len(cfg.scales)
     assert (df["bound_holds"] == df["rows"]).all() and (df["l1_identity_holds"] == df["rows"]).all()
     assert (df["mean_excess_over_bound"] >= -1e-12).all()
-    again = study.run(cfg, tmp_path)
+    again = study.run(cfg, out)
     assert pd.read_csv(again).equals(df)
 
 
-def test_figure_draws_from_the_table(study, tmp_path):
+def test_bundled_rows_complete_bounds_hold_and_resume(study, quick_run, monkeypatch):
+    out, (_, path) = quick_run
+    cfg = study.Config.quick()
+    df = pd.read_csv(path)
+    groups, branches = ("down", "mid", "up"), ("uncond", "cond")
+    assert len(df) == (len(cfg.trajectories) * len(cfg.bundled_record_steps) * len(groups) * len(branches)
+                       * len(cfg.alphas) * len(cfg.scales))
+    assert set(df.group) == set(groups) and set(df.branch) == set(branches) and set(df.d) == {24}
+    # every prompt's 4 heads × 1024 queries (down 256 + 64, mid 64, up 64 + 64 + 256 + 256), per branch
+    per_key = df.groupby(["trajectory", "step", "branch", "alpha", "scale"]).rows.sum()
+    assert (per_key == 2 * cfg.bundled_prompts_per_kind * 4 * 1024).all()
+    assert (df["bound_holds"] == df["rows"]).all() and (df["l1_identity_holds"] == df["rows"]).all()
+    assert df.timestep.is_monotonic_decreasing or set(df.groupby("step").timestep.nunique()) == {1}
+
+    def no_sampling(*args):
+        raise AssertionError("a complete table must not sample again")
+
+    monkeypatch.setattr(study, "capture_bundled_rows", no_sampling)
+    assert pd.read_csv(study.run_bundled(cfg, out)).equals(df)
+    study.main(["--quick", "--sources", "random", "--out", str(out)])  # leaves the bundled table alone
+    assert pd.read_csv(path).equals(df)
+
+
+def test_figure_draws_from_the_table(quick_run, tmp_path):
     from pladis_analysis import plotting
 
-    path = study.main(["--quick", "--out", str(tmp_path)])
+    _, (path, bundled) = quick_run
     assert plotting.save_figure(plotting.plot_pladis_weight_signs(path), tmp_path / "f.png").stat().st_size > 0
+    figure = plotting.plot_pladis_weight_signs_bundled(bundled)
+    assert plotting.save_figure(figure, tmp_path / "g.png").stat().st_size > 0
 
 
 def test_bad_config_names_the_field(study):
@@ -54,3 +86,7 @@ def test_bad_config_names_the_field(study):
         study.Config(families=("uniform",))
     with pytest.raises(ValueError, match="scales"):
         study.Config(scales=(0.5,))
+    with pytest.raises(ValueError, match="trajectories"):
+        study.Config(trajectories=("pladis(3, 1.5)",))
+    with pytest.raises(ValueError, match="bundled_record_steps"):
+        study.Config(bundled_steps=5, bundled_record_steps=(5,))
