@@ -96,10 +96,14 @@ def weight_signs(Z: np.ndarray, alpha: float, scale: float) -> dict:
     negative_mass = np.where(A < 0.0, -A, 0.0).sum(axis=-1)
     bound = (scale - 1.0) * np.where(inside, 0.0, S).sum(axis=-1)
     negative_inside = (inside & (A < 0.0)).any(axis=-1)
+    one_hot = inside.sum(axis=-1) == 1
     slack = 1e-12 * (1.0 + scale)  # rounding of the sums (weights ≤ 1, λ ≤ a few)
     return dict(
         share_rows_negative_inside=float(negative_inside.mean()),
-        share_rows_one_hot=float((inside.sum(axis=-1) == 1).mean()),
+        share_rows_one_hot=float(one_hot.mean()),
+        # one-hot on the first key: in a model's rows the start-of-text token, where PLADIS outputs
+        # λ·v₀ + (1−λ)·(softmax's output), at λ = 2 the softmax output mirrored through v₀
+        share_rows_one_hot_on_first_key=float((one_hot & inside[:, 0]).mean()),
         mean_support=float(inside.sum(axis=-1).mean()),
         mean_negative_mass=float(negative_mass.mean()),
         mean_bound=float(bound.mean()),
@@ -190,6 +194,11 @@ def summarise(path: Path) -> None:
     index = ["trajectory", "group", "branch"] if "trajectory" in df else ["family", "d"]
     share = df.pivot_table(index=index, columns=["alpha", "scale"], values="share_rows_negative_inside")
     print("share of rows with a negative weight inside the entmax support:\n" + share.to_string(float_format="%.2f"))
+    # one-hot rows do not depend on λ: one column per α
+    one_hot = df.pivot_table(index=index, columns="alpha", values=["share_rows_one_hot",
+                                                                    "share_rows_one_hot_on_first_key"])
+    print("share of rows where entmax is one-hot, and one-hot on the first key:\n"
+          + one_hot.to_string(float_format="%.3f"))
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

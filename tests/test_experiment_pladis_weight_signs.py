@@ -27,6 +27,9 @@ def test_weight_signs_on_rows_whose_signs_are_known(study):
     assert out["share_rows_negative_inside"] == pytest.approx(1 / 3)
     assert out["mean_excess_over_bound"] == pytest.approx(-A[2, 1:3].sum() / 3, rel=1e-12)
     assert out["share_rows_one_hot"] == pytest.approx(1 / 3)
+    assert out["share_rows_one_hot_on_first_key"] == pytest.approx(1 / 3)  # row 1 is one-hot on key 0
+    elsewhere = study.weight_signs(np.array([[0.0, 3.0, -1.0, -1.0]]), 1.5, 2.0)
+    assert elsewhere["share_rows_one_hot"] == 1.0 and elsewhere["share_rows_one_hot_on_first_key"] == 0.0
     assert out["bound_holds"] == 3 and out["l1_identity_holds"] == 3
     negative = np.where(A < 0, -A, 0).sum(-1)
     assert out["mean_negative_mass"] == pytest.approx(negative.mean(), rel=1e-12)
