@@ -11,8 +11,8 @@ and β) and takes a fixed number of steps; each step whose energy rises by more 
 
 Writes ``results/hopfield_energy.csv`` (one row per trajectory × map) and ``results/hopfield_energy_summary.csv``
 (per family and map: the share of trajectories and of steps with an increase, the largest increase, the share
-still moving after the last step), each with
-its ``.meta.json``; reruns resume.
+still moving after the last step and the share of those alternating between two points), each with its
+``.meta.json``; reruns resume.
 """
 
 from __future__ import annotations
@@ -71,10 +71,20 @@ def rounding_slack(X: np.ndarray, x: np.ndarray, x_next: np.ndarray, energies: t
     return 64 * EPS * terms
 
 
+def ending(last_three: list[np.ndarray]) -> dict:
+    """How a trajectory ends, from its last three points x_{T−2}, x_{T−1}, x_T: ``last_move`` = ‖x_T − x_{T−1}‖
+    and ``two_step_gap`` = ‖x_T − x_{T−2}‖ (a trajectory still moving with a two-step gap of 0 alternates between
+    two points: a 2-cycle). With fewer points the missing distances are NaN."""
+    def gap(back: int) -> float:
+        return float(np.linalg.norm(last_three[-1] - last_three[-1 - back])) if len(last_three) > back else np.nan
+    return dict(last_move=gap(1), two_step_gap=gap(2))
+
+
 def trajectory(X: np.ndarray, x: np.ndarray, beta: float, alpha: float, scale: float, steps: int) -> dict:
     """Iterate the update ``steps`` times from x; count the steps whose energy rises by more than rounding."""
     energy = pladis_energy(X, x, beta, alpha, scale)
     start, increases, first, largest, relative = energy, 0, np.nan, 0.0, 0.0
+    last_three = [x]
     for step in range(1, steps + 1):
         x_next = pladis_step(X, x, beta, alpha, scale)
         energy_next = pladis_energy(X, x_next, beta, alpha, scale)
@@ -84,10 +94,10 @@ def trajectory(X: np.ndarray, x: np.ndarray, beta: float, alpha: float, scale: f
             first = step if increases == 1 else first
             largest = max(largest, rise)
             relative = max(relative, rise / max(abs(energy), 1.0))
-        last_move = float(np.linalg.norm(x_next - x))
         x, energy = x_next, energy_next
+        last_three = [*last_three[-2:], x]
     return dict(increases=increases, first_increase=first, largest_increase=largest,
-                largest_relative_increase=relative, energy_start=start, energy_end=energy, last_move=last_move,
+                largest_relative_increase=relative, energy_start=start, energy_end=energy, **ending(last_three),
                 end_norm=float(np.linalg.norm(x)))
 
 
@@ -131,6 +141,9 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "largest_relative_increase": g["largest_relative_increase"].max(),
         # still moving at the last step (a cycle, or slow convergence): the patterns have norms of order 1
         "share_trajectories_unsettled": g["last_move"].apply(lambda s: float((s > UNSETTLED).mean())),
+        # of those, the ones alternating between two points
+        "share_trajectories_two_cycle": g[["last_move", "two_step_gap"]].apply(
+            lambda t: float(((t.last_move > UNSETTLED) & (t.two_step_gap <= UNSETTLED)).mean())),
     }).reset_index()
 
 
@@ -141,7 +154,8 @@ def summarise(path: Path, config: Config) -> Path:
     for _, r in summary.iterrows():
         print(f"{r.family:>12} α={r.alpha:g} λ={r.scale:g}: energy rose on {r.trajectories_with_increase} of "
               f"{r.trajectories} trajectories ({r.share_steps_with_increase:.2%} of steps), largest rise "
-              f"{r.largest_increase:.3g}; {r.share_trajectories_unsettled:.0%} still moving")
+              f"{r.largest_increase:.3g}; {r.share_trajectories_unsettled:.0%} still moving, "
+              f"{r.share_trajectories_two_cycle:.0%} in a 2-cycle")
     return out
 
 
