@@ -38,7 +38,7 @@ def test_trajectory_counts_a_rise(study, monkeypatch):
     assert row["increases"] == 4 and row["first_increase"] == 1 and row["largest_increase"] == 1.0
 
 
-def test_ending_tells_a_two_cycle_from_convergence(study, monkeypatch):
+def test_ending_tells_alternation_from_convergence(study, monkeypatch):
     a, b = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     assert study.ending([a, b, a]) == {"last_move": pytest.approx(2 ** 0.5), "two_step_gap": 0.0}
     converging = study.ending([a, a * 0.5, a * 0.25])
@@ -49,9 +49,11 @@ def test_ending_tells_a_two_cycle_from_convergence(study, monkeypatch):
     monkeypatch.setattr(study, "pladis_energy", lambda *args: 0.0)
     row = study.trajectory(np.eye(2), np.array([0.9, 0.1]), 1.0, 1.5, 3.0, steps=5)
     assert row["last_move"] > study.UNSETTLED and row["two_step_gap"] == 0.0
-    summary = study.summary_table(pd.DataFrame([dict(row, family="f", alpha=1.5, scale=3.0, steps=5)]))
+    # one on a 2-cycle, one converging to it (two-step gap 10⁻³ of its last move), one moving steadily
+    rows = [row, dict(row, two_step_gap=1e-3 * row["last_move"]), dict(row, two_step_gap=2 * row["last_move"])]
+    summary = study.summary_table(pd.DataFrame([dict(r, family="f", alpha=1.5, scale=3.0, steps=5) for r in rows]))
     assert summary.loc[0, "share_trajectories_unsettled"] == 1.0
-    assert summary.loc[0, "share_trajectories_two_cycle"] == 1.0
+    assert summary.loc[0, "share_trajectories_alternating"] == pytest.approx(2 / 3)
 
 
 def test_figure_draws_from_the_summary(study, tmp_path):
