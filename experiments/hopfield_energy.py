@@ -26,7 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from pladis_analysis.results import ResultsTable, provenance, write_table
-from pladis_analysis.theory import PATTERN_FAMILIES, pladis_energy, pladis_step, sample_patterns
+from pladis_analysis.theory import (PATTERN_FAMILIES, check_families, pladis_energy, pladis_step,
+                                    sample_patterns)
 
 EPS = np.finfo(np.float64).eps
 UNSETTLED = 1e-6  # a last step longer than this (patterns have norms of order 1) counts as not settled
@@ -49,9 +50,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.families) - set(PATTERN_FAMILIES)
-        if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(PATTERN_FAMILIES)}")
+        check_families(self.families, PATTERN_FAMILIES)
         if self.trials < 1 or self.steps < 1 or self.dim < 1 or self.num_patterns < 2:
             raise ValueError(f"trials, steps, dim must be >= 1 and num_patterns >= 2, got {self.trials}, "
                              f"{self.steps}, {self.dim}, {self.num_patterns}")

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-from pladis_analysis.theory import (PATTERN_FAMILIES, dense_retrieval_bound, entmax_retrieval_bound, retrieval_geometry,
-                                    retrieve, sample_patterns)
+from pladis_analysis.theory import (PATTERN_FAMILIES, check_families, dense_retrieval_bound, entmax_retrieval_bound,
+                                    retrieval_geometry, retrieve, sample_patterns)
 
 
 @dataclass
@@ -39,9 +39,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.families) - set(PATTERN_FAMILIES)
-        if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(PATTERN_FAMILIES)}")
+        check_families(self.families, PATTERN_FAMILIES)
         if self.trials < 1 or self.dim < 1 or self.num_patterns < 2:
             raise ValueError(f"trials, dim must be >= 1 and num_patterns >= 2, got {self.trials}, {self.dim}, "
                              f"{self.num_patterns}")

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-from pladis_analysis.theory import SCORE_FAMILIES, sample_score_rows
+from pladis_analysis.theory import SCORE_FAMILIES, check_families, sample_score_rows
 
 @dataclass
 class Config:
@@ -56,9 +56,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        unknown = set(self.families) - set(SCORE_FAMILIES)
-        if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(SCORE_FAMILIES)}")
+        check_families(self.families, SCORE_FAMILIES)
         if any(a < 1.0 for a in self.alphas + self.beta_alphas):
             raise ValueError(f"alphas must be >= 1 (1 is softmax), got {self.alphas} and {self.beta_alphas}")
         if min(self.lengths + self.sweep_lengths) < 2 or self.starts < 1 or self.rows < 1:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-from pladis_analysis.theory import SCORE_FAMILIES, sample_score_rows
+from pladis_analysis.theory import SCORE_FAMILIES, check_families, sample_score_rows
 
 SOURCES = ("random", "bundled")
 TRAJECTORIES = {"stock": None, "pladis(2, 1.5)": (2.0, 1.5)}  # label → (λ, α) applied while sampling
@@ -56,9 +56,7 @@ class Config:
     prompt_seed: int = 3000  # disjoint from training (0), the model evaluation (1000) and the study (2000)
 
     def __post_init__(self):
-        unknown = set(self.families) - set(SCORE_FAMILIES)
-        if unknown:
-            raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(SCORE_FAMILIES)}")
+        check_families(self.families, SCORE_FAMILIES)
         if any(not a > 1.0 for a in self.alphas) or any(not s > 1.0 for s in self.scales):
             raise ValueError(f"alphas and scales must be > 1, got alphas={self.alphas}, scales={self.scales}")
         if min(self.lengths) < 2 or self.rows < 1:
@@ -137,8 +135,9 @@ def bundled_prompts(config: Config) -> list[str]:
             for kind in ("single", "pair") for i in range(config.bundled_prompts_per_kind)]
 
 
-def capture_bundled_rows(config: Config, trajectory: str) -> tuple[dict[tuple, np.ndarray], dict[int, float]]:
-    """The bundled model's cross-attention score rows at the recorded steps of one sampling run on
+def capture_bundled_rows(config: Config, trajectory: str,
+                         prompts: list[str]) -> tuple[dict[tuple, np.ndarray], dict[int, float]]:
+    """The bundled model's cross-attention score rows at the recorded steps of one sampling run of ``prompts`` on
     ``trajectory``: ({(step, group, branch): float64 (rows, Lk)}, {step: timestep})."""
     from contextlib import nullcontext
 
@@ -152,7 +151,7 @@ def capture_bundled_rows(config: Config, trajectory: str) -> tuple[dict[tuple, n
     pladis = TRAJECTORIES[trajectory]
     sampling = nullcontext() if pladis is None else apply_pladis(pipe, scale=pladis[0], alpha=pladis[1])
     with sampling, capture_attention(pipe, "cross", steps=config.bundled_record_steps) as calls:
-        pipe(bundled_prompts(config), num_inference_steps=config.bundled_steps,
+        pipe(prompts, num_inference_steps=config.bundled_steps,
              guidance_scale=config.guidance_scale, generator=torch.Generator().manual_seed(config.seed),
              output_type="np")
     rows: dict[tuple, list[np.ndarray]] = {}
@@ -172,19 +171,20 @@ def run_bundled(config: Config, out: Path) -> Path:
     table = ResultsTable(out / "pladis_weight_signs_bundled.csv",
                          keys=["trajectory", "step", "group", "branch", "alpha", "scale"],
                          config=config.table_config("bundled"), seeds=[config.seed, config.prompt_seed])
+    prompts = bundled_prompts(config)
     for trajectory in tqdm(config.trajectories, desc="bundled model trajectories"):
         # a trajectory's rows are written together, so any row of it means all of them are there
         if any(row["trajectory"] == trajectory for row in table.rows):
             continue
-        captured, timesteps = capture_bundled_rows(config, trajectory)
+        captured, timesteps = capture_bundled_rows(config, trajectory, prompts)
         for (step, group, branch), Z in captured.items():
             for alpha in config.alphas:
                 for scale in config.scales:
                     table.add(dict(trajectory=trajectory, step=step, timestep=timesteps[step], group=group,
                                    branch=branch, alpha=alpha, scale=scale, d=Z.shape[-1], rows=len(Z),
                                    **weight_signs(Z, alpha, scale)))
-        table.flush(prompts=bundled_prompts(config))
-    return table.flush(prompts=bundled_prompts(config))
+        table.flush(prompts=prompts)
+    return table.flush(prompts=prompts)
 
 
 def summarise(path: Path) -> None:

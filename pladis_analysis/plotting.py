@@ -88,10 +88,11 @@ def plot_pladis_weight_signs(table: str | os.PathLike | pd.DataFrame) -> plt.Fig
 
 def plot_pladis_weight_signs_bundled(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """The same share on the bundled model's cross-attention rows, against the sampling step, per layer group
-    (line style), α (colour), guidance branch (column) and λ (row); the stock model's trajectory (from
-    ``results/pladis_weight_signs_bundled.csv``)."""
+    (line style), α (colour), guidance branch (column) and λ (row); the stock model's trajectory, or the first
+    the table has without it (from ``results/pladis_weight_signs_bundled.csv``)."""
     df = _load(table)
-    df = df[df["trajectory"] == "stock"].copy()
+    trajectory = "stock" if (df["trajectory"] == "stock").any() else df["trajectory"].iloc[0]
+    df = df[df["trajectory"] == trajectory].copy()
     df["map"] = "α = " + df["alpha"].map("{:g}".format)
     df["λ"] = df["scale"].map("{:g}".format)
     grid = sns.relplot(data=df, x="step", y="share_rows_negative_inside", hue="map", style="group",
@@ -100,8 +101,8 @@ def plot_pladis_weight_signs_bundled(table: str | os.PathLike | pd.DataFrame) ->
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_ylim(0.0, 1.02)
     grid.set_axis_labels("sampling step", "rows negative inside")
-    grid.figure.suptitle("Bundled model's cross-attention: PLADIS weights negative inside the entmax support",
-                         y=1.02)
+    grid.figure.suptitle("Bundled model's cross-attention: PLADIS weights negative inside the entmax support "
+                         f"({trajectory} sampling)", y=1.02)
     return grid.figure
 
 

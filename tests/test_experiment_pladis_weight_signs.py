@@ -82,6 +82,9 @@ def test_figure_draws_from_the_table(quick_run, tmp_path):
     assert plotting.save_figure(plotting.plot_pladis_weight_signs(path), tmp_path / "f.png").stat().st_size > 0
     figure = plotting.plot_pladis_weight_signs_bundled(bundled)
     assert plotting.save_figure(figure, tmp_path / "g.png").stat().st_size > 0
+    without_stock = pd.read_csv(bundled).query("trajectory != 'stock'")  # draws the trajectory it has
+    figure = plotting.plot_pladis_weight_signs_bundled(without_stock)
+    assert "pladis(2, 1.5) sampling" in figure._suptitle.get_text()
 
 
 def test_bad_config_names_the_field(study):

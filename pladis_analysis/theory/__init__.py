@@ -2,7 +2,7 @@
 energy the PLADIS-weighted update descends (for λ ≤ 1), and the random score rows the map studies draw."""
 
 from .energy import entmax_conjugate, pladis_energy, pladis_step
-from .families import SCORE_FAMILIES, sample_score_rows
+from .families import SCORE_FAMILIES, check_families, sample_score_rows
 from .hopfield import (
     PATTERN_FAMILIES,
     RetrievalGeometry,
@@ -18,6 +18,7 @@ __all__ = [
     "PATTERN_FAMILIES",
     "RetrievalGeometry",
     "SCORE_FAMILIES",
+    "check_families",
     "dense_retrieval_bound",
     "entmax_conjugate",
     "entmax_retrieval_bound",

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SCORE_FAMILIES", "sample_score_rows"]
+__all__ = ["SCORE_FAMILIES", "check_families", "sample_score_rows"]
 
 SCORE_FAMILIES = ("gaussian", "gaussian_x3", "student_t2", "rounded")
+
+
+def check_families(families, known) -> None:
+    """An experiment config's ``families`` against the ``known`` ones (score or pattern families): a ValueError
+    naming the unknown ones, before any sampling starts."""
+    unknown = set(families) - set(known)
+    if unknown:
+        raise ValueError(f"families contains unknown {sorted(unknown)}; known: {', '.join(known)}")
 
 
 def sample_score_rows(family: str, n: int, d: int, rng: np.random.Generator) -> np.ndarray:
