@@ -54,7 +54,7 @@ FULL_SHAPES = ((16, 4096, 77), (16, 1024, 300))  # SD-style cross-attention: (B�
 QUICK_SHAPES = ((2, 128, 77), (2, 32, 300))
 MODES = ("forward", "forward_backward")
 PLADIS_SCALE, PLADIS_ALPHA, GENERAL_ALPHA = 2.0, 1.5, 1.25
-# α > 2 takes a different search (safeguarded Halley, plus a second search next to tied scores): timed too.
+# α > 2 takes a different search (safeguarded Newton–bisection, plus a second search next to tied scores): timed too.
 ABOVE_TWO_ALPHA = 3.0
 
 # issue 2 targets: (our map, minimum speedup over its package counterpart, mode)

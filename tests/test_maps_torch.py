@@ -287,6 +287,16 @@ def test_entmax_next_to_a_tied_group(alpha, log_margin, sign, group, length, dty
     assert_close(p, R.entmax(z.to(torch.float64).numpy(), alpha), name=f"alpha={alpha}, k={k}")
 
 
+@pytest.mark.parametrize("alpha", [8.0, 12.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_entmax_large_alpha_on_long_rows_of_close_scores(alpha, dtype):
+    """Large α, long rows, scores within 10⁻³ of each other: far from τ*, Σt^q is in the thousands and
+    ‖t‖_q = (Σt^q)^{α−1} overflows float32; the Newton step on ‖t‖_q − 1 must not turn that into a step of 0
+    (read as "cannot move": such rows were left up to 0.1 off)."""
+    z = _scores((6, 4096), scale=1e-4, seed=21, dtype=dtype)
+    assert_close(maps.entmax(z, alpha), R.entmax(z.to(torch.float64).numpy(), alpha), name=f"alpha={alpha}")
+
+
 @pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_entmax_above_two_rows_leave_the_search_in_any_order(alpha, dtype):

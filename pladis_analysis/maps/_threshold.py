@@ -20,11 +20,11 @@ How τ is found (all rows of a chunk at once, the whole loop vectorised over row
   rounding. h is also nearly linear (exactly linear while the support is fixed and the active t_i are
   equal), so rows need 2–7 steps (mean ~5 for 1.5-entmax on N(0, 1) scores). For α = 2 the step is
   Michelot's fixed point τ ← (Σ_S z' − 1)/|S|, exact once the support S is found.
-* α > 2 (q < 1): f is neither convex nor smooth at the kinks, so a true safeguarded Newton–bisection on f
-  keeps a bracket [lo, hi] with f(lo) ≥ 0 > f(hi) and bisects whenever a step does not land inside it.
-  Rows it can only bring to the bracket's resolution (τ* within rounding of a score, where p = t^q has
-  infinite slope) are solved again in scores measured from the entry nearest τ, where τ is resolved
-  relatively (:func:`_entmax_safeguarded`).
+* α > 2 (q < 1): h is neither convex nor smooth at the kinks, so a true safeguarded Newton–bisection
+  (Newton steps on h) keeps a bracket [lo, hi] with f(lo) ≥ 0 > f(hi) and bisects whenever a step does
+  not land inside it. Rows it can only bring to the working precision's resolution (τ* within rounding
+  of a score, where p = t^q has infinite slope) are solved again in scores measured from the entry
+  nearest τ, where τ is resolved relatively (:func:`_entmax_safeguarded`).
 * Stopping: a row is done when |f(τ)| = |Σp − 1| ≤ ε (ε = :data:`SUM_TOLERANCE` of the working dtype),
   or when the Newton step is below two ulps of |τ| ≤ 1 — τ is then as close to τ* as the working precision
   can hold, and |f| ≲ 2u · |f'(τ)|, |f'| = q Σ t^{q−1}, u the machine epsilon (this floor exceeds ε
@@ -175,6 +175,11 @@ def softmax_jvp(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 # bare Newton loop ran ~1.5x faster in chunks of 2^17 elements than in chunks of 2^20. Much smaller chunks
 # lose to the per-operation overhead of the row-wise bookkeeping.
 CHUNK_ELEMENTS = 2**18
+# α > 2's safeguarded search runs more steps of more row-wise bookkeeping ((rows, 1) tensors: brackets,
+# tests, splits), whose per-operation overhead the chunk's row count amortises: at [16, 4096, 77] and α = 3
+# on one thread of an AMD EPYC it ran in 0.6x the time in chunks of 2^20 elements than of 2^18 (0.64x at
+# [16, 1024, 300]; 2^21 was no faster).
+SAFEGUARDED_CHUNK_ELEMENTS = 2**20
 # On a GPU the same loop is bound by kernel launches, not cache: one chunk of up to 2^24 elements.
 CUDA_CHUNK_ELEMENTS = 2**24
 
@@ -196,7 +201,10 @@ def entmax_forward(x: torch.Tensor, alpha: float, need_support: bool = False, ne
     rows = x2.shape[0]
     p = torch.empty_like(x2)
     s = torch.empty_like(x2) if (need_s and q != 1.0) else None
-    chunk_elements = CHUNK_ELEMENTS if x.device.type == "cpu" else CUDA_CHUNK_ELEMENTS
+    if x.device.type != "cpu":
+        chunk_elements = CUDA_CHUNK_ELEMENTS
+    else:
+        chunk_elements = CHUNK_ELEMENTS if q >= 1.0 else SAFEGUARDED_CHUNK_ELEMENTS
     chunk = min(rows, max(1, chunk_elements // d))
     zs_buf = x.new_empty((chunk, d))
     # sparsemax counts its support each step; without s the other maps iterate in this buffer instead
@@ -238,8 +246,12 @@ def _power_into(t: torch.Tensor, e: float, out: torch.Tensor) -> torch.Tensor:
         torch.rsqrt(t, out=out)
     else:
         torch.pow(t, e, out=out)
-    if e < 0.0:  # α > 2: t^{q−1} has a negative exponent; it is 0 off the support, not inf
-        out.masked_fill_(t == 0, 0.0)
+    if e < 0.0:
+        # α > 2: t^{q−1} has a negative exponent, so t = 0 (off the support) gave +inf; it is 0 there.
+        # Only t = 0 gives +inf unless e < log(max)/log(smallest subnormal) (about −0.86 in float32,
+        # α > 8), where a subnormal t > 0 overflows too and is zeroed with it. One pass, where a boolean
+        # mask and masked_fill_ cost ten times more on a CPU.
+        out.nan_to_num_(nan=math.nan, posinf=0.0)
     return out
 
 
@@ -386,16 +398,17 @@ def _split(lo, hi, relative: bool):
 
 
 def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
-    """Safeguarded Newton–bisection on f for the rows of ``zs`` from ``tau`` inside [``lo``, ``hi``] (f(lo) ≥ 0 > f(hi)).
+    """Safeguarded Newton–bisection for the rows of ``zs`` from ``tau`` inside [``lo``, ``hi``] (f(lo) ≥ 0 > f(hi)).
 
-    Here f is not convex and its slope is infinite at every kink, so plain Newton can stall or cycle: the Newton
-    step is taken only when it lands strictly inside the bracket, otherwise the row bisects (at :func:`_split`).
-    A row stops at |f| ≤ ε (``converged``) or when its bracket has shrunk to rounding, relative to the larger
-    |end| (so a bracket near 0 keeps shrinking: see :func:`_entmax_safeguarded`). Returns ``(τ, Σt^q, converged, lo, hi)``
-    with t = [zs − τ]_+ in ``t_out`` and t^{q−1} in ``w_out``, all at the returned τ.
+    Here h is not convex and its slope is infinite at every kink, so plain Newton can stall or cycle: the Newton
+    step on h is taken only when it lands strictly inside the bracket, otherwise the row bisects (at
+    :func:`_split`). A row stops at |f| ≤ ε (``converged``), when its bracket has shrunk to rounding, relative to
+    the larger |end| (so a bracket near 0 keeps shrinking: see :func:`_entmax_safeguarded`), or, unless
+    ``relative``, when the Newton step cannot move τ at all. Returns ``(τ, Σt^q, converged, lo, hi)`` with
+    t = [zs − τ]_+ in ``t_out`` and t^{q−1} in ``w_out``, all at the returned τ.
 
-    Rows differ a lot here (a few Newton steps, or ~25 when rounding keeps |f| above ε and the bracket must
-    shrink to its resolution), so rows that are done leave the loop as in :func:`_entmax_newton`: once
+    Rows differ a lot here (3–5 Newton steps for most, ~15 for rows whose Newton steps leave the bracket near a
+    kink and bisect), so rows that are done leave the loop as in :func:`_entmax_newton`: once
     :data:`COMPACT_FRACTION` of the active rows are done they are recorded and the rest copied into a compact
     buffer. ``t_out``/``w_out`` serve as the loop's scratch; when rows were dropped, one last pass fills them
     for every row (otherwise the last iteration already did).
@@ -417,8 +430,19 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
         f = sum_q - 1.0
         lo = torch.where(f >= 0, tau, lo)
         hi = torch.where(f < 0, tau, hi)
+        # Newton on h(τ) = ‖t‖_q − 1, which has f's root and sign, rather than on f: h is linear while a single
+        # entry is in the support and nearly so with a few, so rows need fewer steps. The step of
+        # _entmax_newton, (1 − 1/‖t‖_q) Σt^q / Σt^{q−1}, written so that ‖t‖_q = (Σt^q)^{α−1}, which
+        # overflows for large α, gives the step Σt^q / Σt^{q−1} there instead of 0.
+        newton = tau + (1.0 - sum_q.pow(-1.0 / q)) * sum_q / sum_q1.clamp(min=tiny)
         converged = (f.abs() <= eps) | (sum_q == 0)
         done = converged | ((hi - lo) <= ulp * torch.maximum(lo.abs(), hi.abs()) + tiny)
+        if not relative:
+            # Newton cannot move τ although |f| > ε: the step is below half an ulp of τ, so the slope is that
+            # of an entry within rounding of τ* (where t^q has infinite slope). Bisecting on would only bring
+            # the bracket down to the same resolution, in up to ~20 more steps, and such a row is solved
+            # again from that entry anyway (:func:`_entmax_safeguarded`).
+            done |= newton == tau
         if iteration == cap - 1:
             done = torch.ones_like(done)  # at the cap: τ stays where t and Σt^q were evaluated
         n_done = int(done.sum())
@@ -430,11 +454,10 @@ def _safeguarded_tau(zs, q, lo, hi, tau, t_out, w_out, relative=False):
             keep = (~done).view(-1).nonzero().view(-1)
             z_act = z_act.index_select(0, keep)
             active = keep if active is None else active.index_select(0, keep)
-            tau, lo, hi, f, sum_q1 = (v.index_select(0, keep) for v in (tau, lo, hi, f, sum_q1))
+            tau, lo, hi, newton = (v.index_select(0, keep) for v in (tau, lo, hi, newton))
             done = done.new_zeros((n - n_done, 1))  # every kept row is still active
-        new = tau + f / (q * sum_q1).clamp(min=tiny)
-        inside = (new > lo) & (new < hi)  # False for NaN
-        new = torch.where(inside, new, _split(lo, hi, relative))
+        inside = (newton > lo) & (newton < hi)  # False for NaN
+        new = torch.where(inside, newton, _split(lo, hi, relative))
         tau = torch.where(done, tau, new)  # stopped rows stay put, so t and f stay theirs
     tau = final["tau"]
     if active is not None:  # rows were dropped: t_out/w_out hold scratch, not every row's final t
