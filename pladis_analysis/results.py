@@ -1,15 +1,18 @@
 """Tidy result tables with provenance: atomic writes, resumable runs.
 
 Every experiment writes ``<name>.csv`` (one row per measurement) and beside it ``<name>.meta.json`` with
-``git_commit``, ``created``, ``config``, ``seeds``, ``versions``, ``device`` and ``threads``. A rerun
-reads the existing table and skips rows whose key columns are already present; files are written to a
-temporary name and renamed, so a crash never leaves half a file.
+``git_commit``, ``created``, ``config``, ``seeds``, ``versions``, ``device`` and ``threads``. A rerun with the
+same config reads the existing table and skips rows whose key columns are already present (the metadata then
+also names the commits the carried rows came from); a run with another config first moves the existing table
+to ``<name>_history/``, so a ``--quick`` run into ``results/`` never overwrites a full one. Files are written
+to a temporary name and renamed, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+logger = logging.getLogger("pladis_analysis.results")
 
 _PACKAGES = ("torch", "numpy", "scipy", "pandas", "diffusers", "transformers", "entmax", "triton")
 
@@ -144,6 +149,36 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(meta_path(path).read_text())
 
 
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``"field: old → new"`` for each top-level config field that differs (compared as JSON, so a tuple in a
+    dataclass config equals the list read back from disk)."""
+    old, new = _jsonable(old), _jsonable(new)
+
+    def shown(config: dict[str, Any], key: str) -> str:
+        return repr(config[key]) if key in config else "absent"
+
+    return [f"{key}: {shown(old, key)} → {shown(new, key)}" for key in sorted(set(old) | set(new))
+            if key not in old or key not in new or old[key] != new[key]]
+
+
+def archive_table(path: str | os.PathLike) -> Path:
+    """Move a table and its metadata to ``<stem>_history/<stem>_<commit>.csv`` beside it (a numbered name if
+    that exists); returns the new path of the table."""
+    path = Path(path)
+    meta = read_meta(path) if meta_path(path).exists() else {}
+    commit = str(meta.get("git_commit", "unknown"))[:7]
+    history = path.with_name(f"{path.stem}_history")
+    history.mkdir(parents=True, exist_ok=True)
+    target, n = history / f"{path.stem}_{commit}.csv", 1
+    while target.exists():
+        n += 1
+        target = history / f"{path.stem}_{commit}_{n}.csv"
+    if meta_path(path).exists():
+        os.replace(meta_path(path), meta_path(target))
+    os.replace(path, target)
+    return target
+
+
 class ResultsTable:
     """A results table that resumes: rows whose key columns already exist on disk are not recomputed.
 
@@ -152,6 +187,12 @@ class ResultsTable:
     ...     if table.has(map=..., shape=...): continue
     ...     table.add({"map": ..., "shape": ..., "ms": ...})
     ...     table.flush()          # atomic; safe to interrupt after any flush
+
+    Rows are resumed only from a table written with an equal ``config``. A table on disk with another config
+    is moved to ``<stem>_history/`` first (with a WARNING on the ``pladis_analysis.results`` logger naming
+    the changed fields), not overwritten; ``resume=False`` recomputes everything and replaces the table.
+    Resumption is keyed on the config alone: an experiment whose rows gain a column should add or bump a
+    ``table_version`` field of its config, so that tables without the column are not resumed.
     """
 
     def __init__(self, path: str | os.PathLike, keys: list[str], config: dict[str, Any] | None = None,
@@ -162,11 +203,20 @@ class ResultsTable:
         self.seeds = list(seeds) if seeds is not None else []
         self.device = device
         self.rows: list[dict[str, Any]] = []
+        self.carried_from: list[str] = []  # commits that wrote the rows read back from disk
+        self.added = 0  # rows computed by this run
         if resume and self.path.exists():
             old_meta = read_meta(self.path) if meta_path(self.path).exists() else {}
-            # Compare through JSON so tuples in a dataclass config equal the lists read back from disk.
-            if _jsonable(old_meta.get("config", self.config)) == _jsonable(self.config):
+            changes = config_changes(old_meta.get("config", self.config), self.config)
+            if changes:
+                moved = archive_table(self.path)
+                logger.warning("%s was written with another config (%s); moved it to %s and starting afresh",
+                               self.path, "; ".join(changes), moved)
+            else:
                 self.rows = read_table(self.path).to_dict("records")
+                if self.rows:
+                    earlier = old_meta.get("rows_from_commits") or [old_meta.get("git_commit", "unknown")]
+                    self.carried_from = sorted(set(map(str, earlier)))
         self._done = {self._key(r) for r in self.rows}
 
     def _key(self, row: dict[str, Any]) -> tuple:
@@ -180,11 +230,15 @@ class ResultsTable:
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(dict(row))
+        self.added += 1
         self._done.add(self._key(row))
 
     def dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
 
     def flush(self, **extra_meta: Any) -> Path:
-        return write_table(self.dataframe(), self.path,
-                           provenance(self.config, self.seeds, self.device, **extra_meta))
+        meta = provenance(self.config, self.seeds, self.device, **extra_meta)
+        if self.carried_from:  # rows read back from disk came from earlier runs, possibly at other commits
+            this_run = {meta["git_commit"]} if self.added else set()
+            meta["rows_from_commits"] = sorted(set(self.carried_from) | this_run)
+        return write_table(self.dataframe(), self.path, meta)

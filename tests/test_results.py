@@ -30,14 +30,62 @@ def test_table_flush_records_the_required_provenance(tmp_path):
     assert meta["seeds"] == [3] and meta["versions"]["torch"]
 
 
-def test_rerun_resumes_rows_and_a_changed_config_starts_afresh(tmp_path):
+def test_rerun_resumes_rows_and_a_changed_config_starts_afresh(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "aaaaaaa1")
     t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))
     t.add({"k": 1, "v": 0.5})
     t.flush()
+    assert "rows_from_commits" not in json.loads(meta_path(tmp_path / "r.csv").read_text())
+
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "bbbbbbb2")
     again = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))  # tuples vs JSON lists
     assert again.has(k=1) and not again.has(k=2)
-    changed = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg(sizes=(3,))))
+    again.add({"k": 2, "v": 0.25})
+    again.flush()
+    meta = json.loads(meta_path(tmp_path / "r.csv").read_text())
+    assert meta["git_commit"] == "bbbbbbb2" and meta["rows_from_commits"] == ["aaaaaaa1", "bbbbbbb2"]
+
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "ccccccc3")
+    with caplog.at_level("WARNING", logger="pladis_analysis.results"):
+        changed = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg(sizes=(3,))))
     assert not changed.has(k=1)
+    assert "sizes: [1, 2] → [3]" in caplog.text
+    # the table of the other config was moved aside, not overwritten
+    moved = tmp_path / "r_history" / "r_bbbbbbb.csv"
+    assert not (tmp_path / "r.csv").exists() and read_table(moved)["k"].tolist() == [1, 2]
+    assert json.loads(meta_path(moved).read_text())["rows_from_commits"] == ["aaaaaaa1", "bbbbbbb2"]
+    changed.add({"k": 3, "v": 1.0})
+    changed.flush()
+    assert "rows_from_commits" not in json.loads(meta_path(tmp_path / "r.csv").read_text())
+
+
+def test_resume_without_new_rows_names_only_the_commits_that_wrote_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "aaaaaaa1")
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))
+    t.add({"k": 1, "v": 0.5})
+    t.flush()
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "bbbbbbb2")
+    ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg())).flush()
+    assert json.loads(meta_path(tmp_path / "r.csv").read_text())["rows_from_commits"] == ["aaaaaaa1"]
+
+
+def test_a_second_archive_of_the_same_commit_gets_a_new_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLADIS_GIT_COMMIT", "aaaaaaa1")
+    for sizes in ((1,), (2,), (3,)):
+        t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg(sizes=sizes)))
+        t.add({"k": sizes[0]})
+        t.flush()
+    history = sorted(p.name for p in (tmp_path / "r_history").glob("*.csv"))
+    assert history == ["r_aaaaaaa.csv", "r_aaaaaaa_2.csv"]
+    assert read_table(tmp_path / "r_history" / "r_aaaaaaa_2.csv")["k"].tolist() == [2]
+
+
+def test_no_resume_replaces_the_table_in_place(tmp_path):
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg()))
+    t.add({"k": 1})
+    t.flush()
+    fresh = ResultsTable(tmp_path / "r.csv", keys=["k"], config=asdict(_Cfg(sizes=(3,))), resume=False)
+    assert not fresh.has(k=1) and not (tmp_path / "r_history").exists()
 
 
 def test_errors_name_the_problem(tmp_path):
