@@ -7,10 +7,13 @@ For every shape, device and mode (``forward``; ``forward_backward`` = forward, t
 cotangent) it times, interleaved within each repeat, median of ``repeats`` samples after ``warmup`` calls:
 
 * ``torch.softmax`` — the baseline every row is divided by (``x_torch_softmax``);
-* ours (``impl = pladis_analysis``): softmax, sparsemax, entmax15, entmax α = 1.25 and α = 3, PLADIS
+* ours (``impl = pladis_analysis``): softmax, sparsemax, entmax15, entmax α = 1.25, 1.75 and 3, PLADIS
   (λ = 2, α = 1.5);
-* the ``entmax`` package: ``sparsemax``, ``entmax15``, ``entmax_bisect`` (α = 1.25 and 3, its default 50
+* the ``entmax`` package: ``sparsemax``, ``entmax15``, ``entmax_bisect`` (α = 1.25, 1.75 and 3, its default 50
   bisection steps) and PLADIS as the public ports compute it, ``(1 − λ) torch.softmax + λ entmax.entmax15``.
+
+α = 1.25 has an integer exponent q = 1/(α − 1) = 4, so the search's powers t^{q−1} are products; α = 1.75
+(q = 4/3) stands for every other α ≤ 2, whose powers call ``torch.pow``.
 
 Each of our rows names its counterpart (torch.softmax for softmax, the package for the others) and carries
 ``speedup_vs_counterpart`` = counterpart median / our median and the largest absolute difference between
@@ -54,6 +57,7 @@ FULL_SHAPES = ((16, 4096, 77), (16, 1024, 300))  # SD-style cross-attention: (B�
 QUICK_SHAPES = ((2, 128, 77), (2, 32, 300))
 MODES = ("forward", "forward_backward")
 PLADIS_SCALE, PLADIS_ALPHA, GENERAL_ALPHA = 2.0, 1.5, 1.25
+NON_INTEGER_ALPHA = 1.75  # q = 4/3: the search takes torch.pow, where α = 1.25 (q = 4) multiplies
 # α > 2 takes a different search (safeguarded Newton–bisection, plus a second search next to tied scores): timed too.
 ABOVE_TWO_ALPHA = 3.0
 
@@ -122,6 +126,7 @@ REFERENCES: dict[str, Callable] = {
     "sparsemax": reference.sparsemax,
     "entmax15": reference.entmax15,
     "entmax(1.25)": lambda z: reference.entmax(z, GENERAL_ALPHA),
+    "entmax(1.75)": lambda z: reference.entmax(z, NON_INTEGER_ALPHA),
     "entmax(3)": lambda z: reference.entmax(z, ABOVE_TWO_ALPHA),
     "pladis(2, 1.5)": lambda z: reference.pladis_weights(z, PLADIS_SCALE, PLADIS_ALPHA),
 }
@@ -144,6 +149,10 @@ def methods() -> list[Method]:
                lambda z: maps.entmax(z, GENERAL_ALPHA), "pkg:entmax_bisect(1.25)"),
         Method("pkg:entmax_bisect(1.25)", "entmax(1.25)", "entmax package",
                lambda z: entmax_pkg.entmax_bisect(z, GENERAL_ALPHA, dim=-1)),
+        Method("ours:entmax(1.75)", "entmax(1.75)", "pladis_analysis",
+               lambda z: maps.entmax(z, NON_INTEGER_ALPHA), "pkg:entmax_bisect(1.75)"),
+        Method("pkg:entmax_bisect(1.75)", "entmax(1.75)", "entmax package",
+               lambda z: entmax_pkg.entmax_bisect(z, NON_INTEGER_ALPHA, dim=-1)),
         Method("ours:entmax(3)", "entmax(3)", "pladis_analysis",
                lambda z: maps.entmax(z, ABOVE_TWO_ALPHA), "pkg:entmax_bisect(3)"),
         Method("pkg:entmax_bisect(3)", "entmax(3)", "entmax package",

@@ -139,7 +139,8 @@ def plot_bench_maps(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     implementation, one panel per (device, shape) and mode; log scale, lower is faster."""
     df = _load(table).copy()
     df["panel"] = df["device"].astype(str) + "  [" + df["shape"].astype(str).str.replace("x", ", ") + "]"
-    maps_drawn = ("softmax", "sparsemax", "entmax15", "entmax(1.25)", "entmax(3)", "pladis(2, 1.5)")
+    maps_drawn = ("softmax", "sparsemax", "entmax15", "entmax(1.25)", "entmax(1.75)", "entmax(3)",
+                  "pladis(2, 1.5)")
     order = [m for m in maps_drawn if m in set(df["map"])]
     impls = [i for i in ("torch.softmax", "pladis_analysis", "entmax package") if i in set(df["impl"])]
     grid = sns.catplot(data=df, x="map", y="x_torch_softmax", hue="impl", col="panel", row="mode", kind="bar",
