@@ -108,7 +108,8 @@ def test_agrees_with_the_entmax_package(scale):
 
 
 def _entmax_mpmath(row: np.ndarray, alpha: float, digits: int = 60) -> np.ndarray:
-    """α-entmax of one row by bisection in ``digits``-digit arithmetic: τ to ~1e-55, far below any float64 weight."""
+    """α-entmax of one row by bisection in ``digits``-digit arithmetic: τ to ~10^−digits, far below any float64
+    weight when ``digits`` exceeds the decimal exponent of the smallest t* by a margin."""
     import mpmath
 
     with mpmath.workdps(digits):
@@ -141,6 +142,21 @@ def test_weights_next_to_a_tied_group_match_60_digit_arithmetic(alpha):
     group_weight = truth[:, 1].max()
     assert group_weight > 0 and truth[:, 1].min() == 0, "the rows should span in-support and one-hot groups"
     np.testing.assert_allclose(ours, truth, rtol=1e-9, atol=1e-15)
+
+
+@pytest.mark.parametrize("alpha", [9.0, 12.0, 20.0])
+def test_weights_next_to_a_tied_group_at_large_alpha_match_high_precision(alpha):
+    """At large α the tied group's t* ≈ (δ/k)^{α−1} is tiny (1e-133 at α = 20, δ = 1e-7): the re-centred
+    bisection must keep halving until its bracket reaches float64's spacing there, hundreds of halvings past the
+    ~55 a τ near −1 needs (capped at 200 halvings, the reference was 1e-6 off at α = 12 and 8e-4 at α = 20 here)."""
+    pytest.importorskip("mpmath", reason="mpmath (a dependency of torch's sympy) gives the high-precision truth")
+    from pladis_analysis.testing import tied_group_rows
+
+    rows = tied_group_rows(alpha, margins=[1e-4, 1e-7], group_sizes=[1, 5], length=24)
+    digits = int(30 + 8 * (alpha - 1.0))  # resolves t* down to (1e-8)^{α−1} with 30 digits to spare
+    truth = np.stack([_entmax_mpmath(row, alpha, digits=digits) for row in rows])
+    assert truth[:, 1].min() > 0, "the margins should put the tied group in the support"
+    np.testing.assert_allclose(R.entmax(rows, alpha), truth, rtol=1e-9, atol=1e-15)
 
 
 def test_softmax_agrees_with_scipy():

@@ -55,8 +55,12 @@ __all__ = [
 #: so ≤ 1.1e-16), because for α > 2 a weight is only Hölder in τ (p = t^{1/(α−1)}): an entry with
 #: t ≈ 1e-7 loses ~1e-9 of accuracy to a τ error of 1e-12, but only ~1e-13 to one of 1e-16.
 BISECTION_TOL = 1e-12
-# ~55 halvings reach adjacent floats for τ in [-1, -1e-3]; smaller |τ| (large α, long rows) need a few more.
-_BISECTION_MAX_ITER = 200
+# The loop stops as soon as every bracket spans adjacent floats: ~55 halvings for τ in [-1, -1e-3]. The cap only
+# has to let that happen everywhere. The re-centred search (α > 2) starts from a bracket of width 2e-12 around a
+# τ_w that can be as small as the t* ≈ (δ/k)^{α−1} of a group tied δ under the one-hot gap: 1e-133 at α = 20,
+# δ = 1e-7, whose adjacent floats (spacing ~1e-149) are ~460 halvings away; a cap of 200 left weights up to 1e-5
+# off at α = 12. 1100 halvings reach adjacent floats from width 2 anywhere in float64's range, subnormals included.
+_BISECTION_MAX_ITER = 1100
 
 
 # --------------------------------------------------------------------------------------------------
