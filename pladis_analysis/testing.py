@@ -88,6 +88,32 @@ def tied_group_rows(alpha: float, margins, group_sizes, length: int, seed: int =
     return np.asarray(rows, dtype=np.float32).astype(np.float64)
 
 
+def entmax_high_precision(row, alpha: float, digits: int = 60) -> np.ndarray:
+    """α-entmax of one score row (read as exact binary floats) by bisection in ``digits``-digit arithmetic
+    (mpmath), rounded to float64 at the end: the truth against which the float64 reference itself is checked.
+
+    τ is resolved to ~10^−digits. For α > 2 a weight next to the threshold is t^{1/(α−1)} with t as small as
+    (δ/k)^{α−1} (:func:`tied_group_rows`), so ``digits`` must exceed that t's decimal exponent by a margin:
+    ``30 + 8(α − 1)`` covers margins δ/k down to 1e-8.
+    """
+    import mpmath   # a dependency of sympy, which torch requires
+
+    row = [float(v) for v in np.asarray(row, dtype=np.float64).ravel()]
+    with mpmath.workdps(digits):
+        a = mpmath.mpf(alpha)
+        q = 1 / (a - 1)
+        top = max(row)
+        x = [(a - 1) * (mpmath.mpf(v) - mpmath.mpf(top)) for v in row]
+        lo, hi = mpmath.mpf(-1), mpmath.mpf(0)
+        for _ in range(digits * 4):   # 2^−4·digits < 10^−digits: to the working precision
+            mid = (lo + hi) / 2
+            if sum(max(v - mid, 0) ** q for v in x) >= 1:
+                lo = mid
+            else:
+                hi = mid
+        return np.array([float(max(v - lo, 0) ** q) for v in x])
+
+
 def edge_weight_rows(length: int, edge_weights=(1e-2, 1e-4, 1e-6, 1e-8), support: int = 4,
                      seed: int = 0) -> np.ndarray:
     """Weight rows (float64, each summing to 1) with one support entry of tiny weight: one row per edge weight.

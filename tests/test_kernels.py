@@ -665,6 +665,12 @@ def test_dispatch_reasons_on_cpu():
         dispatch.choose_attention_backend(q, k, k, backend="triton")
     with pytest.raises(ValueError, match="head dim"):
         dispatch.choose_attention_backend(big, big, big, backend="triton")
+    # α above FLOAT32_MAX_ALPHA: the float32 kernels would lose weights next to the threshold
+    with pytest.raises(ValueError, match="alpha=8.0 > 6.0: the kernels search in float32"):
+        dispatch.choose_map_backend(z, "pladis", alpha=8.0, backend="triton")
+    with pytest.raises(ValueError, match="alpha=6.5 > 6.0"):
+        dispatch.choose_attention_backend(q, q, q, map_name="entmax", alpha=6.5, backend="triton")
+    assert dispatch.choose_map_backend(z, "entmax", alpha=6.0, backend="triton")[0] == "triton"
     # float32 at the largest shape: the kernel stages key/value chunks (≤ 68 KiB of shared memory compiled,
     # results/kernel_builds.csv), so nothing static refuses it; a GPU with less shared memory fails the launch
     # (a build failure: see the tests below).

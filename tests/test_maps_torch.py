@@ -297,6 +297,24 @@ def test_entmax_large_alpha_on_long_rows_of_close_scores(alpha, dtype):
     assert_close(maps.entmax(z, alpha), R.entmax(z.to(torch.float64).numpy(), alpha), name=f"alpha={alpha}")
 
 
+@pytest.mark.parametrize("alpha", [7.0, 9.0, 20.0])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_alpha_next_to_a_tied_group_computes_in_float64(alpha, dtype):
+    """Above FLOAT32_MAX_ALPHA the tied group's t* ≈ (δ/k)^{α−1} underflows float32 (1e-49 at α = 7,
+    δ = 1e-7, k = 50): a float32 search left weights 2e-5 (α = 7) to 0.05 (α = 20) off. The maps compute such
+    α in float64 whatever the input dtype and meet the input dtype's tolerance. (Not the gradients: the Jacobian
+    there holds s = t*^{q−1}, 1e43 at α = 7, beyond any low-precision dtype's range or meaning.)"""
+    from pladis_analysis.testing import tied_group_rows
+
+    assert _threshold.working_dtype(dtype, alpha) == torch.float64
+    assert _threshold.working_dtype(torch.float32, _threshold.FLOAT32_MAX_ALPHA) == torch.float32
+    rows = tied_group_rows(alpha, [10.0**e for e in (-7, -5, -3)] + [-1e-6], [1, 5, 50], 80, seed=2)
+    z = torch.from_numpy(rows).to(dtype)
+    x = z.to(torch.float64).numpy()
+    assert_close(maps.entmax(z, alpha), R.entmax(x, alpha), name=f"entmax alpha={alpha}")
+    assert_close(maps.pladis_weights(z, 2.0, alpha), R.pladis_weights(x, 2.0, alpha), name=f"pladis alpha={alpha}")
+
+
 @pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_entmax_above_two_rows_leave_the_search_in_any_order(alpha, dtype):

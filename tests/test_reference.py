@@ -107,25 +107,6 @@ def test_agrees_with_the_entmax_package(scale):
         np.testing.assert_allclose(R.entmax(z, alpha), theirs, rtol=0, atol=1e-9)
 
 
-def _entmax_mpmath(row: np.ndarray, alpha: float, digits: int = 60) -> np.ndarray:
-    """α-entmax of one row by bisection in ``digits``-digit arithmetic: τ to ~10^−digits, far below any float64
-    weight when ``digits`` exceeds the decimal exponent of the smallest t* by a margin."""
-    import mpmath
-
-    with mpmath.workdps(digits):
-        q = 1 / (mpmath.mpf(alpha) - 1)
-        top = max(row)
-        x = [(mpmath.mpf(alpha) - 1) * (mpmath.mpf(v) - mpmath.mpf(top)) for v in row]
-        lo, hi = mpmath.mpf(-1), mpmath.mpf(0)
-        for _ in range(digits * 4):
-            mid = (lo + hi) / 2
-            if sum(max(v - mid, 0) ** q for v in x) >= 1:
-                lo = mid
-            else:
-                hi = mid
-        return np.array([float(max(v - lo, 0) ** q) for v in x])
-
-
 @pytest.mark.parametrize("alpha", [2.5, 3.0, 4.0])
 def test_weights_next_to_a_tied_group_match_60_digit_arithmetic(alpha):
     """For α > 2 a weight is t^{1/(α−1)}, infinitely steep at t = 0: with a leading score just under the one-hot gap
@@ -133,12 +114,11 @@ def test_weights_next_to_a_tied_group_match_60_digit_arithmetic(alpha):
     near −1, and a bisection on [−1, 0] alone rounds the group's weights away (ℓ1 error 1.4e-4 on such a row of
     the bundled model at α = 4). The reference re-solves relative to the nearest score and matches arithmetic
     at 60 digits."""
-    pytest.importorskip("mpmath", reason="mpmath (a dependency of torch's sympy) gives the 60-digit truth")
-    from pladis_analysis.testing import tied_group_rows
+    from pladis_analysis.testing import entmax_high_precision, tied_group_rows
 
     rows = tied_group_rows(alpha, margins=[3e-2, 1e-4, 1e-6, -1e-6], group_sizes=[1, 22, 60], length=64)
     ours = R.entmax(rows, alpha)
-    truth = np.stack([_entmax_mpmath(row, alpha) for row in rows])
+    truth = np.stack([entmax_high_precision(row, alpha) for row in rows])
     group_weight = truth[:, 1].max()
     assert group_weight > 0 and truth[:, 1].min() == 0, "the rows should span in-support and one-hot groups"
     np.testing.assert_allclose(ours, truth, rtol=1e-9, atol=1e-15)
@@ -149,12 +129,11 @@ def test_weights_next_to_a_tied_group_at_large_alpha_match_high_precision(alpha)
     """At large α the tied group's t* ≈ (δ/k)^{α−1} is tiny (1e-133 at α = 20, δ = 1e-7): the re-centred
     bisection must keep halving until its bracket reaches float64's spacing there, hundreds of halvings past the
     ~55 a τ near −1 needs (capped at 200 halvings, the reference was 1e-6 off at α = 12 and 8e-4 at α = 20 here)."""
-    pytest.importorskip("mpmath", reason="mpmath (a dependency of torch's sympy) gives the high-precision truth")
-    from pladis_analysis.testing import tied_group_rows
+    from pladis_analysis.testing import entmax_high_precision, tied_group_rows
 
     rows = tied_group_rows(alpha, margins=[1e-4, 1e-7], group_sizes=[1, 5], length=24)
     digits = int(30 + 8 * (alpha - 1.0))  # resolves t* down to (1e-8)^{α−1} with 30 digits to spare
-    truth = np.stack([_entmax_mpmath(row, alpha, digits=digits) for row in rows])
+    truth = np.stack([entmax_high_precision(row, alpha, digits=digits) for row in rows])
     assert truth[:, 1].min() > 0, "the margins should put the tied group in the support"
     np.testing.assert_allclose(R.entmax(rows, alpha), truth, rtol=1e-9, atol=1e-15)
 

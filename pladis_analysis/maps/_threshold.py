@@ -1,7 +1,8 @@
 """The maths of the torch path: thresholds, forward maps and closed-form Jacobian-vector products.
 
-Everything here works on the LAST dimension of a tensor that is already in the working dtype
-(float32, or float64 for float64 inputs); :mod:`.functions` handles dtypes, devices and autograd.
+Everything here works on the LAST dimension of a tensor that is already in the working dtype (float32;
+float64 for float64 inputs and for α above :data:`FLOAT32_MAX_ALPHA`); :mod:`.functions` handles dtypes,
+devices and autograd.
 
 All maps are computed in the shifted and scaled space used by Peters, Niculae & Martins (2019):
 
@@ -66,6 +67,14 @@ SUM_TOLERANCE: dict[torch.dtype, float] = {torch.float32: 2.0**-21, torch.float6
 # general α).
 MAX_ITERATIONS = 64
 
+# Above this α a float32 search cannot hold every weight: an entry tied (with k others) δ under the one-hot gap
+# has t* ≈ (δ/k)^{α−1} and weight ≈ δ/k, and for a δ of one float32 ulp of the scores (~1e-8) that t* falls
+# under float32's smallest subnormal (1.4e-45) once α − 1 ≳ 5.6, so such weights round to 0 or to a few bits.
+# Measured on such rows (results/large_alpha_precision.csv): worst float32 error ~2e-6 up to α = 6, then 2e-5 at
+# α = 7 and 2e-4 at α = 8; float64 holds ~4e-13 up to α = 20. Maps above it compute in float64 (working_dtype),
+# and the float32 kernels hand such α to this path (kernels.dispatch).
+FLOAT32_MAX_ALPHA = 6.0
+
 
 # --------------------------------------------------------------------------------------------------
 # validation
@@ -121,9 +130,12 @@ def check_scores(z, dim) -> int:
     return dim % z.dim()
 
 
-def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; everything else is computed in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def working_dtype(dtype: torch.dtype, alpha: float | None = None) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32, except α-entmax (and PLADIS) above
+    :data:`FLOAT32_MAX_ALPHA`, which is computed in float64 whatever the input dtype."""
+    if dtype == torch.float64 or (alpha is not None and alpha > FLOAT32_MAX_ALPHA):
+        return torch.float64
+    return torch.float32
 
 
 def row_max(x: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 Each map's forward and backward are plain functions first (``*_parts``, ``*_vjp``), which the Functions wrap and
 the backward of the compiled maps' operator (:mod:`.operators`) calls directly.
 
-Each Function acts on the last dimension, upcasts to the working dtype (float32, or float64) inside and
-returns the input dtype. The backward pass is the closed-form Jacobian-vector product (the Jacobians are
+Each Function acts on the last dimension, upcasts to the working dtype (float32; float64 for float64 input and
+for α above :data:`._threshold.FLOAT32_MAX_ALPHA`) inside and returns the input dtype. The backward pass is the closed-form Jacobian-vector product (the Jacobians are
 symmetric), never autograd through the threshold search. Each Function takes a trailing
 ``need_support`` flag and returns ``(p, support_size)``, the support size (non-differentiable) being an
 empty tensor unless asked for.
@@ -100,7 +100,7 @@ class EntmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, alpha: float, need_support: bool = False):
-        p, support, saved = entmax_parts(z.to(th.working_dtype(z.dtype)), alpha, need_support,
+        p, support, saved = entmax_parts(z.to(th.working_dtype(z.dtype, alpha)), alpha, need_support,
                                          need_grad=ctx.needs_input_grad[0])
         ctx.save_for_backward(*saved)
         ctx.alpha = alpha
@@ -121,7 +121,7 @@ class PladisFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, scale: float, alpha: float, need_support: bool = False):
-        A, support, saved = pladis_parts(z.to(th.working_dtype(z.dtype)), scale, alpha, need_support,
+        A, support, saved = pladis_parts(z.to(th.working_dtype(z.dtype, alpha)), scale, alpha, need_support,
                                          need_grad=ctx.needs_input_grad[0])
         ctx.save_for_backward(*saved)
         ctx.scale, ctx.alpha = scale, alpha

@@ -69,7 +69,7 @@ def _(z, function, a, b, backend):
 def map_backward_operator(z: torch.Tensor, grad: torch.Tensor, function: str, a: float, b: float) -> torch.Tensor:
     """J grad (J is symmetric) of the map at ``z``, its saved tensors recomputed on the torch path."""
     ops, scalars = _MAPS[function], _scalars(function, a, b)
-    work = th.working_dtype(z.dtype)
+    work = th.working_dtype(z.dtype, scalars[-1] if scalars else None)   # α is each map's last scalar
     _, _, saved = ops.parts(z.to(work), *scalars, need_grad=True)
     return ops.vjp(saved, *scalars, grad.to(work)).to(grad.dtype).contiguous()
 

@@ -861,7 +861,9 @@ def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     ``pladis_scale`` is λ (0 gives softmax attention, 1 entmax attention); ``score_scale`` multiplies q kᵀ
     (default 1/√d). With ``return_stats=True`` returns ``(out, stats)`` with per-row statistics named by
     :data:`STAT_NAMES` (no gradient flows through ``stats``; ``tsallis_alpha`` is the order of their Tsallis
-    entropies). Differentiable in q, k, v.
+    entropies). Differentiable in q, k, v. The search is in float32: above α = 6 (``FLOAT32_MAX_ALPHA``) it
+    loses the weights of keys tied just under the one-hot gap; ``pladis_attention`` hands such α to the torch
+    path, which computes them in float64.
     """
     pladis_scale = check_scale(pladis_scale, "pladis_scale")
     alpha = float(alpha)

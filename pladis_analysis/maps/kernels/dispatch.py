@@ -3,7 +3,8 @@
 ``backend`` is one of:
 
 * ``"auto"`` (default everywhere): the kernels on CUDA tensors whose dtype and shape fit, the torch path
-  otherwise. Every fallback has a reason (``triton`` not importable, no CUDA tensor, dtype, shape) that
+  otherwise. Every fallback has a reason (``triton`` not importable, no CUDA tensor, dtype, shape, an α above
+  ``FLOAT32_MAX_ALPHA`` = 6, where float32 registers lose weights next to the threshold) that
   :func:`choose_map_backend` / :func:`choose_attention_backend` return and that is logged at DEBUG level on
   the ``pladis_analysis.kernels`` logger. CPU tensors always take the torch path under ``"auto"``: the
   Triton interpreter is a testing tool, far slower than torch on CPU.
@@ -37,6 +38,7 @@ from functools import lru_cache
 import torch
 
 from .._shapes import broadcast_shapes
+from .._threshold import FLOAT32_MAX_ALPHA
 from .build_failures import KernelBuildError
 
 logger = logging.getLogger("pladis_analysis.kernels")
@@ -159,8 +161,8 @@ def choose_map_backend(z: torch.Tensor, map_name: str, *, dim: int = -1, alpha: 
     reason = _device_reason((z,), backend)
     if reason is None:
         reason = _dtype_reason(z.dtype)
-    if reason is None and (not math.isfinite(alpha) or alpha <= 1.0):
-        reason = f"alpha={alpha!r} is not a finite number > 1"
+    if reason is None:
+        reason = _alpha_reason(alpha)
     if reason is None and z.dim() > 0:
         from .entmax_rowwise import MAX_ROW_LENGTH
 
@@ -174,6 +176,15 @@ def choose_map_backend(z: torch.Tensor, map_name: str, *, dim: int = -1, alpha: 
     if reason is None:
         reason = _build_failure(_map_signature(z, alpha, dim), backend, what)
     return _decide(reason, backend, what)
+
+
+def _alpha_reason(alpha: float) -> str | None:
+    if not math.isfinite(alpha) or alpha <= 1.0:
+        return f"alpha={alpha!r} is not a finite number > 1"
+    if alpha > FLOAT32_MAX_ALPHA:
+        return (f"alpha={alpha!r} > {FLOAT32_MAX_ALPHA}: the kernels search in float32, which loses the weights of "
+                f"entries tied next to the threshold at such α (the torch path computes it in float64)")
+    return None
 
 
 def _dtype_reason(dtype: torch.dtype) -> str | None:
@@ -213,8 +224,8 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         reason = f"mixed dtypes q={q.dtype}, k={k.dtype}, v={v.dtype}"
     if reason is None:
         reason = _dtype_reason(q.dtype)
-    if reason is None and (not math.isfinite(alpha) or alpha <= 1.0):
-        reason = f"alpha={alpha!r} is not a finite number > 1"
+    if reason is None:
+        reason = _alpha_reason(alpha)
     if reason is None:
         from .cross_attention import MAX_HEAD_DIM, MAX_KEYS
 

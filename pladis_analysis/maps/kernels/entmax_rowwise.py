@@ -719,7 +719,9 @@ def entmax_rowwise(z: torch.Tensor, alpha: float = 1.5, dim: int = -1, *,
     """α-entmax along ``dim`` by the row-wise Triton kernel, differentiable.
 
     Float32 inside; the result has ``z``'s dtype. ``−inf`` entries get zero weight; all-``−inf`` rows give
-    zeros. No input validation beyond α (the public maps validate before dispatching here).
+    zeros. No input validation beyond α (the public maps validate before dispatching here). Above α = 6
+    (``FLOAT32_MAX_ALPHA``) float32 loses the weights of entries tied just under the one-hot gap; the public
+    maps hand such α to the torch path, which computes them in float64.
     ``torch_backward_on_failure``: see :class:`EntmaxRowwise` (the dispatch sets it under ``auto``).
     """
     return EntmaxRowwise.apply(z, check_alpha(alpha), dim, torch_backward_on_failure)
