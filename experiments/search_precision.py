@@ -14,8 +14,9 @@ k ∈ {1, 5, 50} in rows of 80 scores (float32 values), three seeds. Comparisons
 * ``float32 search``, ``float64 search``: the torch search in that working dtype against the reference;
 * ``reference``: the reference against mpmath at 30 + 8(α − 1) digits (seed 0, δ ∈ {1e-7, 1e-4}).
 
-Columns: ``max_abs_error`` (ℓ∞ over the row) and ``l1_error``; ``group_weight`` is the reference's weight of one
-tied entry. One row per (α, comparison, margin, group, seed).
+Columns: ``max_abs_error`` (ℓ∞ over the row), ``l1_error``, ``within_tolerance`` (every weight within the
+tolerance table's entry for the search's dtype, float64's for the reference); ``group_weight`` is the reference's
+weight of one tied entry. One row per (α, comparison, margin, group, seed).
 
     python experiments/search_precision.py           # writes results/search_precision.csv (+ .meta.json)
     python experiments/search_precision.py --quick   # three α, one seed (tests)
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from pladis_analysis.maps import _threshold
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.results import ResultsTable
-from pladis_analysis.testing import entmax_high_precision, tied_group_rows
+from pladis_analysis.testing import entmax_high_precision, tied_group_rows, tolerance
 
 WORKING_DTYPES = {"float32 search": torch.float32, "float64 search": torch.float64}
 
@@ -69,9 +70,12 @@ class Config:
         return asdict(self)
 
 
-def _errors(weights: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _errors(weights: np.ndarray, truth: np.ndarray, dtype: torch.dtype = torch.float64):
+    """Per row: ℓ∞ and ℓ1 error, and whether every weight is within ``dtype``'s entry of the tolerance table."""
     diff = np.abs(weights - truth)                                                      # (rows, length)
-    return diff.max(axis=-1), diff.sum(axis=-1)
+    tol = tolerance(dtype)
+    within = (diff <= tol["atol"] + tol["rtol"] * np.abs(truth)).all(axis=-1)
+    return diff.max(axis=-1), diff.sum(axis=-1), within
 
 
 def run(config: Config, out: Path) -> Path:
@@ -90,20 +94,21 @@ def run(config: Config, out: Path) -> Path:
             for comparison, dtype in WORKING_DTYPES.items():
                 # the search itself, in this working dtype (the public maps would pick float64 above the limit)
                 weights, _, _ = _threshold.entmax_forward(torch.from_numpy(rows).to(dtype), alpha, need_s=False)
-                max_abs, l1 = _errors(weights.double().numpy(), truth)
-                for (margin, group), e_max, e_l1, w in zip(labels, max_abs, l1, truth[:, 1]):
+                max_abs, l1, within = _errors(weights.double().numpy(), truth, dtype)
+                for (margin, group), e_max, e_l1, ok, w in zip(labels, max_abs, l1, within, truth[:, 1]):
                     table.add(dict(alpha=alpha, comparison=comparison, margin=margin, group=group, seed=seed,
-                                   max_abs_error=float(e_max), l1_error=float(e_l1), group_weight=float(w)))
+                                   max_abs_error=float(e_max), l1_error=float(e_l1), within_tolerance=bool(ok),
+                                   group_weight=float(w)))
             if seed == config.seeds[0]:
                 digits = int(30 + 8 * (alpha - 1.0))
                 for i, (margin, group) in enumerate(labels):
                     if margin <= 0 or not np.isclose(np.log10(margin), config.high_precision_log_margins).any():
                         continue
                     exact = entmax_high_precision(rows[i], alpha, digits=digits)
-                    max_abs, l1 = _errors(truth[i : i + 1], exact[None])
+                    max_abs, l1, within = _errors(truth[i : i + 1], exact[None])
                     table.add(dict(alpha=alpha, comparison="reference", margin=margin, group=group, seed=seed,
                                    max_abs_error=float(max_abs[0]), l1_error=float(l1[0]),
-                                   group_weight=float(exact[1])))
+                                   within_tolerance=bool(within[0]), group_weight=float(exact[1])))
             table.flush()   # a checkpoint per (α, seed): an interrupted run resumes from here
     return table.flush()
 
@@ -115,6 +120,9 @@ def summarise(path: Path) -> None:
     worst = df.pivot_table(index="alpha", columns="comparison", values="max_abs_error", aggfunc="max")
     print(f"worst |weight error| per α (float32 maps run in float64 above α = {_threshold.FLOAT32_MAX_ALPHA}):")
     print(worst.to_string(float_format=lambda x: f"{x:.2g}"))
+    within = df.pivot_table(index="alpha", columns="comparison", values="within_tolerance", aggfunc="mean")
+    print("share of rows within the tolerance table:")
+    print(within.to_string(float_format=lambda x: f"{x:.3f}"))
 
 
 def main(argv: list[str] | None = None) -> Path:
