@@ -96,7 +96,7 @@ def entmax_high_precision(row, alpha: float, digits: int = 60) -> np.ndarray:
     (δ/k)^{α−1} (:func:`tied_group_rows`), so ``digits`` must exceed that t's decimal exponent by a margin:
     ``30 + 8(α − 1)`` covers margins δ/k down to 1e-8.
     """
-    import mpmath   # a dependency of sympy, which torch requires
+    import mpmath   # a dev dependency (and one of sympy's, which torch requires)
 
     row = [float(v) for v in np.asarray(row, dtype=np.float64).ravel()]
     with mpmath.workdps(digits):

@@ -4,10 +4,10 @@ Each map's forward and backward are plain functions first (``*_parts``, ``*_vjp`
 the backward of the compiled maps' operator (:mod:`.operators`) calls directly.
 
 Each Function acts on the last dimension, upcasts to the working dtype (float32; float64 for float64 input and
-for α above :data:`._threshold.FLOAT32_MAX_ALPHA`) inside and returns the input dtype. The backward pass is the closed-form Jacobian-vector product (the Jacobians are
-symmetric), never autograd through the threshold search. Each Function takes a trailing
-``need_support`` flag and returns ``(p, support_size)``, the support size (non-differentiable) being an
-empty tensor unless asked for.
+for α above :data:`._threshold.FLOAT32_MAX_ALPHA`) inside and returns the input dtype. The backward pass is the
+closed-form Jacobian-vector product (the Jacobians are symmetric), never autograd through the threshold search.
+Each Function takes a trailing ``need_support`` flag and returns ``(p, support_size)``, the support size
+(non-differentiable) being an empty tensor unless asked for.
 """
 
 from __future__ import annotations
