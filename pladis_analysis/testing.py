@@ -88,15 +88,18 @@ def tied_group_rows(alpha: float, margins, group_sizes, length: int, seed: int =
     return np.asarray(rows, dtype=np.float32).astype(np.float64)
 
 
-def entmax_high_precision(row, alpha: float, digits: int = 60) -> np.ndarray:
+def entmax_high_precision(row, alpha: float, digits: int | None = None) -> np.ndarray:
     """α-entmax of one score row (read as exact binary floats) by bisection in ``digits``-digit arithmetic
     (mpmath), rounded to float64 at the end: the truth against which the float64 reference itself is checked.
 
     τ is resolved to ~10^−digits. For α > 2 a weight next to the threshold is t^{1/(α−1)} with t as small as
-    (δ/k)^{α−1} (:func:`tied_group_rows`), so ``digits`` must exceed that t's decimal exponent by a margin:
-    ``30 + 8(α − 1)`` covers margins δ/k down to 1e-8.
+    (δ/k)^{α−1} (:func:`tied_group_rows`), so ``digits`` must exceed that t's decimal exponent by a margin. The
+    default, max(60, 30 + 8(α − 1)), covers margins δ/k down to 1e-8 with 30 digits to spare.
     """
     import mpmath   # a dev dependency (and one of sympy's, which torch requires)
+
+    if digits is None:
+        digits = max(60, int(30 + 8 * (alpha - 1.0)))
 
     row = [float(v) for v in np.asarray(row, dtype=np.float64).ravel()]
     with mpmath.workdps(digits):

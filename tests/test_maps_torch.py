@@ -301,9 +301,10 @@ def test_entmax_large_alpha_on_long_rows_of_close_scores(alpha, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_large_alpha_next_to_a_tied_group_computes_in_float64(alpha, dtype):
     """Above FLOAT32_MAX_ALPHA the tied group's t* ≈ (δ/k)^{α−1} underflows float32 (1e-49 at α = 7,
-    δ = 1e-7, k = 50): a float32 search left weights 2e-5 (α = 7) to 0.05 (α = 20) off. The maps compute such
-    α in float64 whatever the input dtype and meet the input dtype's tolerance. (Not the gradients: the Jacobian
-    there holds s = t*^{q−1}, 1e43 at α = 7, beyond any low-precision dtype's range or meaning.)"""
+    δ = 1e-7, k = 50): a float32 search left weights up to 2.3e-5 (α = 7) to 0.33 (α = 20) off
+    (results/search_precision.csv). The maps compute such α in float64 whatever the input dtype and meet the
+    input dtype's tolerance. (Not the gradients: the Jacobian there holds s = t*^{q−1}, 1e43 at α = 7, beyond
+    any low-precision dtype's range or meaning.)"""
     from pladis_analysis.testing import tied_group_rows
 
     assert _threshold.working_dtype(dtype, alpha) == torch.float64
