@@ -54,9 +54,16 @@ def entmax_vjp(saved: tuple, alpha: float, g: torch.Tensor) -> torch.Tensor:
 def entmax_jvp_at(p: torch.Tensor, alpha: float, v: torch.Tensor) -> torch.Tensor:
     """J v along the last dim with J the α-entmax Jacobian (α > 1) at the weights ``p`` alone, s = p^{2−α} on the
     support: for callers that kept the weights, not the forward's s (the row-wise kernel's torch twin, the
-    sensitivity probes). Centred for α > 2 like :func:`entmax_vjp`."""
+    sensitivity probes). Centred for α > 2 like :func:`entmax_vjp`.
+
+    Computed in the maps' working dtype and returned in that of ``p`` and ``v``: above α = 6 that is float64,
+    since s overflows float32 at a weight of 1e-8 once α > 6.8 (s = 1e40 at α = 7), and inf · 0 at the centred
+    entry would turn the row into NaN, although J v is of the order of the other entries' s."""
+    out_dtype = torch.promote_types(p.dtype, v.dtype)
+    work = th.working_dtype(out_dtype, alpha)
+    p, v = p.to(work), v.to(work)
     s = None if alpha == 2.0 else torch.where(p > 0, p.pow(2.0 - alpha), torch.zeros_like(p))
-    return th.entmax_jvp(s, p, v, centre=alpha > 2.0)
+    return th.entmax_jvp(s, p, v, centre=alpha > 2.0).to(out_dtype)
 
 
 def pladis_parts(x: torch.Tensor, scale: float, alpha: float, need_support: bool = False, need_grad: bool = True):
