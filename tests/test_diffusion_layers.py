@@ -75,6 +75,29 @@ def test_name_list_glob_and_predicate_specs(models):
                              "up_blocks.1.attentions.1.transformer_blocks.0.attn2"}
 
 
+def test_selected_layers_are_a_spec_themselves(models):
+    unet = models["unet"]
+    chosen = select_layers(unet, "cross:up")[:2]
+    assert select_layers(unet, chosen) == chosen
+
+
+def test_a_compiled_model_has_the_names_of_the_model_it_wraps(models):
+    """torch.compile(model) wraps it in a module whose paths all start with ``_orig_mod.``; names, groups and the
+    default spec are the inner model's, and the processors go onto the inner modules (what the wrapper runs)."""
+    import torch
+
+    from pladis_analysis.diffusion import apply_pladis, current_processors
+
+    unet = models["unet"]
+    compiled = torch.compile(unet)  # lazy: nothing compiles until it is called
+    assert names(select_layers(compiled)) == names(select_layers(unet))
+    assert [layer.group for layer in attention_layers(compiled)] == [layer.group for layer in attention_layers(unet)]
+    with apply_pladis(compiled) as handle:
+        assert set(handle.layers) == names(select_layers(unet))
+        assert all(current_processors(unet)[name] is handle.processors[name] for name in handle.layers)
+    assert current_processors(compiled) == current_processors(unet)
+
+
 def test_pipeline_like_objects_resolve_to_their_denoiser(models):
     assert names(select_layers(SimpleNamespace(unet=models["unet"]))) == names(select_layers(models["unet"]))
     assert names(select_layers(SimpleNamespace(transformer=models["sana"]))) == names(select_layers(models["sana"]))
@@ -84,15 +107,17 @@ def test_pipeline_like_objects_resolve_to_their_denoiser(models):
 
 @pytest.mark.parametrize("spec, message", [
     ("cross:left", "block group"),
-    ("crosss", "kind"),
+    ("crosss", "neither an attention module's name nor a kind spec"),
+    ("down_blocks.0.attentions.0.transformer_blocks.0.attn3", "neither an attention module's name"),  # misspelt
     (["down_blocks.9.attn2"], "match no attention module"),
     (lambda layer: False, "selects no attention module"),
     (42, "expected a kind spec"),
+    ([3], "a list spec holds module names"),
 ])
 def test_specs_that_match_nothing_list_what_exists(models, spec, message):
     with pytest.raises(ValueError, match=message) as info:
         select_layers(models["unet"], spec)
-    if message not in ("kind", "expected a kind spec"):
+    if message not in ("expected a kind spec", "a list spec holds module names"):
         assert "mid_block.attentions.0.transformer_blocks.0.attn2" in str(info.value)  # lists what exists
 
 

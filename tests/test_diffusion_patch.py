@@ -109,6 +109,33 @@ def test_nesting_with_a_recorder_in_both_orders(unet):
     assert set(df[df.layer.isin(default_layers)].running_map) == {"pladis(2, 1.5)"}
     assert set(df[~df.layer.isin(default_layers)].running_map) == {"softmax"}  # mid block keeps softmax
 
+def test_handles_removed_out_of_order_refuse_and_change_nothing(unet):
+    """Removing the recorder while PLADIS, installed after it, is still on would put the stock processors back
+    under a live PLADIS handle (and PLADIS' removal would then reinstall the recorder's probe for good)."""
+    sample, timestep, text = make_inputs("unet")
+    before = current_processors(unet)
+    rec = record_attention(unet, variants=("softmax",))
+    handle = apply_pladis(unet, layers="cross")
+    with_both = current_processors(unet)
+    with pytest.raises(RuntimeError, match="installed after it"):
+        rec.remove()
+    assert current_processors(unet) == with_both and handle.active
+    handle.remove()
+    rec.remove()
+    assert_same_processors(before, current_processors(unet))
+    assert not unet._forward_pre_hooks
+
+    # a processor set by hand blocks the removal too; force=True puts the old ones back regardless
+    handle = apply_pladis(unet, layers="cross")
+    module = dict(unet.named_modules())[handle.layers[0]]
+    module.set_processor(AttnProcessor2_0())
+    with pytest.raises(RuntimeError, match=handle.layers[0]):
+        handle.remove()
+    handle.remove(force=True)
+    assert_same_processors(before, current_processors(unet))
+    run_model(unet, sample, timestep, text)
+
+
 
 def pag_unet():
     unet = tiny_unet()

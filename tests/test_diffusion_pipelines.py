@@ -50,6 +50,25 @@ def test_sample_with_pladis_changes_the_image_and_restores(saved):
         sample(pipe, ["a red circle"], steps=1, pladis_scale=2.0, backend="gpu")
 
 
+def test_sample_takes_every_layer_spec(saved):
+    """None, a predicate, a generator and select_layers' own result select the same default layers; the settings
+    record each spec in a form that serialises (a generator once listed, a predicate by its repr)."""
+    from pladis_analysis.diffusion import select_layers
+
+    pipe, _ = saved
+    call = dict(steps=1, guidance_scale=5.0, seed=0, pladis_scale=2.0, output_type="np")
+    default = sample(pipe, "a red circle", **call)
+    chosen = default.settings["pladis_layers"]
+    specs = (None, lambda layer: layer.kind == "cross" and layer.group in ("down", "up"), (name for name in chosen),
+             select_layers(pipe, "default"))
+    for spec in specs:
+        result = sample(pipe, "a red circle", layers=spec, **call)
+        assert result.settings["pladis_layers"] == chosen
+        assert np.array_equal(result.images[0], default.images[0])
+        json.dumps(result.settings)
+    assert result.settings["layers"] == chosen
+
+
 def test_folder_errors(tmp_path, saved):
     _, path = saved
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -118,8 +137,9 @@ def test_pipeline_loads_samples_and_takes_pladis_and_probes(family, tmp_path):
     stock = sample(pipe, prompt, **call).images[0]
     assert np.array_equal(sample(loaded, prompt, **call).images[0], stock)
 
-    pladis = sample(loaded, prompt, pladis_scale=2.0, **call)
-    assert np.abs(pladis.images[0] - stock).max() > 1e-5
+    steps = []  # PixArt's pipelines take the older callback/callback_steps, which sample() falls back on
+    pladis = sample(loaded, prompt, pladis_scale=2.0, callback=lambda step, timestep: steps.append(step), **call)
+    assert np.abs(pladis.images[0] - stock).max() > 1e-5 and steps == [0, 1]
     denoiser = loaded.unet if family == "sdxl" else loaded.transformer
     cross = [name for name, _ in denoiser.named_modules() if name.endswith("attn2")]
     assert pladis.settings["pladis_layers"] == [name for name in cross if not name.startswith("mid_block")]

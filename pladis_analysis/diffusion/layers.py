@@ -11,7 +11,7 @@ Selection specs (:func:`select_layers`):
   for DiTs' ``transformer_blocks``);
 * ``"default"`` or ``None`` — :func:`default_spec` of the model (see there for why);
 * a list/tuple of names; an item containing ``*``, ``?`` or ``[`` is a glob (``fnmatch``) pattern; every item
-  must match something;
+  must match something; :class:`AttentionLayer` items (what :func:`select_layers` returns) stand for their names;
 * a predicate ``f(layer: AttentionLayer) -> bool``.
 
 A spec that matches nothing raises ``ValueError`` listing what exists.
@@ -61,6 +61,17 @@ def resolve_model(model_or_pipeline) -> torch.nn.Module:
                      "pipeline with a `unet` or `transformer` attribute")
 
 
+def unwrap_compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module ``torch.compile`` wrapped, or ``model`` itself.
+
+    ``pipe.unet = torch.compile(pipe.unet)`` (as diffusers' docs suggest) returns a wrapper whose
+    ``named_modules()`` prefixes every path with ``_orig_mod.``; layer names and block groups are the inner
+    model's, so specs and results read the same with and without compilation. Processors set on the inner modules
+    are what the compiled model runs.
+    """
+    return getattr(model, "_orig_mod", model)
+
+
 def _is_attention(module: torch.nn.Module) -> bool:
     # the test diffusers itself uses for `attn_processors`: a module that owns a swappable processor
     return hasattr(module, "set_processor") and hasattr(module, "processor")
@@ -79,7 +90,7 @@ def _group_and_block(name: str) -> tuple[str, int | None]:
 
 def attention_layers(model_or_pipeline) -> list[AttentionLayer]:
     """Every attention module of the model, in ``named_modules`` order."""
-    model = resolve_model(model_or_pipeline)
+    model = unwrap_compiled(resolve_model(model_or_pipeline))
     layers = []
     for name, module in model.named_modules():
         if name and _is_attention(module):
@@ -119,12 +130,13 @@ def describe_layers(layers: Iterable[AttentionLayer], max_names: int = 60) -> st
     return f"{len(layers)} attention modules ({summary or 'none'}):\n  {shown}"
 
 
-def _parse_kind_spec(spec: str) -> tuple[str, set[str] | None]:
+def _parse_kind_spec(spec: str, layers: list[AttentionLayer]) -> tuple[str, set[str] | None]:
     kind, _, groups = spec.partition(":")
     kind = kind.strip()
-    if kind not in KINDS:
-        raise ValueError(f"layers={spec!r}: kind {kind!r} is not one of {KINDS} (or give module names, "
-                         "a glob pattern list or a predicate)")
+    if kind not in KINDS:  # most often a misspelt module name: show what exists
+        raise ValueError(f"layers={spec!r} is neither an attention module's name nor a kind spec ({KINDS}, "
+                         f"optionally ':' and block groups, e.g. 'cross:down,up'). Available: "
+                         f"{describe_layers(layers)}")
     group_set = {g.strip() for g in groups.split(",") if g.strip()} if groups else None
     return kind, group_set
 
@@ -137,7 +149,7 @@ def select_layers(model_or_pipeline, spec: LayerSpec = "default") -> list[Attent
 
     if isinstance(spec, str):
         if spec not in {layer.name for layer in layers} and not any(c in spec for c in "*?["):
-            kind, groups = _parse_kind_spec(spec)
+            kind, groups = _parse_kind_spec(spec, layers)
             if groups is not None:
                 known = {layer.group for layer in layers}
                 unknown = groups - known
@@ -157,7 +169,12 @@ def select_layers(model_or_pipeline, spec: LayerSpec = "default") -> list[Attent
     if chosen is None:  # a list of names / patterns
         if isinstance(spec, (str, bytes)) or not isinstance(spec, Iterable):
             raise ValueError(f"layers={spec!r}: expected a kind spec string, a list of names, or a predicate")
-        items = list(spec)
+        # the layers select_layers returned are accepted too (their names)
+        items = [item.name if isinstance(item, AttentionLayer) else item for item in spec]
+        wrong = [item for item in items if not isinstance(item, str)]
+        if wrong:
+            raise ValueError(f"layers: items {wrong[:3]!r} are {type(wrong[0]).__name__}; a list spec holds module "
+                             "names or glob patterns (str) or AttentionLayer objects")
         missing = [item for item in items
                    if not any(fnmatch.fnmatchcase(layer.name, item) for layer in layers)]
         if missing:

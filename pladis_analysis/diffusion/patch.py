@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .layers import AttentionLayer, LayerSpec, resolve_model, select_layers
+from .layers import AttentionLayer, LayerSpec, resolve_model, select_layers, unwrap_compiled
 from .processor import AttentionMap, PladisAttnProcessor, resolve_branches
 from .tracking import parse_layout, track_sampling
 
@@ -65,13 +65,33 @@ class ProcessorSwap:
         finally:
             self._exit_stack.close()
 
-    def remove(self) -> None:
-        """Put back the processors that were there; safe to call twice."""
-        if self.active:
-            self.active = False
-            self._restore()
+    def remove(self, force: bool = False) -> None:
+        """Put back the processors that were there; safe to call twice.
+
+        Swaps come off in the reverse order they went on, as nested ``with`` blocks do. While a later swap (another
+        ``apply_pladis``, a recorder) or a hand-set processor sits on one of this swap's modules, putting the old
+        processors back would silently undo that later change: PLADIS off under a handle still active, a
+        recorder's probe left on the model for good. So that raises ``RuntimeError`` and leaves everything as it
+        is; ``force=True`` puts the old processors back regardless.
+        """
+        if not self.active:
+            return
+        replaced = [name for name, processor in self.processors.items()
+                    if self._modules[name].processor is not processor]
+        if replaced and not force:
+            shown = ", ".join(replaced[:3]) + (" ..." if len(replaced) > 3 else "")
+            raise RuntimeError(
+                f"{self!r}: {len(replaced)} of its modules ({shown}) now run a processor installed after it "
+                f"(a later apply_pladis or record_attention, or set by hand); remove that one first (handles come "
+                f"off in the reverse order they went on), or call remove(force=True) to put back this one's "
+                f"processors anyway")
+        self.active = False
+        self._restore()
 
     def __enter__(self) -> "ProcessorSwap":
+        if not self.active:  # a removed handle installs nothing: the block would silently run the old processors
+            raise RuntimeError(f"{self!r} was removed; a removed handle cannot be entered again (call apply_pladis "
+                               "or record_attention anew)")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -166,6 +186,6 @@ def apply_pladis(model_or_pipeline, scale: float = 2.0, alpha: float = 1.5, laye
 
 def current_processors(model_or_pipeline) -> dict[str, object]:
     """``{module path: processor object}`` for every attention module (to compare before/after)."""
-    model = resolve_model(model_or_pipeline)
+    model = unwrap_compiled(resolve_model(model_or_pipeline))
     return {name: module.processor for name, module in model.named_modules()
             if name and hasattr(module, "set_processor") and hasattr(module, "processor")}

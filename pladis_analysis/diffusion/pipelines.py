@@ -11,6 +11,7 @@ images with the settings that produced them.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import warnings
@@ -135,6 +136,31 @@ class SampleResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _step_callback(pipe, callback: Callable) -> dict:
+    """The pipeline-call arguments that run ``callback(step, timestep)`` after every step: diffusers'
+    ``callback_on_step_end``, or the older ``callback``/``callback_steps`` (PixArt's pipelines), which a pipeline
+    taking ``**kwargs`` would otherwise swallow without ever calling it."""
+    parameters = inspect.signature(pipe.__call__).parameters
+    if "callback_on_step_end" in parameters:
+        def on_step_end(pipeline, step, timestep, tensors):
+            callback(step, timestep)
+            return tensors
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in parameters and "callback_steps" in parameters:
+        return {"callback": lambda step, timestep, latents: callback(step, timestep), "callback_steps": 1}
+    raise ValueError(f"callback={callback!r}: {type(pipe).__name__} takes no step callback "
+                     "(neither callback_on_step_end nor callback/callback_steps)")
+
+
+def _layer_record(layers) -> object:
+    """The layer spec as the settings record it: a string, ``None``, names, or a predicate's repr."""
+    if layers is None or isinstance(layers, str):
+        return layers
+    if callable(layers):
+        return repr(layers)
+    return [getattr(item, "name", item) for item in layers]
+
+
 def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: float | None = None,
            seed: int = 0, pladis_scale: float = 0.0, alpha: float = 1.5, layers="default",
            branches: str = "all", callback: Callable | None = None, backend: str = "auto",
@@ -156,14 +182,13 @@ def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: 
     if guidance_scale is not None:
         kwargs["guidance_scale"] = guidance_scale
     if callback is not None:
-        def on_step_end(pipeline, step, timestep, tensors):
-            callback(step, timestep)
-            return tensors
-        kwargs["callback_on_step_end"] = on_step_end
+        kwargs.update(_step_callback(pipe, callback))
 
+    if not (layers is None or isinstance(layers, str) or callable(layers)):
+        layers = list(layers)  # once: a generator would be spent by the record below before apply_pladis saw it
     settings = {"steps": steps, "guidance_scale": guidance_scale, "seed": seed, "pladis_scale": pladis_scale,
-                "alpha": alpha, "layers": layers if isinstance(layers, str) else list(layers),
-                "branches": branches, "backend": backend, "device": str(device)}
+                "alpha": alpha, "layers": _layer_record(layers), "branches": branches, "backend": backend,
+                "device": str(device)}
     if pladis_scale != 0:
         with apply_pladis(pipe, scale=pladis_scale, alpha=alpha, layers=layers, branches=branches,
                           backend=backend) as handle:

@@ -140,10 +140,12 @@ class AttentionRecorder:
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def remove(self) -> None:
-        """Restore the processors that were there before recording."""
+        """Restore the processors that were there before recording (after any swap installed later is removed:
+        see :meth:`~pladis_analysis.diffusion.patch.ProcessorSwap.remove`)."""
         self._swap.remove()
 
     def __enter__(self) -> "AttentionRecorder":
+        self._swap.__enter__()  # refuses a removed recorder, which would record nothing
         return self
 
     def __exit__(self, *exc) -> None:
