@@ -111,6 +111,8 @@ def _check_qkv(q, k, v) -> tuple[int, ...]:
 
 def _check_score_scale(scale, d: int) -> float:
     if scale is None:
+        if d == 0:
+            raise ValueError("q.shape[-1]=0: the default score scale 1/√d needs a feature size d ≥ 1 (or pass scale=)")
         return 1.0 / math.sqrt(d)
     try:
         s = float(scale)

@@ -234,6 +234,11 @@ def test_shapes_and_broadcasting():
     out = attention(q, k, v, map="pladis")
     assert out.shape == (2, 3, 5, 8)
     assert_close(out, reference_attention(q, k, v, "pladis"))
+    # no queries (Lq = 0) or an empty batch: empty outputs, as SDPA gives
+    q, k, v = make_qkv(torch.float32, lead=(2, 3))
+    for map_name in ("softmax", "entmax15", "pladis"):
+        assert attention(q[..., :0, :], k, v, map=map_name).shape == (2, 3, 0, 8)
+        assert attention(q[:0], k[:0], v[:0], map=map_name).shape == (0, 3, 5, 8)
 
 
 @pytest.mark.gpu
@@ -294,6 +299,7 @@ def _error_cases():
         (lambda: pladis_attention(q, k, v, alpha=math.nan), r"alpha=nan"),
         (lambda: pladis_attention(q, k, v, scale=-0.5), r"scale=-0.5 \(the PLADIS scale"),
         (lambda: pladis_attention(q, k, v, scale=math.inf), r"scale=inf \(the PLADIS scale"),
+        (lambda: attention(q[..., :0], k[..., :0], v), r"q.shape\[-1\]=0: the default score scale"),
     ]
 
 

@@ -283,6 +283,18 @@ def test_rowwise_entmax_backward_is_reference_jvp(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_kernels_refuse_second_derivatives(device):
+    """Their backwards are closed form (the fused kernel's recomputes without a graph): create_graph=True raises
+    instead of giving a Hessian without the map's curvature."""
+    z = torch.randn(2, 6, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="row-wise α-entmax kernel: second derivatives"):
+        torch.autograd.grad(entmax_rowwise(z, 1.5).pow(2).sum(), z, create_graph=True)
+    q, k, v = (torch.randn(1, 1, n, 4, device=device, requires_grad=True) for n in (3, 5, 5))
+    with pytest.raises(RuntimeError, match="fused PLADIS attention kernel: second derivatives"):
+        torch.autograd.grad(fused_pladis_attention(q, k, v).pow(2).sum(), q, create_graph=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_rowwise_entmax_matches_torch_path_and_its_gradient(device):
     """One rung up the ladder: the kernel agrees with the torch path of :mod:`pladis_analysis.maps`."""
     from pladis_analysis import maps

@@ -171,6 +171,27 @@ def test_gradcheck_float64(name):
     assert torch.autograd.gradcheck(lambda x: fn(x, dim=1), (z,), eps=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("name", list(MAPS))
+def test_second_derivatives_are_right_or_refused(name):
+    """The backwards are closed-form products with saved tensors: differentiated again (create_graph=True), autograd
+    would treat those as constants and return a Hessian without the map's curvature, silently. They refuse; only
+    softmax of float32/float64 scores, whose saved weights are its output, differentiates twice, and correctly."""
+    fn, _, _ = MAPS[name]
+    z = torch.tensor([[1.0, 0.5, -0.3, 0.2, -1.4]], dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([[0.3, -1.0, 2.0, 0.5, 0.7]], dtype=torch.float64)
+
+    def gradient(x):  # a term of z's own keeps the gradient in the graph even where the map's part is constant
+        return torch.autograd.grad((fn(x) * w).sum() + 0.5 * (x ** 2).sum(), x, create_graph=True)[0]
+
+    if name != "softmax":
+        with pytest.raises(RuntimeError, match="second derivatives are not implemented"):
+            gradient(z)
+        return
+    assert torch.autograd.gradgradcheck(lambda x: (fn(x) * w).sum(-1), (z,))
+    with pytest.raises(RuntimeError, match="float16/bfloat16"):
+        torch.autograd.grad((fn(z.half()).double() * w).sum(), z, create_graph=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("name", list(MAPS))
 def test_backward_equals_reference_jvp(name, dtype):
@@ -417,12 +438,27 @@ def test_bad_tensor_arguments_raise():
         maps.sparsemax([1.0, 2.0])
     with pytest.raises(ValueError, match="0-d"):
         maps.entmax15(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="dim=1.0 must be an integer"):
+        maps.entmax15(torch.zeros(2, 3), dim=1.0)
+    z = torch.randn(2, 3)  # NumPy integers are integers (torch's own functions take them)
+    assert torch.equal(maps.pladis_weights(z, dim=np.int64(0)), maps.pladis_weights(z, dim=0))
 
 
-def test_empty_rows_give_empty_outputs():
-    z = torch.zeros(3, 0)
-    p, support = maps.entmax15(z, return_support=True)
-    assert p.shape == (3, 0) and torch.equal(support, torch.zeros(3, dtype=torch.int64))
+@pytest.mark.parametrize("name", list(MAPS))
+@pytest.mark.parametrize("shape", [(3, 0), (0, 5), (2, 0, 4)])
+def test_empty_rows_give_empty_outputs(name, shape):
+    """Rows of no entries (the reference refuses those), and no rows at all (an empty batch, Lq = 0), which the
+    reference maps to an empty result too."""
+    fn, ref, _ = MAPS[name]
+    z = torch.zeros(shape, requires_grad=True)
+    p = fn(z)
+    assert p.shape == shape
+    if shape[-1]:
+        assert ref(z.detach().numpy()).shape == shape
+    p.sum().backward()
+    assert z.grad.shape == shape
+    _, support = maps.entmax15(z, return_support=True)
+    assert torch.equal(support, torch.zeros(shape[:-1], dtype=torch.int64))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _on_last_dim(function: str, z: torch.Tensor, dim: int, return_support: bool,
     dim = _th.check_scores(z, dim)
     last = z.dim() - 1
     x = z if dim == last else z.movedim(dim, -1)
-    if x.shape[-1] == 0:
+    if x.numel() == 0:  # no rows, or rows of no entries: nothing to solve (the solvers' chunking needs a row)
         p, support = x.clone(), torch.zeros(x.shape[:-1], dtype=torch.int64, device=z.device)
     elif torch.compiler.is_compiling() and not return_support:
         # one opaque node for torch.compile, with a backward (see .operators); the support is not among its outputs

@@ -126,9 +126,11 @@ def check_scores(z, dim) -> int:
         raise ValueError(f"z.dtype={z.dtype} must be a floating dtype (float64, float32, float16, bfloat16)")
     if z.dim() == 0:
         raise ValueError("z must have at least one dimension, got a 0-d tensor")
-    if isinstance(dim, bool) or not isinstance(dim, int) or not -z.dim() <= dim < z.dim():
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):  # NumPy integers are Integral too
+        raise ValueError(f"dim={dim!r} must be an integer, got {type(dim).__name__}")
+    if not -z.dim() <= dim < z.dim():
         raise ValueError(f"dim={dim!r} is out of range for z with {z.dim()} dimensions")
-    return dim % z.dim()
+    return int(dim) % z.dim()
 
 
 def working_dtype(dtype: torch.dtype, alpha: float | None = None) -> torch.dtype:

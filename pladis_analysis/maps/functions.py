@@ -85,6 +85,20 @@ def pladis_vjp(saved: tuple, scale: float, alpha: float, g: torch.Tensor) -> tor
 
 # -- autograd Functions ----------------------------------------------------------------------------------------
 
+def refuse_second_derivative(what: str) -> None:
+    """Raise in a backward run with ``create_graph=True`` (the only way autograd runs one with grad enabled).
+
+    The backwards are closed-form products with tensors saved by the forward, which autograd would treat as
+    constants: a Hessian, a Hessian-vector product or a gradient penalty through them would silently lose the
+    map's curvature. (``torch.autograd.function.once_differentiable`` does not catch that case: it only
+    guards differentiating with respect to the incoming gradient.)
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"{what}: second derivatives are not implemented (its backward is a closed-form "
+                           "Jacobian-vector product of saved tensors, which autograd would differentiate as "
+                           "constants); differentiate without create_graph=True")
+
+
 class SoftmaxFunction(torch.autograd.Function):
     """softmax(z) with backward (diag(p) − p pᵀ) v."""
 
@@ -93,10 +107,16 @@ class SoftmaxFunction(torch.autograd.Function):
         p, support, saved = softmax_parts(z.to(th.working_dtype(z.dtype)), need_support)
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(support)
-        return p.to(z.dtype), support
+        out = p.to(z.dtype)
+        # When the saved p is the output itself (float32/float64 input), autograd differentiates the backward
+        # through it correctly; a float16/bfloat16 output is a rounded copy, so the saved p is a constant.
+        ctx.saved_is_output = out is p
+        return out, support
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
+        if not ctx.saved_is_output:
+            refuse_second_derivative("softmax of float16/bfloat16 scores")
         saved = ctx.saved_tensors
         return softmax_vjp(saved, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None
 
@@ -116,6 +136,7 @@ class EntmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
+        refuse_second_derivative("α-entmax")
         saved = ctx.saved_tensors
         return entmax_vjp(saved, ctx.alpha, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None, None
 
@@ -137,5 +158,6 @@ class PladisFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_a, grad_support):
+        refuse_second_derivative("PLADIS weights")
         saved = ctx.saved_tensors
         return pladis_vjp(saved, ctx.scale, ctx.alpha, grad_a.to(saved[0].dtype)).to(grad_a.dtype), None, None, None

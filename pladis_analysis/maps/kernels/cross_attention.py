@@ -46,6 +46,7 @@ import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks, writes_heads_interleaved
 from .._threshold import check_scale
+from ..functions import refuse_second_derivative
 from .build_failures import launching
 from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, default_start_ranks, entmax_rows, fast_log2,
                              max_iterations, row_max, row_sum, stop_tolerance)
@@ -842,6 +843,7 @@ class FusedPladisAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        refuse_second_derivative("the fused PLADIS attention kernel")
         q, k, v, attn_mask = ctx.saved_tensors
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]

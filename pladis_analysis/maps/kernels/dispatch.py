@@ -237,8 +237,8 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             reason = f"Lk={k.shape[-2]} keys > {MAX_KEYS} (the kernel holds all keys in registers)"
         elif max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
             reason = f"head dim {max(q.shape[-1], v.shape[-1])} > {MAX_HEAD_DIM}"
-        elif k.shape[-2] == 0 or q.shape[-1] == 0:
-            reason = "empty key or head dimension"
+        elif 0 in (q.numel(), k.numel(), v.numel()):
+            reason = "an empty q, k or v (no queries, keys or head dimension)"
         elif attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
             reason = f"attn_mask dtype {attn_mask.dtype} (bool or floating masks only)"
         else:

@@ -65,6 +65,7 @@ import triton.language as tl
 
 from .._shapes import block_size, cdiv
 from .._threshold import check_alpha
+from ..functions import refuse_second_derivative
 from .build_failures import KernelBuildError, launching
 
 # Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
@@ -697,6 +698,7 @@ class EntmaxRowwise(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
+        refuse_second_derivative("the row-wise α-entmax kernel")
         (p32,) = ctx.saved_tensors
         g32 = grad_p.to(torch.float32)
         signature = (str(p32.device), ctx.alpha, p32.shape[ctx.dim])
