@@ -283,15 +283,22 @@ def test_rowwise_entmax_backward_is_reference_jvp(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_kernels_refuse_second_derivatives(device):
-    """Their backwards are closed form (the fused kernel's recomputes without a graph): create_graph=True raises
-    instead of giving a Hessian without the map's curvature."""
-    z = torch.randn(2, 6, device=device, requires_grad=True)
-    with pytest.raises(RuntimeError, match="row-wise α-entmax kernel: second derivatives"):
-        torch.autograd.grad(entmax_rowwise(z, 1.5).pow(2).sum(), z, create_graph=True)
-    q, k, v = (torch.randn(1, 1, n, 4, device=device, requires_grad=True) for n in (3, 5, 5))
-    with pytest.raises(RuntimeError, match="fused PLADIS attention kernel: second derivatives"):
-        torch.autograd.grad(fused_pladis_attention(q, k, v).pow(2).sum(), q, create_graph=True)
+def test_kernels_double_backward_jacobian_vector_products(device):
+    """create_graph=True: the kernels' backwards are differentiable in the incoming gradient, as the torch path's
+    are, so the double-backward JVP (torch.autograd.functional.jvp) equals the torch path's."""
+    from pladis_analysis import maps
+    from pladis_analysis.attention import pladis_attention
+
+    gen = torch.Generator().manual_seed(5)
+    z, dz = (torch.randn(3, 10, generator=gen).to(device) for _ in range(2))
+    _, kernel = torch.autograd.functional.jvp(lambda x: entmax_rowwise(x, 1.5), z, dz)
+    _, torch_path = torch.autograd.functional.jvp(lambda x: maps.entmax(x, 1.5, backend="torch"), z, dz)
+    assert_close(kernel, torch_path.double(), name="row-wise kernel JVP")
+    q, k, v = (torch.randn(1, 1, n, 4, generator=gen).to(device) for n in (3, 5, 5))
+    dq = torch.randn(q.shape, generator=gen).to(device)
+    _, kernel = torch.autograd.functional.jvp(lambda x: fused_pladis_attention(x, k, v), q, dq)
+    _, torch_path = torch.autograd.functional.jvp(lambda x: pladis_attention(x, k, v, backend="torch"), q, dq)
+    assert_close(kernel, torch_path.double(), name="fused kernel JVP in q")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -587,6 +594,30 @@ def test_launch_plan_keys_and_arguments(monkeypatch):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_fused_top_gap_ignores_padded_keys(device):
+    """Under diffusers' −10000 text-padding bias a padded key is no runner-up: a query with one unpadded key has
+    top gap +inf (as under a boolean mask; an empty negative prompt leaves T5 or Gemma just one token), one with
+    two has their difference, and the probes' torch path agrees (a query with every key padded: +inf here, NaN
+    there, as for boolean masks)."""
+    from pladis_analysis.probes import stats as st
+
+    q, k, v = _qkv((1, 1, 4, 6, 8), torch.float32, device, seed=3)
+    keep = torch.ones(1, 1, 4, 6, dtype=torch.bool)
+    keep[..., 0, 1:] = False                                                           # one unpadded key
+    keep[..., 1, 2:] = False                                                           # two
+    keep[..., 2, :] = False                                                            # none
+    bias = torch.where(keep, 0.0, -10000.0).to(device)
+    _, stats = fused_pladis_attention(q, k, v, attn_mask=bias, return_stats=True)
+    gap = stats[..., STAT_NAMES.index("top_gap")].cpu()[0, 0]
+    raw = (q @ k.transpose(-1, -2)).cpu()[0, 0] / math.sqrt(8)
+    assert gap[0] == math.inf and gap[2] == math.inf
+    assert_close(gap[1], (raw[1, 0] - raw[1, 1]).abs().double(), name="gap of the two unpadded keys")
+    torch_gap = st.top_gap(st.gap_scores(st.masked_scores(raw, bias.cpu()[0, 0]), bias.cpu()[0, 0]))
+    assert_close(gap[[0, 1, 3]], torch_gap[[0, 1, 3]].double(), name="kernel vs torch path gap")
+    assert torch.isnan(torch_gap[2])
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("tsallis_alpha,dtype", [(1.5, torch.float32), (1.0, torch.float32),
                                                  (3.0, torch.float32), (1.5, torch.bfloat16)])
 def test_fused_attention_statistics(device, tsallis_alpha, dtype):
@@ -683,6 +714,10 @@ def test_dispatch_reasons_on_cpu():
     with pytest.raises(ValueError, match="alpha=6.5 > 6.0"):
         dispatch.choose_attention_backend(q, q, q, map_name="entmax", alpha=6.5, backend="triton")
     assert dispatch.choose_map_backend(z, "entmax", alpha=6.0, backend="triton")[0] == "triton"
+    # α below FLOAT32_MIN_ALPHA: float32 would lose the scores' differences
+    with pytest.raises(ValueError, match="alpha=1.001 < 1.01: the kernels search in float32"):
+        dispatch.choose_attention_backend(q, q, q, map_name="pladis", alpha=1.001, backend="triton")
+    assert dispatch.choose_map_backend(z, "entmax", alpha=1.01, backend="triton")[0] == "triton"
     # float32 at the largest shape: the kernel stages key/value chunks (≤ 68 KiB of shared memory compiled,
     # results/kernel_builds.csv), so nothing static refuses it; a GPU with less shared memory fails the launch
     # (a build failure: see the tests below).
@@ -998,6 +1033,7 @@ def test_fused_attention_statistics_property(device):
 
 
 def _check_fused_statistics(device, call, tsallis_alpha):
+    from pladis_analysis.maps._threshold import MASKED_BIAS_THRESHOLD
     from pladis_analysis.maps.kernels.cross_attention import MAP_STATS
     from pladis_analysis.probes.stats import row_stats_reference
 
@@ -1028,6 +1064,8 @@ def _check_fused_statistics(device, call, tsallis_alpha):
                 clear = ~np.any(near & np.isfinite(z), axis=-1)
                 assert np.array_equal(column[clear], expected[stat][clear]), "support_size_entmax"
     valid = np.isfinite(z).any(axis=-1)
+    if mask is not None and mask.is_floating_point():  # keys under a padding bias are no runner-up for the gap
+        z = np.where(as_reference(mask) <= MASKED_BIAS_THRESHOLD, -np.inf, z)
     zs = np.sort(z, axis=-1)
     with np.errstate(invalid="ignore"):                                    # −inf − (−inf) on masked rows
         gap = (zs[..., -1] - zs[..., -2]) if z.shape[-1] > 1 else np.full(z.shape[:-1], np.inf)

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from pladis_analysis import maps
 from pladis_analysis.diffusion import apply_pladis
 from pladis_analysis.maps import reference as ref
 from pladis_analysis.probes import BASIC_STATS, parse_stats, record_attention, row_stats, row_stats_reference
+from pladis_analysis.probes import stats as st
 from pladis_analysis.testing import assert_close
 from tiny_models import one_torch_thread  # noqa: F401  (autouse)
 from tiny_models import make_inputs, run_model, tiny_model, tiny_unet
@@ -62,6 +64,23 @@ def test_onehot_fraction_uses_the_gap_threshold():
     assert onehot["onehot_fraction"].tolist() == [1.0, 0.0]
     assert onehot["support_size"].tolist()[0] == 1.0 and onehot["support_size"].tolist()[1] > 1
     assert row_stats(maps.softmax(z), z, alpha=None, names=("onehot_fraction",))["onehot_fraction"].sum() == 0
+
+
+def test_padding_bias_counts_as_masked_for_support_fraction_and_gap():
+    """Diffusers' −10000 text-padding bias is a mask for the statistics, as a boolean mask is: a row with one
+    unpadded key has top gap +inf (softmax over one key is one-hot), a row with every key padded has support
+    fraction 0 (its weights are uniform over the padded keys, none of them unmasked), not Lk."""
+    raw = torch.tensor([[2.0, 1.5, 0.5, -1.0], [2.0, 1.5, 0.5, -1.0], [2.0, 1.5, 0.5, -1.0]])
+    keep = torch.tensor([[True, False, False, False], [True, True, False, False], [False, False, False, False]])
+    for mask in (keep, torch.where(keep, 0.0, -10000.0)):
+        z = st.masked_scores(raw, mask)
+        weights = maps.softmax(z)
+        stats = row_stats(weights, z, mask=mask, alpha=None, names=("top_gap", "onehot_fraction",
+                                                                   "support_fraction"))
+        assert stats["top_gap"][:2].tolist() == [math.inf, 0.5] and stats["onehot_fraction"][0] == 1
+        assert stats["support_fraction"].tolist() == [1.0, 1.0, 0.0]
+    expected = row_stats_reference(weights.numpy(), valid=keep.sum(-1).numpy())
+    assert expected["support_fraction"].tolist() == [1.0, 1.0, 0.0]
 
 
 def test_parse_stats():
@@ -176,6 +195,43 @@ def test_repeated_runs_average_per_step(unet):
         hand_loop(unet, "unet", 3, seed=0)
     mean = (one.to_dataframe().entropy.to_numpy() + other.to_dataframe().entropy.to_numpy()) / 2
     assert_close(df.entropy.to_numpy(), mean, atol=1e-6, rtol=1e-6, name="run average")
+
+
+def test_repeated_runs_weigh_items_and_keep_maxima(unet):
+    """Runs of 2 and 4 prompts in one context: means weigh each run by its items (2 : 4), ``lipschitz_max`` is
+    the larger of the runs' maxima, not their mean."""
+    from pladis_analysis.probes import SensitivityConfig
+
+    sample, _, text = make_inputs("unet")
+    runs = {2: (sample, text), 4: (torch.cat([sample, sample.flip(0)]), torch.cat([text, text.flip(0)]))}
+    cfg = SensitivityConfig(eps=(1e-2,), targets=("query",), iterations=60, max_rows=10_000)
+
+    def record(sizes):
+        with record_attention(unet, variants=("softmax",), stats=["entropy"], batch_layout="none",
+                              sensitivity=cfg) as rec:
+            for size in sizes:
+                x, context = runs[size]
+                for t in (999.0, 1.0):  # the timestep going up again starts the next run at step 0
+                    run_model(unet, x, torch.full((size,), t), context)
+        return rec.to_dataframe()
+
+    both, two, four = record([2, 4]), record([2]), record([4])
+    assert set(both.n_calls) == {2} and set(both.n_items) == {6}
+    assert_close(both.entropy.to_numpy(), (2 * two.entropy.to_numpy() + 4 * four.entropy.to_numpy()) / 6,
+                 atol=1e-6, rtol=1e-6, name="item-weighted mean")
+    # power iteration to convergence on every query row: the runs' maxima are reproducible to its tolerance
+    expected = np.maximum(two.lipschitz_max.to_numpy(), four.lipschitz_max.to_numpy())
+    assert_close(both.lipschitz_max.to_numpy(), expected, atol=1e-5, rtol=1e-4, name="maximum over runs")
+    assert (both.lipschitz_max.to_numpy() > (two.lipschitz_max.to_numpy() + four.lipschitz_max.to_numpy()) / 2
+            ).any()
+
+
+def test_running_map_is_what_each_branch_ran(unet):
+    with apply_pladis(unet, layers="cross", branches="cond"), record_attention(unet, variants=("softmax",)) as rec:
+        hand_loop(unet, "unet", 1)
+    df = rec.to_dataframe()
+    assert set(df[df.branch == "cond"].running_map) == {"pladis(2, 1.5)"}
+    assert set(df[df.branch == "uncond"].running_map) == {"softmax"}
 
 
 def test_ddim_loop_with_pladis_and_probes(unet):

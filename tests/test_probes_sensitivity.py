@@ -97,6 +97,24 @@ def test_recorder_sensitivity_columns_are_finite_and_repeatable():
     assert (frames[0].filter(like="sens_text").to_numpy() > 0).all()
 
 
+def test_text_sensitivity_of_a_half_precision_model_is_its_float32_twins():
+    """The text perturbation (relative 1e-3, under bfloat16's half-ulp of 2e-3) goes through the key/value
+    projections in float32, so a bfloat16 model's text sensitivity is its float32 twin's up to the rounding of
+    its queries and keys (it was about twice as large when perturbed in bfloat16)."""
+    from tiny_models import tiny_model
+
+    cfg = SensitivityConfig(eps=(1e-3,), targets=("text",), lipschitz=False, max_rows=64)
+    means = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny_model("pixart").to(dtype)
+        sample, t, text = make_inputs("pixart")
+        with torch.no_grad(), record_attention(model, stats=["entropy"], variants=("softmax", "entmax(1.5)"),
+                                               sensitivity=cfg) as rec:
+            model(hidden_states=sample.to(dtype), encoder_hidden_states=text.to(dtype), timestep=t)
+        means[dtype] = rec.to_dataframe().groupby("variant")["sens_text_0.001"].mean().to_numpy()
+    assert_close(means[torch.bfloat16], means[torch.float32], atol=0, rtol=0.05, name="bfloat16 vs float32")
+
+
 @pytest.mark.parametrize("kwargs", [dict(eps=(0.0,)), dict(targets=("keys",)), dict(iterations=0),
                                     dict(max_rows=0)])
 def test_bad_sensitivity_config(kwargs):

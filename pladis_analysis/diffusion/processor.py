@@ -141,7 +141,9 @@ class AttentionCall:
     """Everything a probe may need about one attention call, heads split: ``query`` (B, H, Lq, d),
     ``key``/``value`` (B, H, Lk, d), ``mask`` (B, H, 1 or Lq, Lk) or ``None``, ``output`` (B, H, Lq, d) — what the
     model runs —, the normalised text ``context`` (B, Lk, C) and ``project_kv(context) -> (key, value)`` to
-    recompute keys and values from a perturbed context."""
+    recompute keys and values from a perturbed context, in the context's dtype (a float32 context gets float32
+    keys and values from a half-precision model, its weights upcast for the call). ``chunk_maps`` is the map each
+    guidance chunk of ``layout`` ran: ``map`` on the selected branches, softmax on the others."""
 
     layer: str
     attn: Any
@@ -157,6 +159,7 @@ class AttentionCall:
     map: AttentionMap
     spatial: tuple[int, int] | None = None
     state: SamplingState | None = None
+    chunk_maps: tuple[AttentionMap, ...] = ()
 
 
 def resolve_branches(branches: str | Sequence[str]) -> frozenset[str] | None:
@@ -264,8 +267,8 @@ class PladisAttnProcessor:
             self.probe(AttentionCall(
                 layer=self.layer, attn=attn, query=query, key=key, value=value, mask=attention_mask,
                 scale=attn.scale, output=out, context=encoder_hidden_states,
-                project_kv=lambda context: self._project_kv(attn, context), layout=layout, map=self.map,
-                spatial=spatial, state=self.state))
+                project_kv=lambda context: self._project_kv(attn, context, weights_like_context=True),
+                layout=layout, map=self.map, spatial=spatial, state=self.state, chunk_maps=self.chunk_maps(layout)))
 
         # (B, H, Lq, d) -> (B, Lq, H*d)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, out.shape[1] * out.shape[-1])
@@ -281,17 +284,34 @@ class PladisAttnProcessor:
         return hidden_states / getattr(attn, "rescale_output_factor", 1.0)
 
     # -- pieces -----------------------------------------------------------------------------------------------
-    def _project_kv(self, attn, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (B, H, Lk, d) of a (normalised) context, with the module's key norm."""
-        key = attn.to_k(context)
-        value = attn.to_v(context)
+    def _project_kv(self, attn, context: torch.Tensor, weights_like_context: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, Lk, d) of a (normalised) context, with the module's key norm.
+
+        ``weights_like_context``: run the projections with their parameters cast to the context's dtype (for the
+        probes, which perturb a float32 copy of a half-precision model's context by less than its rounding)."""
+        def run(module, x):
+            if not weights_like_context:
+                return module(x)
+            state = {name: t.to(x.dtype) if t.is_floating_point() else t
+                     for name, t in (*module.named_parameters(), *module.named_buffers())}
+            return torch.func.functional_call(module, state, (x,))
+
+        key = run(attn.to_k, context)
+        value = run(attn.to_v, context)
         if self.qk_norm_before_split and attn.norm_k is not None:
-            key = attn.norm_k(key)
+            key = run(attn.norm_k, key)
         heads = attn.heads
         key, value = _head_split(key, heads), _head_split(value, heads)
         if not self.qk_norm_before_split and getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
+            key = run(attn.norm_k, key)
         return key, value
+
+    def chunk_maps(self, layout: tuple[str, ...]) -> tuple[AttentionMap, ...]:
+        """The map each guidance chunk of ``layout`` runs: :attr:`map` on the selected branches, softmax elsewhere."""
+        if self._branch_set is None:
+            return (self.map,) * len(layout)
+        return tuple(self.map if label in self._branch_set else AttentionMap.softmax() for label in layout)
 
     def _layout(self, batch_size: int) -> tuple[str, ...]:
         layout = self.batch_layout
@@ -305,17 +325,14 @@ class PladisAttnProcessor:
         return tuple(layout)
 
     def _attend(self, query, key, value, mask, scale, layout) -> torch.Tensor:
-        if self._branch_set is None or self.map.kind == "softmax":
-            return self._attend_map(self.map, query, key, value, mask, scale)
-        n = len(layout)
-        if all(label in self._branch_set for label in layout):
-            return self._attend_map(self.map, query, key, value, mask, scale)
+        chunk_maps = self.chunk_maps(layout)
+        if len(set(chunk_maps)) == 1:  # one map for the whole batch: one call
+            return self._attend_map(chunk_maps[0], query, key, value, mask, scale)
         outs = []
-        chunk = query.shape[0] // n
-        for i, label in enumerate(layout):
+        chunk = query.shape[0] // len(layout)
+        for i, attention_map in enumerate(chunk_maps):
             rows = slice(i * chunk, (i + 1) * chunk)
             m = None if mask is None else (mask[rows] if mask.shape[0] == query.shape[0] else mask)
-            attention_map = self.map if label in self._branch_set else AttentionMap.softmax()
             outs.append(self._attend_map(attention_map, query[rows], key[rows], value[rows], m, scale))
         return torch.cat(outs)
 

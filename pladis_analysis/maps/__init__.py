@@ -97,7 +97,8 @@ def entmax(z: torch.Tensor, alpha: float, dim: int = -1, return_support: bool = 
     (z' = (α − 1) z) followed by renormalisation, with ‖p − p*‖₁ ≤ 2ε, ε = 2⁻²¹ in float32 and 2⁻⁴¹ in
     float64 (derivation in :mod:`pladis_analysis.maps._threshold`). α above 6 (``FLOAT32_MAX_ALPHA``) is
     computed in float64 whatever the input dtype: there a float32 search loses weights of entries tied just
-    under the one-hot gap. α → 1 tends to softmax.
+    under the one-hot gap. So is α below 1.01 (``FLOAT32_MIN_ALPHA``), where it loses the scores' differences.
+    α → 1 tends to softmax.
     Backward: J = diag(s) − s sᵀ/Σs, s = p^{2−α} on the support.
 
     Raises ValueError for α ≤ 1 or non-finite α.

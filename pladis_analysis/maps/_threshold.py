@@ -1,7 +1,8 @@
 """The maths of the torch path: thresholds, forward maps and closed-form Jacobian-vector products.
 
 Everything here works on the LAST dimension of a tensor that is already in the working dtype (float32;
-float64 for float64 inputs and for α above :data:`FLOAT32_MAX_ALPHA`); :mod:`.functions` handles dtypes,
+float64 for float64 inputs and for α outside [:data:`FLOAT32_MIN_ALPHA`, :data:`FLOAT32_MAX_ALPHA`]); :mod:`.functions`
+handles dtypes,
 devices and autograd.
 
 All maps are computed in the shifted and scaled space used by Peters, Niculae & Martins (2019):
@@ -76,6 +77,18 @@ MAX_ITERATIONS = 64
 # above the limit compute in float64 (working_dtype), and the float32 kernels hand such α to this path.
 FLOAT32_MAX_ALPHA = 6.0
 
+# Below this α a float32 search loses the scores' differences: z' = (α − 1)(z − max z) and t = z' − τ sit next
+# to 1 (τ ≈ −1), so only about ε/(α − 1) of them survive, and the power t^{1/(α−1)} magnifies what is lost. On
+# N(0, 4) rows of 77 the float32 weights were within the float32 tolerance down to α = 1.001 and failed 13% of
+# the elements at α = 1.0001 (85% at 1 + 10⁻⁶); tests/test_maps_torch.py::test_alpha_next_to_one_computes_in_
+# float64 holds both ends. Maps below the limit compute in float64, and the float32 kernels hand such α to this
+# path. (Float64 degrades the same way much later: α − 1 of order 10⁻⁸ and below.)
+FLOAT32_MIN_ALPHA = 1.01
+
+# An additive mask value at or below this masks its key for the per-row statistics (support fraction, top gap):
+# diffusers' text-padding bias is −10000, which the maps see as a very low score, not as −inf.
+MASKED_BIAS_THRESHOLD = -1000.0
+
 
 # --------------------------------------------------------------------------------------------------
 # validation
@@ -135,8 +148,9 @@ def check_scores(z, dim) -> int:
 
 def working_dtype(dtype: torch.dtype, alpha: float | None = None) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32, except α-entmax (and PLADIS) above
-    :data:`FLOAT32_MAX_ALPHA`, which is computed in float64 whatever the input dtype."""
-    if dtype == torch.float64 or (alpha is not None and alpha > FLOAT32_MAX_ALPHA):
+    :data:`FLOAT32_MAX_ALPHA` or below :data:`FLOAT32_MIN_ALPHA`, which is computed in float64 whatever the input
+    dtype."""
+    if dtype == torch.float64 or (alpha is not None and not FLOAT32_MIN_ALPHA <= alpha <= FLOAT32_MAX_ALPHA):
         return torch.float64
     return torch.float32
 

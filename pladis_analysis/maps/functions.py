@@ -4,10 +4,17 @@ Each map's forward and backward are plain functions first (``*_parts``, ``*_vjp`
 the backward of the compiled maps' operator (:mod:`.operators`) calls directly.
 
 Each Function acts on the last dimension, upcasts to the working dtype (float32; float64 for float64 input and
-for α above :data:`._threshold.FLOAT32_MAX_ALPHA`) inside and returns the input dtype. The backward pass is the
-closed-form Jacobian-vector product (the Jacobians are symmetric), never autograd through the threshold search.
+for α outside [:data:`._threshold.FLOAT32_MIN_ALPHA`, :data:`._threshold.FLOAT32_MAX_ALPHA`]) inside and
+returns the input dtype. The backward pass is the closed-form Jacobian-vector product (the Jacobians are
+symmetric), never autograd through the threshold search.
 Each Function takes a trailing ``need_support`` flag and returns ``(p, support_size)``, the support size
 (non-differentiable) being an empty tensor unless asked for.
+
+Twice differentiable only in the incoming gradient. Under ``create_graph=True`` a backward is built from
+differentiable ops on the gradient it receives, so the double-backward Jacobian-vector product
+(``torch.autograd.functional.jvp``) is exact; the tensors it saved from the forward (p, s, S) are constants to
+autograd, so a Hessian through a map lacks the map's own curvature (except softmax of float32/float64 scores,
+whose saved p is its output). Second derivatives in z are not implemented.
 """
 
 from __future__ import annotations
@@ -85,20 +92,6 @@ def pladis_vjp(saved: tuple, scale: float, alpha: float, g: torch.Tensor) -> tor
 
 # -- autograd Functions ----------------------------------------------------------------------------------------
 
-def refuse_second_derivative(what: str) -> None:
-    """Raise in a backward run with ``create_graph=True`` (the only way autograd runs one with grad enabled).
-
-    The backwards are closed-form products with tensors saved by the forward, which autograd would treat as
-    constants: a Hessian, a Hessian-vector product or a gradient penalty through them would silently lose the
-    map's curvature. (``torch.autograd.function.once_differentiable`` does not catch that case: it only
-    guards differentiating with respect to the incoming gradient.)
-    """
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"{what}: second derivatives are not implemented (its backward is a closed-form "
-                           "Jacobian-vector product of saved tensors, which autograd would differentiate as "
-                           "constants); differentiate without create_graph=True")
-
-
 class SoftmaxFunction(torch.autograd.Function):
     """softmax(z) with backward (diag(p) − p pᵀ) v."""
 
@@ -107,16 +100,10 @@ class SoftmaxFunction(torch.autograd.Function):
         p, support, saved = softmax_parts(z.to(th.working_dtype(z.dtype)), need_support)
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(support)
-        out = p.to(z.dtype)
-        # When the saved p is the output itself (float32/float64 input), autograd differentiates the backward
-        # through it correctly; a float16/bfloat16 output is a rounded copy, so the saved p is a constant.
-        ctx.saved_is_output = out is p
-        return out, support
+        return p.to(z.dtype), support
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
-        if not ctx.saved_is_output:
-            refuse_second_derivative("softmax of float16/bfloat16 scores")
         saved = ctx.saved_tensors
         return softmax_vjp(saved, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None
 
@@ -136,7 +123,6 @@ class EntmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_p, grad_support):
-        refuse_second_derivative("α-entmax")
         saved = ctx.saved_tensors
         return entmax_vjp(saved, ctx.alpha, grad_p.to(saved[0].dtype)).to(grad_p.dtype), None, None
 
@@ -158,6 +144,5 @@ class PladisFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_a, grad_support):
-        refuse_second_derivative("PLADIS weights")
         saved = ctx.saved_tensors
         return pladis_vjp(saved, ctx.scale, ctx.alpha, grad_a.to(saved[0].dtype)).to(grad_a.dtype), None, None, None

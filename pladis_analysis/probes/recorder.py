@@ -11,7 +11,9 @@ recomputes, *on the same q/k/v*, the weights of every requested variant and meas
 Streaming: each call is reduced at once to per-head means over the query positions and the batch items of each
 guidance branch, and added into an accumulator keyed by (step, timestep, layer, branch, variant); nothing of size
 Lq·Lk is kept, so memory is the result rows (plus heat maps at the few steps asked for). Repeated sampling runs
-inside one context (several prompts) are averaged per step (``n_calls`` counts them).
+inside one context (several prompts) are averaged per step over their batch items, so a run of three prompts
+weighs three times a run of one (``n_calls`` counts the calls, ``n_items`` the items); a ``*_max`` column
+(``lipschitz_max``) is the maximum over them all, not a mean of maxima.
 
 Step and timestep come from a forward pre-hook on the denoiser (:mod:`pladis_analysis.diffusion.tracking`), so
 they reach the probe for bare models in hand-written loops and for models that pass no kwargs to their
@@ -117,8 +119,9 @@ class AttentionRecorder:
         self.layers_spec = layers
         self.batch_layout = parse_layout(batch_layout)
         self.stat_names = self.stats + (self.sensitivity.stat_names() if self.sensitivity else ())
-        # (step, timestep, layer, layout, variant, running, query_tokens) -> [sum (n_stats, n_chunks, H), calls]
-        self._acc: dict[tuple, list] = {}
+        # (step, timestep, layer, layout, variant, running maps, query_tokens) -> _Accumulator
+        self._acc: dict[tuple, _Accumulator] = {}
+        self._max_rows = [i for i, name in enumerate(self.stat_names) if name.endswith("_max")]
         self._heat: dict[tuple, list] = {}
         self._generator = torch.Generator().manual_seed(self.sensitivity.seed if self.sensitivity else 0)
         self.state = None
@@ -178,8 +181,8 @@ class AttentionRecorder:
                 self.calls_by_path["triton"] += 1
                 for variant, rows in fused.items():
                     values = [_branch_means(rows[name], n_chunks) for name in self.stats]  # each (n_chunks, H)
-                    self._accumulate((step, timestep, layer, layout, variant.label, call.map.label,
-                                      call.query.shape[-2]), torch.stack(values).double())
+                    self._accumulate((step, timestep, layer, layout, variant.label, _running(call),
+                                      call.query.shape[-2]), torch.stack(values).double(), call)
                 return
         self.calls_by_path["torch"] += 1
 
@@ -189,7 +192,7 @@ class AttentionRecorder:
             mask = mask.float()
         scores = st.masked_scores((q @ k.transpose(-1, -2)) * call.scale, mask)  # (B, H, Lq, Lk)
         weights = _VariantWeights(scores)
-        gap = st.top_gap(scores) if set(self.stats) & set(st.GAP_STATS) else None
+        gap = st.top_gap(st.gap_scores(scores, mask)) if set(self.stats) & set(st.GAP_STATS) else None
         need_out = bool(set(self.stats) & set(st.OUTPUT_STATS))
         out_softmax = weights.get(AttentionMap.softmax()) @ v if need_out else None
         heat = step in self.heatmap_steps
@@ -208,17 +211,17 @@ class AttentionRecorder:
             if self.sensitivity is not None:
                 values += self._sensitivity(call, q, k, v, mask, weights, variant, n_chunks)
             stacked = torch.stack(values).double()  # (n_stats, n_chunks, H)
-            self._accumulate((step, timestep, layer, layout, variant.label, call.map.label, q.shape[-2]), stacked)
+            self._accumulate((step, timestep, layer, layout, variant.label, _running(call), q.shape[-2]), stacked,
+                             call)
             if heat:
                 self._add_heatmap(step, layer, layout, variant.label, a, call)
 
-    def _accumulate(self, key: tuple, stacked: torch.Tensor) -> None:
+    def _accumulate(self, key: tuple, stacked: torch.Tensor, call: AttentionCall) -> None:
+        """Add one call's per-chunk means (n_stats, n_chunks, H), weighted by the batch items of a chunk."""
         slot = self._acc.get(key)
         if slot is None:
-            self._acc[key] = [stacked, 1]
-        else:
-            slot[0] += stacked
-            slot[1] += 1
+            slot = self._acc[key] = _Accumulator(stacked, self._max_rows)
+        slot.add(stacked, items=call.query.shape[0] // len(call.layout))
 
     def _fused_rows(self, call: AttentionCall) -> dict[AttentionMap, dict[str, torch.Tensor]] | None:
         """Per-row statistics (B, H, Lq) of every variant from the fused kernel's, or ``None`` where the dispatch
@@ -261,6 +264,13 @@ class AttentionRecorder:
 
         base = weights.get(variant)[..., rows, :] @ v  # (B, H, R, dv)
         out: list[torch.Tensor] = []
+        if "text" in cfg.targets:
+            # The text perturbation goes through the key/value projections in float32 (the weights upcast):
+            # rounded to a half-precision model's dtype, a relative 1e-3 would mostly vanish (bfloat16's half-ulp
+            # is 2e-3) and the projections' own rounding would swamp the rest. Base keys and values the same way.
+            context = call.context.float()
+            k_text, v_text = call.project_kv(context)
+            base_text = attend(q_r, k_text.float(), v_text.float())
         for target in cfg.targets:
             for eps in cfg.eps:
                 if target == "query":
@@ -268,13 +278,12 @@ class AttentionRecorder:
                     moved = attend(q_r + delta, k, v)
                     ratio = (moved - base).norm(dim=-1) / delta.norm(dim=-1).clamp_min(1e-30)
                 else:
-                    context = call.context.float()
                     delta = relative_perturbation(context, eps, (-2, -1), gen)  # per batch item
-                    k2, v2 = call.project_kv((context + delta).to(call.context.dtype))
+                    k2, v2 = call.project_kv(context + delta)
                     moved = attend(q_r, k2.float(), v2.float())
                     # (B, H, R) / (B, 1, 1)
-                    ratio = (moved - base).norm(dim=-1) / delta.flatten(1).norm(dim=-1).clamp_min(1e-30)[:, None,
-                                                                                                           None]
+                    ratio = (moved - base_text).norm(dim=-1) / delta.flatten(1).norm(dim=-1).clamp_min(1e-30)[
+                        :, None, None]
                 out.append(_branch_means(ratio, n_chunks))
         if cfg.lipschitz:
             z_r = st.masked_scores((q_r @ k.transpose(-1, -2)) * call.scale, mask_r)
@@ -308,24 +317,26 @@ class AttentionRecorder:
     # -- results ----------------------------------------------------------------------------------------
     def nbytes(self) -> int:
         """Bytes held by the accumulators (statistics and heat maps)."""
-        total = sum(t.numel() * t.element_size() for t, _ in self._acc.values())
+        total = sum(slot.nbytes() for slot in self._acc.values())
         return total + sum(t.numel() * t.element_size() for t, _ in self._heat.values())
 
     def to_dataframe(self) -> pd.DataFrame:
         """Tidy results: one row per (step, timestep, layer, head, branch, variant); statistic columns are means
-        over query positions and the branch's batch items (and over repeated runs, ``n_calls``)."""
+        over query positions and the branch's batch items (and over repeated runs: ``n_calls`` calls of
+        ``n_items`` items per branch in all), ``*_max`` columns maxima; ``running_map`` is what the branch ran."""
         records = []
-        for (step, timestep, layer, layout, variant, running, n_q), (total, calls) in self._acc.items():
-            mean = (total / calls).cpu().numpy()  # (n_stats, n_chunks, H)
+        for (step, timestep, layer, layout, variant, running, n_q), slot in self._acc.items():
+            mean = slot.result().cpu().numpy()  # (n_stats, n_chunks, H)
             group, block = _group_and_block(layer)
             for c, branch in enumerate(layout):
                 for head in range(mean.shape[-1]):
                     row = {"step": step, "timestep": timestep, "layer": layer, "head": head, "branch": branch,
-                           "variant": variant, "group": group, "running_map": running, "query_tokens": n_q,
-                           "n_calls": calls}
+                           "variant": variant, "group": group, "running_map": running[c], "query_tokens": n_q,
+                           "n_calls": slot.calls, "n_items": slot.items}
                     row.update({name: float(mean[i, c, head]) for i, name in enumerate(self.stat_names)})
                     records.append(row)
-        columns = list(KEY_COLUMNS) + ["group", "running_map", "query_tokens", "n_calls"] + list(self.stat_names)
+        columns = (list(KEY_COLUMNS) + ["group", "running_map", "query_tokens", "n_calls", "n_items"]
+                   + list(self.stat_names))
         df = pd.DataFrame.from_records(records, columns=columns)
         return df.sort_values(["step", "layer", "branch", "variant", "head"], kind="stable").reset_index(drop=True)
 
@@ -358,6 +369,38 @@ class AttentionRecorder:
         from ..results import provenance, write_table
 
         return write_table(self.to_dataframe(), path, provenance({"recorder": self.config(), **meta}, seeds))
+
+
+class _Accumulator:
+    """Running item-weighted sums of per-chunk means (n_stats, n_chunks, H) over calls, and the running maxima of
+    the statistics in the rows ``max_rows`` (the ``*_max`` columns)."""
+
+    def __init__(self, like: torch.Tensor, max_rows: list[int]):
+        self.total = torch.zeros_like(like)
+        self.max_rows = max_rows
+        self.maximum = torch.full_like(like[max_rows], -math.inf)
+        self.items = 0
+        self.calls = 0
+
+    def add(self, values: torch.Tensor, items: int) -> None:
+        self.total += values * items
+        torch.maximum(self.maximum, values[self.max_rows], out=self.maximum)
+        self.items += items
+        self.calls += 1
+
+    def result(self) -> torch.Tensor:
+        """Item-weighted means, maxima in the rows ``max_rows``."""
+        out = self.total / self.items
+        out[self.max_rows] = self.maximum
+        return out
+
+    def nbytes(self) -> int:
+        return (self.total.numel() + self.maximum.numel()) * self.total.element_size()
+
+
+def _running(call: AttentionCall) -> tuple[str, ...]:
+    """The label of the map each guidance chunk of the call ran."""
+    return tuple(m.label for m in call.chunk_maps) or (call.map.label,) * len(call.layout)
 
 
 class _VariantWeights:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..maps._threshold import MASKED_BIAS_THRESHOLD
+
 # statistics of the weights (per variant)
 WEIGHT_STATS = ("entropy", "tsallis_entropy", "support_size", "support_fraction", "max_weight", "bos_mass",
                 "l1_norm", "negative_mass")
@@ -26,7 +28,6 @@ GAP_STATS = ("top_gap", "onehot_fraction")
 # distance of the variant's output from softmax attention's output on the same q/k/v, and its norm
 OUTPUT_STATS = ("out_delta", "out_norm")
 BASIC_STATS = WEIGHT_STATS + GAP_STATS
-MASKED_BIAS_THRESHOLD = -1000.0
 
 
 def valid_keys(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | int:
@@ -39,11 +40,12 @@ def valid_keys(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | int
 
 
 def support_fraction(support: torch.Tensor, mask: torch.Tensor | None, key_length: int) -> torch.Tensor:
-    """Support size per row over the row's unmasked keys (at least one, so all-masked rows give 0)."""
+    """Support size per row over the row's unmasked keys; 0 on a row with none (an additive mask that masks every
+    key leaves uniform weights over all of them, which is no support among unmasked keys)."""
     valid = valid_keys(mask, key_length)
     if isinstance(valid, torch.Tensor):
-        return support / valid.float().clamp_min(1)
-    return support / float(max(valid, 1))
+        return torch.where(valid > 0, support / valid.float().clamp_min(1), 0.0)
+    return support / float(valid) if valid > 0 else torch.zeros_like(support)
 
 
 def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -53,6 +55,15 @@ def masked_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     if mask.dtype == torch.bool:
         return scores.masked_fill(~mask, float("-inf"))
     return scores + mask
+
+
+def gap_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Masked scores (:func:`masked_scores`) with every masked key at −inf, an additive bias ≤
+    :data:`MASKED_BIAS_THRESHOLD` included: the gap statistics compare the row's unmasked keys only (a padded
+    key's z − 10000 is no runner-up, and a row with one unmasked key has gap +inf, as under a boolean mask)."""
+    if mask is None or mask.dtype == torch.bool:
+        return scores
+    return scores.masked_fill(mask <= MASKED_BIAS_THRESHOLD, float("-inf"))
 
 
 def magnitude_distribution(weights: torch.Tensor) -> torch.Tensor:
@@ -93,7 +104,8 @@ def row_stats(weights: torch.Tensor, scores: torch.Tensor | None = None, mask: t
               gap: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The requested per-row statistics of ``weights`` (…, Lk) as float32 tensors shaped (…).
 
-    ``scores`` (masked, with the row's scaling) are needed for the gap statistics unless ``gap`` is given;
+    ``scores`` (masked, with the row's scaling; keys masked by ``mask`` are left out of the gap) are needed for
+    the gap statistics unless ``gap`` is given;
     ``alpha`` is the variant's entmax α (``None`` for softmax) and sets the one-hot threshold.
     """
     w = weights.float()
@@ -121,7 +133,7 @@ def row_stats(weights: torch.Tensor, scores: torch.Tensor | None = None, mask: t
         if gap is None:
             if scores is None:
                 raise ValueError("scores=None: the gap statistics need the scores (or gap=)")
-            gap = top_gap(scores.float())
+            gap = top_gap(gap_scores(scores.float(), mask))
         if "top_gap" in names:
             out["top_gap"] = gap
         if "onehot_fraction" in names:
@@ -151,7 +163,7 @@ def row_stats_reference(weights, scores=None, valid=None, alpha=None, tsallis_al
         "negative_mass": np.where(w < 0, -w, 0.0).sum(-1),
     }
     valid = n_keys if valid is None else np.asarray(valid, dtype=np.float64)
-    out["support_fraction"] = out["support_size"] / np.maximum(valid, 1)
+    out["support_fraction"] = np.where(valid > 0, out["support_size"] / np.maximum(valid, 1), 0.0)
     if scores is not None:
         z = np.sort(np.asarray(scores, dtype=np.float64), axis=-1)
         gap = z[..., -1] - z[..., -2] if n_keys > 1 else np.full(z.shape[:-1], np.inf)

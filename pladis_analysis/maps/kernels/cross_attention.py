@@ -45,8 +45,7 @@ import triton
 import triton.language as tl
 
 from .._shapes import block_size, broadcast_shapes, cdiv, split_blocks, writes_heads_interleaved
-from .._threshold import check_scale
-from ..functions import refuse_second_derivative
+from .._threshold import MASKED_BIAS_THRESHOLD, check_scale
 from .build_failures import launching
 from .entmax_rowwise import (KIND_NEWTON, alpha_flavour, default_start_ranks, entmax_rows, fast_log2,
                              max_iterations, row_max, row_sum, stop_tolerance)
@@ -59,6 +58,7 @@ MAX_HEAD_DIM = 128
 # registers than the score tiles (results/kernel_resources.csv).
 HEAD_DIM_CHUNK = 32
 KEY_CHUNK: tl.constexpr = tl.constexpr(64)
+MASKED_BIAS: tl.constexpr = tl.constexpr(MASKED_BIAS_THRESHOLD)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Per-row statistics, in this order along the last dimension of the stats tensor: MAP_STATS of each of the three
@@ -67,8 +67,9 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (natural log) are of the magnitude distribution |w| / ‖w‖₁, the Tsallis one with the launch's
 # ``tsallis_alpha``; support counts nonzero weights; bos_mass is the first key's weight; negative mass is
 # Σ_{w_i<0} |w_i| (‖A‖₁ = 1 + 2·negative mass). The top gap is z_(1) − z_(2) of the masked, scaled scores (the
-# one-hot regime of α-entmax is gap ≥ 1/(α−1)), 0 on a tie, +inf when fewer than two keys are valid. A row whose
-# keys are all masked has zero weights, and the statistics of a zero row.
+# one-hot regime of α-entmax is gap ≥ 1/(α−1)), 0 on a tie, +inf when fewer than two keys are unmasked; keys
+# under an additive bias ≤ MASKED_BIAS_THRESHOLD (text padding) do not count for it. A row whose keys are all
+# masked has zero weights, and the statistics of a zero row.
 STAT_MAPS = ("softmax", "entmax", "pladis")
 MAP_STATS = ("entropy", "tsallis_entropy", "support_size", "max_weight", "bos_mass", "l1_norm", "negative_mass")
 STAT_NAMES = tuple(f"{stat}_{name}" for name in STAT_MAPS for stat in MAP_STATS) + ("top_gap",)
@@ -139,6 +140,17 @@ def _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scal
         bias = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
         z = z + bias.to(tl.float32)
     return z, col_in[None, :] & (z > float("-inf"))
+
+
+@triton.jit
+def _gap_keys(valid, MASK, m_base, rows, row_in, cols, Lk, smm, smn, MASK_KIND: tl.constexpr):
+    """The keys the top gap compares: the valid ones, less those under a padding bias (reloaded here rather than
+    kept in registers through the threshold search)."""
+    if MASK_KIND == 2:
+        tile_in = row_in[:, None] & (cols < Lk)[None, :]
+        bias = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
+        return valid & (bias.to(tl.float32) > MASKED_BIAS)
+    return valid
 
 
 # A·V over key chunks. Triton cannot slice a register tile, but it can split one in two: (M, N) → (M, 2, N/2) →
@@ -316,14 +328,22 @@ def _fused_pladis_fwd_kernel(
         _store_weight_stats(base + _N_MAP_STATS, row_in, e0, e1, e2, e3, e4, e5, e6)
         e0, e1, e2, e3, e4, e5, e6 = _weight_stats(a, a_t, cols, cols_t, Lk, tsallis_alpha, HAS_TAIL)
         _store_weight_stats(base + 2 * _N_MAP_STATS, row_in, e0, e1, e2, e3, e4, e5, e6)
-        # The top gap in score units from the shifted scores (max = 0 on every row with a valid entry).
-        n_at_max = row_sum((valid & (shifted == 0.0)).to(tl.float32), (valid_t & (shifted_t == 0.0)).to(tl.float32),
-                            HAS_TAIL)
-        second = row_max(tl.where(valid & (shifted < 0.0), shifted, float("-inf")),
-                          tl.where(valid_t & (shifted_t < 0.0), shifted_t, float("-inf")), HAS_TAIL)
-        gap = tl.where(n_at_max > 1.0, 0.0, -second / (alpha - 1.0))    # a tie at the top is a zero gap
-        n_valid = row_sum(valid.to(tl.float32), valid_t.to(tl.float32), HAS_TAIL)
-        gap = tl.where(n_valid > 1.0, gap, float("inf"))
+        # The top gap in score units from the shifted scores, over the keys no mask or padding bias removes (the
+        # largest of those is the row's maximum, shifted to 0, unless a biased key outscores them all).
+        gk = _gap_keys(valid, MASK, m_base, rows, row_in, cols, Lk, smm, smn, MASK_KIND)
+        if HAS_TAIL:
+            gk_t = _gap_keys(valid_t, MASK, m_base, rows, row_in, cols_t, Lk, smm, smn, MASK_KIND)
+        else:
+            gk_t = gk
+        top = row_max(tl.where(gk, shifted, float("-inf")), tl.where(gk_t, shifted_t, float("-inf")), HAS_TAIL)
+        n_at_top = row_sum((gk & (shifted == top[:, None])).to(tl.float32),
+                           (gk_t & (shifted_t == top[:, None])).to(tl.float32), HAS_TAIL)
+        second = row_max(tl.where(gk & (shifted < top[:, None]), shifted, float("-inf")),
+                          tl.where(gk_t & (shifted_t < top[:, None]), shifted_t, float("-inf")), HAS_TAIL)
+        n_counted = row_sum(gk.to(tl.float32), gk_t.to(tl.float32), HAS_TAIL)
+        top = tl.where(n_counted > 0.0, top, 0.0)                          # no −inf − (−inf) on key-less rows
+        gap = tl.where(n_at_top > 1.0, 0.0, (top - second) / (alpha - 1.0))  # a tie at the top is a zero gap
+        gap = tl.where(n_counted > 1.0, gap, float("inf"))
         tl.store(base + 3 * _N_MAP_STATS, gap, mask=row_in)
 
 
@@ -843,13 +863,14 @@ class FusedPladisAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        refuse_second_derivative("the fused PLADIS attention kernel")
         q, k, v, attn_mask = ctx.saved_tensors
+        create_graph = torch.is_grad_enabled()  # differentiable in grad_out then, as the torch path's backward
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
             out = torch_recompute(*inputs, attn_mask=attn_mask, **ctx.params)
             wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(out, wanted, grad_out)) if wanted else iter(())
+            grads = (iter(torch.autograd.grad(out, wanted, grad_out, create_graph=create_graph)) if wanted
+                     else iter(()))
         result = [next(grads) if t.requires_grad else None for t in inputs]
         return (*result, None, None, None, None)
 
@@ -864,8 +885,8 @@ def fused_pladis_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     (default 1/√d). With ``return_stats=True`` returns ``(out, stats)`` with per-row statistics named by
     :data:`STAT_NAMES` (no gradient flows through ``stats``; ``tsallis_alpha`` is the order of their Tsallis
     entropies). Differentiable in q, k, v. The search is in float32: above α = 6 (``FLOAT32_MAX_ALPHA``) it
-    loses the weights of keys tied just under the one-hot gap; ``pladis_attention`` hands such α to the torch
-    path, which computes them in float64.
+    loses the weights of keys tied just under the one-hot gap, below α = 1.01 (``FLOAT32_MIN_ALPHA``) the
+    scores' differences; ``pladis_attention`` hands such α to the torch path, which computes them in float64.
     """
     pladis_scale = check_scale(pladis_scale, "pladis_scale")
     alpha = float(alpha)

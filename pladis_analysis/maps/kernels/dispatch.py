@@ -4,7 +4,8 @@
 
 * ``"auto"`` (default everywhere): the kernels on CUDA tensors whose dtype and shape fit, the torch path
   otherwise. Every fallback has a reason (``triton`` not importable, no CUDA tensor, dtype, shape, an α above
-  ``FLOAT32_MAX_ALPHA`` = 6, where float32 registers lose weights next to the threshold) that
+  ``FLOAT32_MAX_ALPHA`` = 6, where float32 registers lose weights next to the threshold, or below
+  ``FLOAT32_MIN_ALPHA`` = 1.01, where they lose the scores' differences) that
   :func:`choose_map_backend` / :func:`choose_attention_backend` return and that is logged at DEBUG level on
   the ``pladis_analysis.kernels`` logger. CPU tensors always take the torch path under ``"auto"``: the
   Triton interpreter is a testing tool, far slower than torch on CPU.
@@ -38,7 +39,7 @@ from functools import lru_cache
 import torch
 
 from .._shapes import broadcast_shapes
-from .._threshold import FLOAT32_MAX_ALPHA
+from .._threshold import FLOAT32_MAX_ALPHA, FLOAT32_MIN_ALPHA
 from .build_failures import KernelBuildError
 
 logger = logging.getLogger("pladis_analysis.kernels")
@@ -184,6 +185,9 @@ def _alpha_reason(alpha: float) -> str | None:
     if alpha > FLOAT32_MAX_ALPHA:
         return (f"alpha={alpha!r} > {FLOAT32_MAX_ALPHA}: the kernels search in float32, which loses the weights of "
                 f"entries tied next to the threshold at such α (the torch path computes it in float64)")
+    if alpha < FLOAT32_MIN_ALPHA:
+        return (f"alpha={alpha!r} < {FLOAT32_MIN_ALPHA}: the kernels search in float32, which loses the scores' "
+                f"differences so close to α = 1 (the torch path computes it in float64)")
     return None
 
 

@@ -65,7 +65,6 @@ import triton.language as tl
 
 from .._shapes import block_size, cdiv
 from .._threshold import check_alpha
-from ..functions import refuse_second_derivative
 from .build_failures import KernelBuildError, launching
 
 # Threshold searches, chosen from α on the host (constexpr in the kernel): Newton on the q-norm for α ≤ 2,
@@ -698,11 +697,14 @@ class EntmaxRowwise(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_p: torch.Tensor):
-        refuse_second_derivative("the row-wise α-entmax kernel")
         (p32,) = ctx.saved_tensors
         g32 = grad_p.to(torch.float32)
         signature = (str(p32.device), ctx.alpha, p32.shape[ctx.dim])
-        if ctx.fallback and signature in _BACKWARD_FAILURES:
+        if torch.is_grad_enabled():
+            # create_graph=True: the torch twin, whose ops on the gradient autograd can differentiate again (the
+            # double-backward Jacobian-vector product), as the torch path's backward is; the kernel's are opaque
+            grad_z = entmax_backward_torch(p32, g32, ctx.alpha, ctx.dim)
+        elif ctx.fallback and signature in _BACKWARD_FAILURES:
             grad_z = entmax_backward_torch(p32, g32, ctx.alpha, ctx.dim)
         else:
             try:
@@ -722,8 +724,9 @@ def entmax_rowwise(z: torch.Tensor, alpha: float = 1.5, dim: int = -1, *,
 
     Float32 inside; the result has ``z``'s dtype. ``−inf`` entries get zero weight; all-``−inf`` rows give
     zeros. No input validation beyond α (the public maps validate before dispatching here). Above α = 6
-    (``FLOAT32_MAX_ALPHA``) float32 loses the weights of entries tied just under the one-hot gap; the public
-    maps hand such α to the torch path, which computes them in float64.
+    (``FLOAT32_MAX_ALPHA``) float32 loses the weights of entries tied just under the one-hot gap, below α = 1.01
+    (``FLOAT32_MIN_ALPHA``) the scores' differences; the public maps hand such α to the torch path, which
+    computes them in float64.
     ``torch_backward_on_failure``: see :class:`EntmaxRowwise` (the dispatch sets it under ``auto``).
     """
     return EntmaxRowwise.apply(z, check_alpha(alpha), dim, torch_backward_on_failure)
