@@ -115,6 +115,36 @@ def test_text_sensitivity_of_a_half_precision_model_is_its_float32_twins():
     assert_close(means[torch.bfloat16], means[torch.float32], atol=0, rtol=0.05, name="bfloat16 vs float32")
 
 
+def test_text_perturbation_leaves_padding_alone():
+    """Padded text tokens (masked for every query) are neither moved nor counted in ‖δ‖: moving them moves no
+    output, so their share of δ diluted the ratio (about their share of the tokens), and ‖δ‖ = ε‖c‖ sized the
+    real tokens' move by the padding's norm too. Blowing the padded embeddings up 100× now leaves the text
+    sensitivity exactly as it was (it moved it by 5% before)."""
+    from pladis_analysis.probes.sensitivity import relative_perturbation
+    from tiny_models import tiny_model
+
+    x = torch.randn(2, 5, 3)
+    keep = torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 0]])[..., None]
+    delta = relative_perturbation(x, 0.1, (-2, -1), torch.Generator().manual_seed(0), keep=keep)
+    assert torch.all(delta[keep.expand_as(x) == 0] == 0)
+    assert_close(delta.flatten(1).norm(dim=-1), 0.1 * (x * keep).flatten(1).norm(dim=-1), name="‖δ‖")
+
+    cfg = SensitivityConfig(eps=(1e-2,), targets=("text",), lipschitz=False, max_rows=64)
+    model = tiny_model("pixart")
+    sample, t, text = make_inputs("pixart", text_len=8)
+    padding = torch.ones(text.shape[:2])
+    padding[:, 5:] = 0
+    sens = []
+    for blow_up in (1.0, 100.0):
+        padded = text.clone()
+        padded[:, 5:] *= blow_up
+        with torch.no_grad(), record_attention(model, stats=["entropy"], variants=("softmax",),
+                                               sensitivity=cfg) as rec:
+            model(hidden_states=sample, encoder_hidden_states=padded, timestep=t, encoder_attention_mask=padding)
+        sens.append(rec.to_dataframe()["sens_text_0.01"].to_numpy())
+    assert_close(sens[1], sens[0], atol=1e-6, rtol=1e-4, name="sensitivity with padding blown up")
+
+
 @pytest.mark.parametrize("kwargs", [dict(eps=(0.0,)), dict(targets=("keys",)), dict(iterations=0),
                                     dict(max_rows=0)])
 def test_bad_sensitivity_config(kwargs):

@@ -269,6 +269,10 @@ class AttentionRecorder:
             # rounded to a half-precision model's dtype, a relative 1e-3 would mostly vanish (bfloat16's half-ulp
             # is 2e-3) and the projections' own rounding would swamp the rest. Base keys and values the same way.
             context = call.context.float()
+            attended = None  # (B, Lk, 1): tokens some head and query may attend; padding is left alone
+            if call.mask is not None:
+                attended = st.unmasked_keys(call.mask).flatten(1, -2).any(1)                    # (B or 1, Lk)
+                attended = attended.expand(context.shape[0], -1)[..., None].to(context.dtype)
             k_text, v_text = call.project_kv(context)
             base_text = attend(q_r, k_text.float(), v_text.float())
         for target in cfg.targets:
@@ -278,7 +282,7 @@ class AttentionRecorder:
                     moved = attend(q_r + delta, k, v)
                     ratio = (moved - base).norm(dim=-1) / delta.norm(dim=-1).clamp_min(1e-30)
                 else:
-                    delta = relative_perturbation(context, eps, (-2, -1), gen)  # per batch item
+                    delta = relative_perturbation(context, eps, (-2, -1), gen, keep=attended)  # per batch item
                     k2, v2 = call.project_kv(context + delta)
                     moved = attend(q_r, k2.float(), v2.float())
                     # (B, H, R) / (B, 1, 1)

@@ -6,7 +6,7 @@ the score scale. Three measurements:
 * query sensitivity ‖out(q + δ) − out(q)‖ / ‖δ‖, δ Gaussian with ‖δ‖ = ε‖q‖ per row (relative size ε);
 * text sensitivity ‖out(K', V') − out(K, V)‖ / ‖δ‖, where the text context c (B, Lk, C) entering ``to_k``/``to_v``
   moves by δ with ‖δ‖_F = ε‖c‖_F per batch item (so keys *and* values move, as a perturbed prompt embedding
-  would move them);
+  would move them), on the tokens the mask lets some query attend (norms over those tokens too);
 * the local Lipschitz constant of q ↦ out(q): the spectral norm of J = s Vᵀ J_ρ(z) K, estimated by power
   iteration on JᵀJ with exact Jacobian-vector products. The map Jacobians are closed forms
   (:func:`map_jvp`): J_ρ = diag(σ) − σσᵀ/Σσ with σ = p for softmax and σ = p^{2−α} on the support for α-entmax
@@ -114,9 +114,16 @@ def lipschitz_power_iteration(parts: dict, key: torch.Tensor, value: torch.Tenso
 
 
 def relative_perturbation(x: torch.Tensor, eps: float, dims: tuple[int, ...],
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gaussian δ with ‖δ‖ = eps·‖x‖ over ``dims`` (e.g. per row: (-1,); per item: (-2, -1))."""
+                          generator: torch.Generator | None = None, keep: torch.Tensor | None = None
+                          ) -> torch.Tensor:
+    """Gaussian δ with ‖δ‖ = eps·‖x‖ over ``dims`` (e.g. per row: (-1,); per item: (-2, -1)).
+
+    ``keep`` (0/1, broadcastable to ``x``): δ lives on the kept entries only, sized relative to x's norm there
+    (text padding that no query attends is neither moved nor counted: moving it would move nothing, its share of
+    δ would dilute the ratio, and its norm would size the other tokens' move)."""
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    if keep is not None:
+        noise, x = noise * keep, x * keep
     noise = noise / noise.norm(dim=dims, keepdim=True).clamp_min(1e-30)
     return eps * x.norm(dim=dims, keepdim=True) * noise
 

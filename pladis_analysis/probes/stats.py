@@ -30,13 +30,17 @@ OUTPUT_STATS = ("out_delta", "out_norm")
 BASIC_STATS = WEIGHT_STATS + GAP_STATS
 
 
+def unmasked_keys(mask: torch.Tensor) -> torch.Tensor:
+    """True where a key is not masked: a boolean mask's True, an additive mask's value above
+    :data:`MASKED_BIAS_THRESHOLD`."""
+    return mask if mask.dtype == torch.bool else mask > MASKED_BIAS_THRESHOLD
+
+
 def valid_keys(mask: torch.Tensor | None, key_length: int) -> torch.Tensor | int:
     """Number of unmasked keys per row (broadcastable to the rows), or ``key_length`` without a mask."""
     if mask is None:
         return key_length
-    if mask.dtype == torch.bool:
-        return mask.sum(-1)
-    return (mask > MASKED_BIAS_THRESHOLD).sum(-1)
+    return unmasked_keys(mask).sum(-1)
 
 
 def support_fraction(support: torch.Tensor, mask: torch.Tensor | None, key_length: int) -> torch.Tensor:
@@ -63,7 +67,7 @@ def gap_scores(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     key's z − 10000 is no runner-up, and a row with one unmasked key has gap +inf, as under a boolean mask)."""
     if mask is None or mask.dtype == torch.bool:
         return scores
-    return scores.masked_fill(mask <= MASKED_BIAS_THRESHOLD, float("-inf"))
+    return scores.masked_fill(~unmasked_keys(mask), float("-inf"))
 
 
 def magnitude_distribution(weights: torch.Tensor) -> torch.Tensor:
