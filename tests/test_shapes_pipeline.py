@@ -130,8 +130,14 @@ def test_unet_cross_attends_at_16_and_8_pixels(pipe):
         assert any(n.startswith(block) for n in cross), block
 
 
-@pytest.mark.parametrize("kwargs, name", [(dict(prompt=[]), "prompt"), (dict(num_inference_steps=0),
-                                          "num_inference_steps"), (dict(output_type="latent"), "output_type")])
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(prompt=[]), "prompt"), (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=2.5), "num_inference_steps=2.5: must be an integer"),
+    (dict(output_type="latent"), "output_type"),
+    (dict(guidance_scale=float("nan")), "guidance_scale=nan"),  # NaN > 1 is False: guidance silently off
+    (dict(latents=torch.zeros(1, 3, 16, 16)), r"latents.shape=\(1, 3, 16, 16\): expected \(1, 3, 32, 32\)"),
+    (dict(generator=[torch.Generator(), torch.Generator()]), "2 generators for 1 prompts"),
+])
 def test_bad_arguments_name_themselves(pipe, kwargs, name):
     with pytest.raises(ValueError, match=name):
         pipe(**{"prompt": "a red circle", **kwargs})

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -102,3 +103,24 @@ def test_summary_pools_pair_attributes_and_checks_lengths():
         score_images([data[0].image], data)
     with pytest.raises(ValueError, match="image"):
         score_image(np.zeros((32, 32)), data[0])
+    # mixed kinds: the pooled colour and shape cover the pairs' objects too, not only single-object images
+    mixed = make_dataset(20, seed=18, kind="mixed")
+    images = [s.image if s.truth.kind == "single" else s.image[..., ::-1] for s in mixed]  # pairs: wrong colours
+    per_image = score_images(images, mixed)
+    acc = summarise(per_image)
+    pooled = pd.concat([per_image[c].dropna() for c in ("colour", "colour_0", "colour_1")])
+    assert acc["colour"] == pooled.mean() < 1.0
+
+
+def test_pixels_in_any_integer_dtype_or_float_unit_range_score_alike():
+    """uint8, other integer dtypes (np.array(pil, dtype=int)) and float pixels in [0, 1] are one image; float
+    pixels in [0, 255] are refused (clipped to [0, 1] they scored 0 where the image was perfect)."""
+    data = make_dataset(6, seed=19, kind="mixed")
+    for s in data:
+        expected = score_image(s.image, s)
+        assert score_image(s.image.astype(np.int64), s) == expected
+        assert score_image(s.image / 255.0, s) == expected
+    with pytest.raises(ValueError, match=r"float pixels must lie in \[0, 1\]"):
+        score_image(data[0].image.astype(np.float32), data[0])
+    with pytest.raises(ValueError, match=r"integer pixels must lie in \[0, 255\]"):
+        score_image(data[0].image.astype(np.int64) * 2, data[0])

@@ -83,5 +83,7 @@ def test_bad_arguments_name_themselves():
         pladis_step(X, x, 0.0)
     with pytest.raises(ValueError, match="alpha"):
         pladis_energy(X, x, 1.0, 0.5, 1.0)
+    with pytest.raises(ValueError, match="alpha > 1"):  # the energy of a step that pladis_step refuses
+        pladis_energy(X, x, 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="z must be finite"):
         entmax_conjugate([1.0, np.nan], 1.5)

@@ -108,6 +108,8 @@ def test_bad_input_is_named():
         retrieve(X, np.ones(4), 1.0)
     with pytest.raises(ValueError, match="map name"):
         retrieve(X, X[:, 0], 1.0, "sparsest")
+    with pytest.raises(ValueError, match="index must be an integer"):
+        is_entmax_fixed_point(X, 1.5, 1.0, 1.5)
 
 
 def test_sample_patterns_families():

@@ -53,6 +53,7 @@ def pladis_energy(patterns, query, beta: float, alpha: float = 1.5, scale: float
     """
     X, x = _check_patterns(patterns, query)
     b, lam = _check_beta(beta), ref._check_pladis_scale(scale)
+    ref._check_alpha(alpha)  # α > 1, as pladis_step's weights need (α = 1 would be an energy without a step)
     z = b * (X.T @ x)  # (N,)
     phi = (1.0 - lam) * entmax_conjugate(z, 1.0) + lam * entmax_conjugate(z, alpha)
     return float(0.5 * x @ x - phi / b)

@@ -140,8 +140,8 @@ def is_entmax_fixed_point(patterns, index: int, beta: float, alpha: float) -> bo
     """Whether the α-entmax update maps ξ_μ to itself with one-hot weights:
     β·(ξ_μᵀξ_μ − max_{ν≠μ} ξ_νᵀξ_μ) ≥ 1/(α−1)."""
     X, _ = _check_patterns(patterns)
-    if not 0 <= index < X.shape[1]:
-        raise ValueError(f"index must be in [0, {X.shape[1]}), got index={index}")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < X.shape[1]:
+        raise ValueError(f"index must be an integer in [0, {X.shape[1]}), got index={index!r}")
     a = float(alpha)
     if not np.isfinite(a) or a <= 1.0:
         raise ValueError(f"alpha must be a finite number > 1, got alpha={alpha!r}")

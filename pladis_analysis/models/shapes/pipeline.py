@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -123,8 +125,14 @@ class ShapesPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt={prompt!r}: expected a string or a non-empty list of strings")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps={num_inference_steps}: must be >= 1")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, numbers.Integral) \
+                or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps={num_inference_steps!r}: must be an integer >= 1")
+        if not math.isfinite(float(guidance_scale)):  # NaN would fail `> 1` and silently switch guidance off
+            raise ValueError(f"guidance_scale={guidance_scale!r}: must be a finite number")
+        if isinstance(generator, (list, tuple)) and len(generator) != len(prompts):
+            raise ValueError(f"generator: a list of {len(generator)} generators for {len(prompts)} prompts "
+                             "(one per prompt)")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type={output_type!r}: expected 'pil', 'np' or 'pt'")
         bad = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
@@ -143,6 +151,10 @@ class ShapesPipeline(DiffusionPipeline):
             latents = randn_tensor((batch, IMAGE_CHANNELS, size, size), generator=generator, device=device,
                                    dtype=dtype)
         else:
+            expected = (batch, IMAGE_CHANNELS, size, size)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents.shape={tuple(latents.shape)}: expected {expected} (one {size}×{size} "
+                                 "noise image per prompt)")
             latents = latents.to(device=device, dtype=dtype)
         latents = latents * self.scheduler.init_noise_sigma
 

@@ -62,14 +62,29 @@ class DetectedObject:
         return "small" if self.extent <= SIZE_THRESHOLD else "large"
 
 
+# Float pixels may overshoot [0, 1] by a decoder's rounding; anything further out is another convention.
+_FLOAT_RANGE_SLACK = 0.05
+
+
 def _as_float_image(image) -> np.ndarray:
-    """(H, W, 3) float64 in [0, 1] from uint8 or float input (PIL images too)."""
+    """(H, W, 3) float64 in [0, 1] from integer pixels in [0, 255] (uint8, PIL images, int arrays) or float pixels
+    in [0, 1]; other ranges are a ValueError: clipped, float pixels in [0, 255] would turn every faint background
+    value into an object and score wrong without a word."""
     arr = np.asarray(image)
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ValueError(f"image: expected an (H, W, 3) array, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
+    if np.issubdtype(arr.dtype, np.integer):
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise ValueError(f"image: integer pixels must lie in [0, 255], found [{arr.min()}, {arr.max()}]")
         return arr.astype(np.float64) / 255.0
-    return np.clip(arr.astype(np.float64), 0.0, 1.0)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"image: expected integer or float pixels, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.size and not (np.isfinite(arr).all() and arr.min() >= -_FLOAT_RANGE_SLACK
+                         and arr.max() <= 1 + _FLOAT_RANGE_SLACK):
+        raise ValueError(f"image: float pixels must lie in [0, 1], found [{arr.min():.4g}, {arr.max():.4g}] "
+                         "(divide [0, 255] pixels by 255, or pass uint8)")
+    return np.clip(arr, 0.0, 1.0)
 
 
 def colour_labels(image) -> np.ndarray:
@@ -194,8 +209,8 @@ def score_images(images: Iterable, truths: Sequence[PromptTruth | ShapesSample])
 
 
 def summarise(per_image: pd.DataFrame) -> dict[str, float]:
-    """Accuracy per attribute (over the images whose prompt specifies it) and ``all``; pair attributes are also
-    pooled over both objects (``colour``, ``shape``)."""
+    """Accuracy per attribute (over the images whose prompt specifies it) and ``all``. ``colour`` and ``shape``
+    pool every object's: single-object images' own and both objects' of pairs (``colour_0``, ``colour_1``)."""
     out = {}
     for col in per_image.columns:
         if col == "kind":
@@ -204,15 +219,16 @@ def summarise(per_image: pd.DataFrame) -> dict[str, float]:
         if len(vals):
             out[col] = float(vals.mean())
     for base in ("colour", "shape"):
-        cols = [c for c in (f"{base}_0", f"{base}_1") if c in per_image]
-        if cols and base not in out:
-            out[base] = float(pd.concat([per_image[c].dropna() for c in cols]).mean())
+        cols = [c for c in (base, f"{base}_0", f"{base}_1") if c in per_image]
+        pooled = pd.concat([per_image[c].dropna() for c in cols]) if cols else pd.Series(dtype=float)
+        if len(pooled):
+            out[base] = float(pooled.mean())
     return out
 
 
 def score_alignment(images: Iterable, truths: Sequence[PromptTruth | ShapesSample]) -> dict[str, float]:
     """Alignment accuracies of ``images`` against their prompts' ground truth: ``{"all": …, "colour": …, …}``.
 
-    ``images``: (H, W, 3) uint8 arrays, float arrays in [0, 1] or PIL images, one per truth.
+    ``images``: (H, W, 3) integer arrays in [0, 255] (uint8), float arrays in [0, 1] or PIL images, one per truth.
     """
     return summarise(score_images(images, truths))
