@@ -4,8 +4,9 @@ Every experiment writes ``<name>.csv`` (one row per measurement) and beside it `
 ``git_commit``, ``created``, ``config``, ``seeds``, ``versions``, ``device`` and ``threads``. A rerun with the
 same config reads the existing table and skips rows whose key columns are already present (the metadata then
 also names the commits the carried rows came from); a run with another config first moves the existing table
-to ``<name>_history/``, so a ``--quick`` run into ``results/`` never overwrites a full one. Files are written
-to a temporary name and renamed, so a crash never leaves half a file.
+to ``<name>_history/``, and so does :func:`write_table` for tables written whole, so a ``--quick`` run into
+``results/`` never overwrites a full one. Files are written to a temporary name and renamed (the metadata
+first), so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -128,37 +129,58 @@ def meta_path(table_path: str | os.PathLike) -> Path:
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, Any]) -> Path:
-    """Write ``df`` as CSV and its metadata beside it, each atomically. Returns the table's path."""
+    """Write ``df`` as CSV and its metadata beside it, each atomically (the metadata first, so a table on disk
+    always has its own). A table already there from another config (``meta["config"]``) is moved to
+    ``<stem>_history/`` first, with a WARNING. Returns the table's path."""
     path = Path(path)
     if path.suffix != ".csv":
         raise ValueError(f"path={str(path)!r}: results tables are CSV files ending in .csv")
-    _atomic_write_text(path, df.to_csv(index=False))
+    if path.exists():
+        old = read_meta(path).get("config") if meta_path(path).exists() else None
+        changes = ["metadata missing"] if old is None else config_changes(old, meta.get("config", {}))
+        if changes:
+            moved = archive_table(path)
+            logger.warning("%s was written with another config (%s); moved it to %s", path, "; ".join(changes),
+                           moved)
     _atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    _atomic_write_text(path, df.to_csv(index=False))
     return path
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a results table; a missing file is an error naming the path and how to produce it."""
+    """Read a results table (one written with no rows is an empty frame); a missing file is an error naming the
+    path and how to produce it."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist; run the experiment that writes it first")
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(meta_path(path).read_text())
 
 
+# Config fields that say where results go, not what they are: a table moved, or the same folder spelt another
+# way ("results" vs "results/" vs an absolute path), resumes.
+LOCATION_FIELDS = ("out",)
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``"field: old → new"`` for each top-level config field that differs (compared as JSON, so a tuple in a
-    dataclass config equals the list read back from disk)."""
-    old, new = _jsonable(old), _jsonable(new)
+    dataclass config equals the list read back from disk, and NaN equals NaN), :data:`LOCATION_FIELDS` aside."""
+    old, new = ({k: v for k, v in _jsonable(config).items() if k not in LOCATION_FIELDS} for config in (old, new))
 
     def shown(config: dict[str, Any], key: str) -> str:
         return repr(config[key]) if key in config else "absent"
 
+    def same(key: str) -> bool:  # as JSON text: NaN == NaN there
+        return json.dumps(old[key], sort_keys=True) == json.dumps(new[key], sort_keys=True)
+
     return [f"{key}: {shown(old, key)} → {shown(new, key)}" for key in sorted(set(old) | set(new))
-            if key not in old or key not in new or old[key] != new[key]]
+            if key not in old or key not in new or not same(key)]
 
 
 def archive_table(path: str | os.PathLike) -> Path:
@@ -177,6 +199,22 @@ def archive_table(path: str | os.PathLike) -> Path:
         os.replace(meta_path(path), meta_path(target))
     os.replace(path, target)
     return target
+
+
+def _key_text(value: Any) -> str:
+    """A key value as text that survives the CSV round trip: pandas reads back the 1 of a column that also holds
+    1.5 as 1.0, None and NaN as NaN, and "01" as 1, so every number (and numeric text) is compared as a float."""
+    if value is None or isinstance(value, bool):
+        return "nan" if value is None else str(value)
+    if isinstance(value, str):
+        try:
+            return repr(float(value))
+        except ValueError:
+            return value
+    try:
+        return repr(float(value))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class ResultsTable:
@@ -207,7 +245,8 @@ class ResultsTable:
         self.added = 0  # rows computed by this run
         if resume and self.path.exists():
             old_meta = read_meta(self.path) if meta_path(self.path).exists() else {}
-            changes = config_changes(old_meta.get("config", self.config), self.config)
+            changes = (config_changes(old_meta["config"], self.config) if "config" in old_meta
+                       else ["metadata missing"])
             if changes:
                 moved = archive_table(self.path)
                 logger.warning("%s was written with another config (%s); moved it to %s and starting afresh",
@@ -223,15 +262,18 @@ class ResultsTable:
         missing = [k for k in self.keys if k not in row]
         if missing:
             raise ValueError(f"row is missing key columns {missing}; keys are {self.keys}")
-        return tuple(str(row[k]) for k in self.keys)
+        return tuple(_key_text(row[k]) for k in self.keys)
 
     def has(self, **key: Any) -> bool:
         return self._key(key) in self._done
 
     def add(self, row: dict[str, Any]) -> None:
+        key = self._key(row)
+        if key in self._done:  # a loop that forgot has(), or keys that do not tell rows apart
+            raise ValueError(f"{self.path}: a row with key {dict(zip(self.keys, key))} is already in the table")
         self.rows.append(dict(row))
         self.added += 1
-        self._done.add(self._key(row))
+        self._done.add(key)
 
     def dataframe(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)

@@ -104,3 +104,47 @@ def test_git_commit_can_be_given_by_the_environment(monkeypatch):
     assert git_commit() == "abc123"
     monkeypatch.delenv("PLADIS_GIT_COMMIT")
     assert git_commit() != "abc123"
+
+
+def test_keys_survive_the_csv_round_trip(tmp_path):
+    """pandas reads the 1 of a column that also holds 1.5 back as 1.0, None as NaN and "01" as 1: string keys
+    compared as written missed such rows on resume, and every rerun appended them again."""
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config={"a": 1})
+    for value in (1, 1.5, None, "03", "red"):
+        t.add({"k": value, "v": 0.0})
+    t.flush()
+    again = ResultsTable(tmp_path / "r.csv", keys=["k"], config={"a": 1})
+    assert all(again.has(k=value) for value in (1, 1.0, 1.5, None, float("nan"), "03", 3, "red"))
+    assert not again.has(k=2) and not again.has(k="blue")
+    with pytest.raises(ValueError, match="already in the table"):
+        again.add({"k": 1.5})
+
+
+def test_write_table_moves_a_table_of_another_config_aside(tmp_path, caplog):
+    """Tables written whole (summaries, benchmarks): a --quick run does not overwrite a full run's table."""
+    path = tmp_path / "s.csv"
+    write_table(pd.DataFrame({"a": [1, 2, 3]}), path, {"config": {"quick": False}})
+    write_table(pd.DataFrame({"a": [4, 5, 6]}), path, {"config": {"quick": False}})  # same config: replaced
+    assert not (tmp_path / "s_history").exists()
+    with caplog.at_level("WARNING", logger="pladis_analysis.results"):
+        write_table(pd.DataFrame({"a": [7]}), path, {"config": {"quick": True}})
+    assert "quick: False → True" in caplog.text
+    (moved,) = (tmp_path / "s_history").glob("*.csv")
+    assert read_table(moved)["a"].tolist() == [4, 5, 6]
+    meta_path(path).unlink()  # a table without its metadata is of an unknown config: moved aside too
+    write_table(pd.DataFrame({"a": [8]}), path, {"config": {"quick": True}})
+    assert len(list((tmp_path / "s_history").glob("*.csv"))) == 2 and read_table(path)["a"].tolist() == [8]
+
+
+def test_where_results_go_and_nan_are_not_config_changes(tmp_path):
+    t = ResultsTable(tmp_path / "r.csv", keys=["k"], config={"out": "results", "x": float("nan")})
+    t.add({"k": 1})
+    t.flush()
+    again = ResultsTable(tmp_path / "r.csv", keys=["k"], config={"out": str(tmp_path) + "/", "x": float("nan")})
+    assert again.has(k=1) and not (tmp_path / "r_history").exists()
+
+
+def test_a_table_flushed_without_rows_reopens(tmp_path):
+    ResultsTable(tmp_path / "r.csv", keys=["k"], config={}).flush()
+    again = ResultsTable(tmp_path / "r.csv", keys=["k"], config={})
+    assert again.rows == [] and not again.has(k=1)
