@@ -283,6 +283,66 @@ def test_rowwise_entmax_backward_is_reference_jvp(device, alpha):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_nan_scores_give_nan_rows(device):
+    """The kernels skip the torch path's NaN check (it would synchronise); instead a NaN score, which their
+    `z > −inf` validity test reads as a masked key, makes its row NaN rather than a plausible row without that
+    key (an fp16 overflow upstream must not pass for attention)."""
+    from pladis_analysis import maps
+
+    z = torch.tensor([[2.0, math.nan, 0.5, 0.1], [1.0, 0.5, -1.0, 0.2]], device=device)
+    for alpha in (1.5, 2.0, 1.25, 3.0):
+        p = maps.entmax(z, alpha, backend="triton").cpu()
+        assert torch.isnan(p[0]).all() and not torch.isnan(p[1]).any(), alpha
+    assert torch.isnan(maps.pladis_weights(z, 2.0, 1.5, backend="triton")[0]).all()
+    q, k, v = _qkv((1, 1, 3, 5, 8), torch.float32, device, seed=4)
+    q[0, 0, 1, 0] = math.nan
+    out = fused_pladis_attention(q, k, v).cpu()
+    assert torch.isnan(out[0, 0, 1]).all() and not torch.isnan(out[0, 0, [0, 2]]).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rowwise_pladis_gradient_of_a_fully_masked_row_is_zero(device):
+    """PLADIS by the row-wise kernel mixes in torch's softmax, NaN on an all −inf row: zeroing it after the fact
+    fixed the weights but left NaN in the gradient, which reached q and k through the scores."""
+    from pladis_analysis import maps
+
+    z = torch.tensor([[1.0, 0.5, -1.0], [-math.inf] * 3, [0.3, -math.inf, 0.1]], device=device, requires_grad=True)
+    p = maps.pladis_weights(z, 2.0, 1.5, backend="triton")
+    (p * torch.tensor([1.0, 2.0, 3.0], device=device)).sum().backward()
+    expected = z.detach().clone().requires_grad_(True)
+    (maps.pladis_weights(expected, 2.0, 1.5, backend="torch") * torch.tensor([1.0, 2.0, 3.0], device=device)).sum(
+        ).backward()
+    assert torch.all(p[1] == 0) and torch.all(z.grad[1] == 0)
+    assert_close(z.grad, expected.grad.double(), name="gradient vs the torch path")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_mask_that_needs_its_gradient_takes_the_torch_path(device):
+    """The fused kernel's backward returns gradients for q, k and v only: a learnable additive mask (a bias
+    being trained) goes to the torch path, whose gradient it then gets."""
+    from pladis_analysis.attention import pladis_attention
+
+    q, k, v = _qkv((1, 1, 3, 5, 8), torch.float32, device, seed=6)
+    bias = torch.zeros(5, device=device, requires_grad=True)
+    with pytest.raises(ValueError, match="attn_mask requires grad"):
+        dispatch.choose_attention_backend(q, k, v, bias, backend="triton")
+    with torch.no_grad():  # no gradient wanted: the kernel takes it
+        assert dispatch.choose_attention_backend(q, k, v, bias, backend="triton")[0] == "triton"
+    grads = []
+    for backend in ("auto", "torch"):  # auto: the torch path on CUDA too, so the mask gets its gradient
+        bias.grad = None
+        pladis_attention(q, k, v, attn_mask=bias, backend=backend).pow(2).sum().backward()
+        grads.append(bias.grad.clone())
+    assert grads[1].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+
+
+def test_batch_times_heads_beyond_the_launch_grid_takes_the_torch_path():
+    q = torch.randn(1, 1, 1, 4).expand(70_000, 1, 1, 4)
+    with pytest.raises(ValueError, match="batch × heads = 70000 > 65535"):
+        dispatch.choose_attention_backend(q, q, q, backend="triton")
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_kernels_double_backward_jacobian_vector_products(device):
     """create_graph=True: the kernels' backwards are differentiable in the incoming gradient, as the torch path's
     are, so the double-backward JVP (torch.autograd.functional.jvp) equals the torch path's."""

@@ -278,6 +278,9 @@ def _fused_pladis_fwd_kernel(
         z_t = z
         valid_t = valid
         cols_t = cols                                           # the tail tiles alias the head tiles, never used
+    # NaN is no valid score (`z > −inf` is False for it), so the maps would leave that key out; a query whose
+    # scores hold one gets a NaN output instead, as the torch path's ValueError and the dispatch's promise want
+    n_nan = row_sum((z != z).to(tl.float32), (z_t != z_t).to(tl.float32), HAS_TAIL)
     log2e = 1.4426950408889634
 
     if NEED_ENTMAX:
@@ -314,6 +317,7 @@ def _fused_pladis_fwd_kernel(
     if HAS_TAIL:
         out = _times_values(a_t, V, v_base, BLOCK_N, Lk, DV, svn, svd, out, IEEE_FP32, UPCAST_DOT, BLOCK_M, BLOCK_T,
                             BLOCK_DV)
+    out = tl.where(n_nan[:, None] > 0.0, float("nan"), out)
     offs_dv = tl.arange(0, BLOCK_DV)
     tl.store(OUT + b * sob + h * soh + rows[:, None] * som + offs_dv[None, :] * sod,
              out.to(OUT.dtype.element_ty), mask=row_in[:, None] & (offs_dv[None, :] < DV))

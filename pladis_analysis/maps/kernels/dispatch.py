@@ -22,7 +22,8 @@ count, head dims, mask, map) go straight to the torch path with that reason. Und
 
 One contract differs on the kernel path: the torch path raises ValueError for NaN or +inf scores, the kernels
 do not look (a check costs a full extra pass over q and k plus a host synchronisation, more than the kernel
-itself at diffusion shapes); NaN inputs give NaN outputs there. Use ``backend="torch"`` to keep the check.
+itself at diffusion shapes); a NaN score gives its row (weights, or the query's output) NaN there. Use
+``backend="torch"`` to keep the check.
 
 Softmax has no kernel of its own (``torch.softmax`` and SDPA are already fused); it takes the torch path
 under every backend. This module imports Triton lazily, so importing it costs nothing where Triton is absent.
@@ -212,7 +213,8 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     key = None
     if q.is_cuda and backend != "torch":
         key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               None if attn_mask is None else (attn_mask.shape, attn_mask.dtype, attn_mask.device),
+               None if attn_mask is None else (attn_mask.shape, attn_mask.dtype, attn_mask.device,
+                                               attn_mask.requires_grad and torch.is_grad_enabled()),
                map_name, alpha, backend, stats)
         cached = _ATTENTION_DECISIONS.get(key)
         if cached is not None:
@@ -245,6 +247,10 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             reason = "an empty q, k or v (no queries, keys or head dimension)"
         elif attn_mask is not None and not (attn_mask.dtype == torch.bool or attn_mask.is_floating_point()):
             reason = f"attn_mask dtype {attn_mask.dtype} (bool or floating masks only)"
+        elif attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
+            reason = "attn_mask requires grad (the kernel's backward gives q, k and v theirs only)"
+        elif _grid_rows(q, k, v) > MAX_GRID_Y:
+            reason = f"batch × heads = {_grid_rows(q, k, v)} > {MAX_GRID_Y} (CUDA's limit on the launch grid's y axis)"
         else:
             try:
                 lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -263,6 +269,19 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
+
+# The fused kernel launches one program per query block along x and per (batch, head) along y, whose size CUDA
+# caps at 65535.
+MAX_GRID_Y = 65535
+
+
+def _grid_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """Batch × heads of an attention call: the product of its broadcast leading dims (1 when they don't broadcast,
+    which the shape check reports)."""
+    try:
+        return math.prod(broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    except RuntimeError:
+        return 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,9 +362,12 @@ def maybe_triton_map(map_name: str, z: torch.Tensor, *, dim: int = -1, backend: 
     if map_name != "pladis":
         return e, support
     lam = 2.0 if scale is None else float(scale)
-    # torch.softmax of an all −inf row is NaN; the maps' convention is zero weights there.
-    s = torch.softmax(z.float(), dim=dim)
-    s = torch.nan_to_num(s, nan=0.0)
+    # torch.softmax of an all −inf row is NaN; the maps' convention is zero weights there. Those rows are softmaxed
+    # as zeros and then zeroed, not NaN-filled afterwards: autograd would still carry the NaN into the gradient,
+    # and a NaN score must stay NaN.
+    zf = z.float()
+    live = (zf != float("-inf")).any(dim, keepdim=True)
+    s = torch.softmax(torch.where(live, zf, 0.0), dim=dim) * live
     return (s + lam * (e.float() - s)).to(z.dtype), support
 
 

@@ -563,6 +563,10 @@ def _entmax_fwd_kernel(Z, P, STEPS, n_rows, n_cols, stride_z, stride_p, alpha, s
     valid = inb & (z > float("-inf"))
     p, _, _, _, steps = entmax_rows(z, valid, z, valid, alpha, stop_tol, KIND, Q_INT, MAX_ITER, False,
                                     START_RANKS)
+    # NaN is no valid score (`z > −inf` is False for it), so the search left it out; a row holding one is NaN,
+    # as the dispatch promises, not a plausible row without that key
+    has_nan = tl.max((z != z).to(tl.int32), axis=1) > 0
+    p = tl.where(has_nan[:, None], float("nan"), p)
     tl.store(P + rows[:, None] * stride_p + cols[None, :], p.to(P.dtype.element_ty), mask=inb)
     if WITH_STEPS:
         tl.store(STEPS + rows, steps, mask=rows < n_rows)
