@@ -23,9 +23,9 @@ On CUDA the per-row statistics come from the fused kernel instead (``backend="au
 per distinct (α, λ) among the variants writes every weight statistic of softmax, α-entmax and the PLADIS mix
 and the top gap (:data:`pladis_analysis.maps.kernels.STAT_NAMES`), so the probe never materialises a score
 matrix. The weight and gap statistics only: output statistics, sensitivities and heat maps need the weights,
-and take the torch path. Two conventions differ on degenerate rows: a query whose keys are all masked has top
-gap +inf there (the torch path: NaN), and every statistic is computed from the model's own q/k/v dtype with
-float32 accumulation (the torch path upcasts q/k/v first), so the two agree to float32 rounding of the scores.
+and take the torch path. One convention differs: every statistic is computed from the model's own q/k/v dtype
+with float32 accumulation (the torch path upcasts q/k/v first), so the two agree to float32 rounding of the
+scores.
 """
 
 from __future__ import annotations

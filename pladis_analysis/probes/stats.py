@@ -91,11 +91,12 @@ def tsallis_entropy(weights: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def top_gap(scores: torch.Tensor) -> torch.Tensor:
-    """z_(1) − z_(2): gap between the two largest scores of each row (+inf with one key)."""
+    """z_(1) − z_(2): gap between the two largest scores of each row; +inf with fewer than two unmasked (finite)
+    keys, none included, as the fused kernel reports it."""
     if scores.shape[-1] < 2:
         return torch.full(scores.shape[:-1], float("inf"), dtype=scores.dtype, device=scores.device)
     top2 = scores.topk(2, dim=-1).values
-    return top2[..., 0] - top2[..., 1]
+    return torch.where(torch.isneginf(top2[..., 1]), float("inf"), top2[..., 0] - top2[..., 1])
 
 
 def onehot_threshold(alpha: float | None) -> float:
@@ -170,7 +171,10 @@ def row_stats_reference(weights, scores=None, valid=None, alpha=None, tsallis_al
     out["support_fraction"] = np.where(valid > 0, out["support_size"] / np.maximum(valid, 1), 0.0)
     if scores is not None:
         z = np.sort(np.asarray(scores, dtype=np.float64), axis=-1)
-        gap = z[..., -1] - z[..., -2] if n_keys > 1 else np.full(z.shape[:-1], np.inf)
+        with np.errstate(invalid="ignore"):  # −inf − (−inf) on a row without keys: +inf below, as in top_gap
+            gap = z[..., -1] - z[..., -2] if n_keys > 1 else np.full(z.shape[:-1], np.inf)
+        if n_keys > 1:
+            gap = np.where(np.isneginf(z[..., -2]), np.inf, gap)
         out["top_gap"] = gap
         out["onehot_fraction"] = (gap >= onehot_threshold(alpha)).astype(np.float64)
     return out
