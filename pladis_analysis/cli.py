@@ -63,7 +63,11 @@ def _prompts(args) -> list[str]:
 
 
 def _check_map_arguments(args) -> None:
-    """--pladis-scale, --alpha and --backend fail before the model loads, not at its first attention call."""
+    """--pladis-scale, --alpha, --backend, --device and --out fail before the model loads, not at its first
+    attention call or after sampling."""
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {str(args.out)!r} is a file; give a folder (it is created if missing)")
+    _device(args.device)
     if not (math.isfinite(args.pladis_scale) and args.pladis_scale >= 0.0):
         raise ValueError(f"--pladis-scale {args.pladis_scale!r}: the PLADIS λ must be a finite number >= 0")
     if args.pladis_scale and not (math.isfinite(args.alpha) and args.alpha > 1.0):
@@ -77,11 +81,18 @@ def _check_map_arguments(args) -> None:
 
 
 def _device(name: str | None) -> str:
-    if name:
-        return name
+    """``--device`` checked (a device torch knows, CUDA only where this torch has it), or the default."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device torch knows (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this torch sees no CUDA device (torch.cuda.is_available() is False)")
+    return name
 
 
 def load_model(model: str, dtype: str = "float32", device: str | None = None):
@@ -214,20 +225,39 @@ def _split_variants(text: str) -> list[str]:
     return [v.strip() for v in re.findall(r"[^,()]+(?:\([^)]*\))?", text) if v.strip()]
 
 
+def _heatmap_steps(args, n_prompts: int) -> list[int]:
+    """``--heatmap-steps`` as step indices below ``--steps``, for one prompt: the recorder averages a step's
+    per-token maps over its calls, and token i of one prompt is another word than token i of the next."""
+    try:
+        steps = [int(s) for s in args.heatmap_steps.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--heatmap-steps {args.heatmap_steps!r}: expected step indices, e.g. 0,12") from None
+    beyond = [s for s in steps if not 0 <= s < args.steps]
+    if beyond:
+        raise ValueError(f"--heatmap-steps {beyond}: steps run from 0 to {args.steps - 1} (--steps {args.steps})")
+    if steps and n_prompts > 1:
+        raise ValueError(f"--heatmap-steps with {n_prompts} prompts would average token maps of different prompts; "
+                         "probe one prompt at a time for heat maps")
+    return steps
+
+
 def run_probe(args) -> int:
     """Sample with the running map (``--pladis-scale``, default 0 = stock) while recording attention statistics
     of ``--variants``; write ``attention_stats.csv`` (+ meta), the images and optional ``heatmaps.npz``."""
     import numpy as np
     import pandas as pd
 
-    from .probes import SensitivityConfig, record_attention
+    from .diffusion import AttentionMap
+    from .probes import SensitivityConfig, parse_stats, record_attention
     from .results import provenance, write_table
 
     prompts = _prompts(args)
     _check_map_arguments(args)
+    heat_steps = _heatmap_steps(args, len(prompts))
+    stats = parse_stats([s for s in args.stats.split(",") if s.strip()])   # before the model loads
+    variants = [AttentionMap.parse(v) for v in _split_variants(args.variants)]
     pipe = load_model(args.model, args.dtype, args.device)
-    heat_steps = [int(s) for s in args.heatmap_steps.split(",") if s.strip()]
-    with record_attention(pipe, stats=[s for s in args.stats.split(",") if s], variants=_split_variants(args.variants),
+    with record_attention(pipe, stats=stats, variants=variants,
                           layers=_layer_spec(args.probe_layers),
                           sensitivity=SensitivityConfig(seed=args.seed) if args.sensitivity else None,
                           heatmap_steps=heat_steps, heatmap_size=args.heatmap_size, backend=args.backend) as rec:
@@ -316,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 # What a wrong argument or model folder, or a package the folder needs and the environment lacks, raises (the
 # library names the argument and the value, or the package, in the message): the command line prints the message,
 # not a traceback, and exits with argparse's usage-error status.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ImportError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:

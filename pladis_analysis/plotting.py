@@ -182,7 +182,9 @@ def plot_bench_cross_attention(table: str | os.PathLike | pd.DataFrame) -> plt.F
     device = df["device_name"].iloc[0] if "device_name" in df and len(df) else "?"
     grid.set_axis_labels("", "median time / SDPA")
     grid.set_titles("α = {col_name}")
-    grid.figure.suptitle(f"PLADIS cross-attention on {device}, bf16 (lower is faster; dashed: 1.3× SDPA)", y=1.03)
+    dtypes = ", ".join(sorted(map(str, df["dtype"].unique()))) if "dtype" in df else "?"
+    grid.figure.suptitle(f"PLADIS cross-attention on {device}, {dtypes} (lower is faster; dashed: 1.3× SDPA)",
+                         y=1.03)
     return grid.figure
 
 
@@ -215,12 +217,24 @@ def plot_pladis_alignment(table: str | os.PathLike | pd.DataFrame) -> plt.Figure
     return fig
 
 
+def _query_row_means(df: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Means of the recorder's per-(layer, head) rows over the query rows they summarise: each row weighs its
+    query tokens times its batch items (``n_items``; ``n_calls`` in tables from before that column), so a layer
+    of 64 queries does not count as much as one of 256."""
+    items = df["n_items"] if "n_items" in df else df.get("n_calls", 1)
+    weight = df["query_tokens"] * items
+    weighted = df[columns].mul(weight, axis=0).assign(_weight=weight)
+    sums = weighted.groupby([df[c] for c in by]).sum()
+    return sums[columns].div(sums["_weight"], axis=0).reset_index()
+
+
 def plot_attention_regime(table: str | os.PathLike | pd.DataFrame) -> plt.Figure:
     """Where cross-attention sits, per sampling step and layer group: the fraction of query rows in entmax's
     one-hot regime (top gap ≥ 1/(α−1)), the start-of-text mass of softmax, and the support size of each sparse
     map (from ``results/pladis_shapes_attention.csv``, conditional branch)."""
     df = _load(table)
-    df = df[df["branch"] == "cond"]
+    df = _query_row_means(df[df["branch"] == "cond"], ["step", "group", "variant"],
+                          ["onehot_fraction", "bos_mass", "support_size"])
     sparse = df[df["variant"].str.startswith("entmax") | (df["variant"] == "sparsemax")]
     dense = df[df["variant"] == "softmax"]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))

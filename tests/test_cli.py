@@ -1,6 +1,7 @@
 """The ``pladis-analysis`` command line on a tiny Stable Diffusion pipeline saved to disk."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -102,6 +103,27 @@ def test_triton_backend_on_cpu_without_the_interpreter_fails_first(tmp_path, cap
               "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert "TRITON_INTERPRET=1" in err and "model_index" not in err           # before the model folder is read
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--device", "gpu0"], "--device 'gpu0' is not a device torch knows"),
+    (["--heatmap-steps", "x"], "--heatmap-steps 'x': expected step indices"),
+    (["--heatmap-steps", "7"], r"--heatmap-steps \[7\]: steps run from 0 to 1"),
+    (["--heatmap-steps", "0", "--prompt", "a blue square"], "would average token maps of different prompts"),
+    (["--stats", ","], "no statistic named"),
+    (["--prompts-file", "{tmp}"], "Is a directory"),
+    (["--out", "{tmp}/file.txt"], "is a file; give a folder"),
+])
+def test_bad_probe_arguments_fail_first_in_one_line(tmp_path, capsys, extra, message):
+    """Before the model folder is read (it does not exist here), without a traceback."""
+    (tmp_path / "file.txt").write_text("")
+    argv = ["probe", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "--steps", "2", "--out",
+            str(tmp_path / "o")] + [a.format(tmp=tmp_path) for a in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert re.search(message, err) and "model_index" not in err, err
 
 
 def test_parser_structure():

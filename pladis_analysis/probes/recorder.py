@@ -71,6 +71,8 @@ def parse_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
                                  f"groups: {sorted(STAT_GROUPS)} (sensitivity is configured with sensitivity=)")
             if name not in out:
                 out.append(name)
+    if not out:
+        raise ValueError(f"stats={stats!r}: no statistic named; statistics: {KNOWN_STATS}, groups: {sorted(STAT_GROUPS)}")
     return tuple(out)
 
 
