@@ -72,7 +72,8 @@ def parse_stats(stats: str | Iterable[str]) -> tuple[str, ...]:
             if name not in out:
                 out.append(name)
     if not out:
-        raise ValueError(f"stats={stats!r}: no statistic named; statistics: {KNOWN_STATS}, groups: {sorted(STAT_GROUPS)}")
+        raise ValueError(f"stats={stats!r}: no statistic named; statistics: {KNOWN_STATS}, "
+                         f"groups: {sorted(STAT_GROUPS)}")
     return tuple(out)
 
 
