@@ -153,7 +153,7 @@ def _run_prompts(pipe, prompts, args, pladis_scale, desc):
                 bar.close()
         images.append(result.images[0])
         rows.append({"prompt_index": i, "prompt": prompt, "seed": args.seed + i, "pladis_scale": pladis_scale,
-                     "alpha": args.alpha, "steps": args.steps, "guidance_scale": args.guidance_scale,
+                     "alpha": args.alpha, "steps": args.steps, "guidance_scale": result.settings["guidance_scale"],
                      "height": result.images[0].height, "width": result.images[0].width})
     return rows, images
 

@@ -25,6 +25,8 @@ def test_round_trip_loads_offline_and_samples_identically(saved):
     pipe, path = saved
     loaded = load_pipeline(path, dtype="float32", device="cpu")
     a = sample(pipe, "a red circle", steps=2, guidance_scale=5.0, seed=3, output_type="np").images[0]
+    default = sample(pipe, "a red circle", steps=1, seed=3, output_type="np")
+    assert default.settings["guidance_scale"] == 7.5  # the pipeline's default, recorded, not None
     b = sample(loaded, "a red circle", steps=2, guidance_scale=5.0, seed=3, output_type="np").images[0]
     assert np.array_equal(a, b)
 

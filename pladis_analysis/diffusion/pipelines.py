@@ -196,4 +196,6 @@ def sample(pipe, prompts: str | Sequence[str], steps: int = 25, guidance_scale: 
             images = pipe(**kwargs).images
     else:
         images = pipe(**kwargs).images
+    if guidance_scale is None:  # record the pipeline's default, which diffusers' pipelines keep after a call
+        settings["guidance_scale"] = getattr(pipe, "_guidance_scale", None)
     return SampleResult(images=list(images), prompts=prompts, settings=settings)
