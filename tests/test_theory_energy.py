@@ -39,6 +39,12 @@ def test_conjugate_at_alpha_one_is_log_sum_exp_and_at_two_a_known_value():
     np.testing.assert_allclose(entmax_conjugate(np.array([[3.0, 1.0, -2.0], [0.2, 0.0, -5.0]]), 2.0), [3.0, 0.36],
                                rtol=1e-15)
     np.testing.assert_allclose(entmax_conjugate(z.T, 1.0, axis=0), logsumexp(z, axis=-1), rtol=1e-15)
+    # next to α = 1 it tends to log-sum-exp (THEORY: O(α − 1)); the textbook Tsallis form's 1 − Σ p^α cancelled to
+    # rounding/(α − 1), 9e-5 off at α − 1 = 1e-12 (what remains there, 1e-10, is the reference entmax's own error
+    # so close to α = 1, which enters the conjugate at second order only)
+    row = np.array([1.0, 0.3, -0.5, 2.0])
+    for eps in (1e-6, 1e-9, 1e-12, 1e-14):
+        assert abs(entmax_conjugate(row, 1.0 + eps) - logsumexp(row)) < 2 * eps + 1e-9
 
 
 @pytest.mark.property

@@ -32,7 +32,8 @@ def entmax_conjugate(z, alpha: float, axis: int = -1) -> np.ndarray:
     """Ψ*_α(z) = max_{p∈Δ} ⟨p, z⟩ + H^T_α(p) along ``axis`` (α ≥ 1; α = 1: log-sum-exp). Its gradient is α-entmax(z).
 
     Computed at the maximiser, ⟨p*, z − max z⟩ + H^T_α(p*) + max z, so that large scores do not round away the
-    entropy term.
+    entropy term; H^T_α(p*) as −Σ p·expm1((α−1) ln p)/(α(α−1)) (equal to (1 − Σ p^α)/(α(α−1)) since Σ p = 1),
+    whose 1 − Σ p^α would cancel to rounding/(α − 1) next to α = 1.
     """
     a = float(alpha)
     z = np.moveaxis(np.asarray(z, dtype=np.float64), axis, -1)
@@ -43,7 +44,9 @@ def entmax_conjugate(z, alpha: float, axis: int = -1) -> np.ndarray:
     if a == 1.0:
         return np.log(np.exp(shifted).sum(axis=-1)) + top[..., 0]
     p = ref.entmax(shifted, a)  # validates α
-    return (p * shifted).sum(axis=-1) + ref.tsallis_entropy(p, a) + top[..., 0]
+    log_p = np.log(np.where(p > 0, p, 1.0))                    # 0 off the support, where p·expm1(·) is 0 anyway
+    tsallis = -(p * np.expm1((a - 1.0) * log_p)).sum(axis=-1) / (a * (a - 1.0))
+    return (p * shifted).sum(axis=-1) + tsallis + top[..., 0]
 
 
 def pladis_energy(patterns, query, beta: float, alpha: float = 1.5, scale: float = 2.0) -> float:
