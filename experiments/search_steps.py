@@ -243,10 +243,10 @@ def run(config: Config, out: Path) -> Path:
                          keys=["source", "group", "lk", "dtype", "rounding", "stop_rule", "alpha", "start",
                                "block_m"],
                          config=config.to_dict(), seeds=[config.seed])
-    # each job: (source, group, scores(qk_dtype)) with qk_dtype None for float32 scores
+    # each job: (source, group, key count, scores(qk_dtype)) with qk_dtype None for float32 scores
     jobs = []
     if "random" in config.sources:
-        jobs += [("random", f"std {s:g}", lambda v, s=s, lk=lk: random_scores(config, s, lk, v))
+        jobs += [("random", f"std {s:g}", lk, lambda v, s=s, lk=lk: random_scores(config, s, lk, v))
                  for lk in config.key_counts for s in config.score_stds]
     bundled: dict[tuple[int, str | None], torch.Tensor] = {}
 
@@ -256,7 +256,10 @@ def run(config: Config, out: Path) -> Path:
         return bundled[(s, v)]
 
     if "bundled" in config.sources:
-        jobs += [("bundled", f"step {s}", lambda v, s=s: bundled_group(s, v)) for s in config.bundled_record_steps]
+        from pladis_analysis.models.shapes.text_encoder import MAX_LENGTH
+
+        jobs += [("bundled", f"step {s}", MAX_LENGTH, lambda v, s=s: bundled_group(s, v))
+                 for s in config.bundled_record_steps]
 
     def starts(alpha: float, rounding: str) -> dict[str, int]:
         """start label → ranks: the kernel's default; for α ≤ 2 also τ = −1 where that is not the default, and
@@ -273,12 +276,12 @@ def run(config: Config, out: Path) -> Path:
     grid = [(d, rounding, r, a, label, ranks) for d, rounding in variants for r in config.stop_rules
             for a in config.alphas if rounding == "scores" or a <= 2.0
             for label, ranks in starts(a, rounding).items()]
-    for source, group, make_scores in tqdm(jobs, desc="search steps"):
+    for source, group, lk, make_scores in tqdm(jobs, desc="search steps"):
         made: dict[str | None, torch.Tensor] = {}
         for dtype_name, rounding, rule, alpha, start, ranks in grid:
             key = dict(source=source, group=group, dtype=dtype_name, rounding=rounding, stop_rule=rule, alpha=alpha,
                        start=start)
-            if all(table.has(**key, lk=lk, block_m=b) for b in config.block_ms for lk in _key_counts(source, config)):
+            if all(table.has(**key, lk=lk, block_m=b) for b in config.block_ms):  # this job's rows: resumed
                 continue
             qk_dtype = dtype_name if rounding == "q, k" else None
             if qk_dtype not in made:
@@ -297,15 +300,6 @@ def run(config: Config, out: Path) -> Path:
                 table.add({**key, **measured, "block_m": block_m, **summarise_steps(steps, valid, block_m)})
             table.flush(kernel_mode="interpreter" if dispatch.kernels_interpreted() else "compiled")
     return table.flush(kernel_mode="interpreter" if dispatch.kernels_interpreted() else "compiled")
-
-
-def _key_counts(source: str, config: Config) -> tuple[int, ...]:
-    """Key counts a source's rows have (for the resume check): the configured ones, or the bundled model's."""
-    if source == "random":
-        return config.key_counts
-    from pladis_analysis.models.shapes.text_encoder import MAX_LENGTH
-
-    return (MAX_LENGTH,)
 
 
 def report(path: Path) -> None:

@@ -86,3 +86,18 @@ def test_quick_grid_writes_a_resumable_table(steps_module, tmp_path, monkeypatch
     monkeypatch.setattr(steps_module, "row_steps", no_recount)
     monkeypatch.setattr(steps_module, "bundled_scores", no_recount)
     assert pd.read_csv(steps_module.main(["--quick", "--out", str(tmp_path)])).equals(df)
+
+
+def test_an_interrupted_grid_resumes_job_by_job(steps_module, tmp_path):
+    """Random-score jobs of two key counts share their group label: a job whose grid point was written must not
+    wait for the other key count's rows (it recounted its own and added them twice)."""
+    from dataclasses import replace
+
+    config = replace(steps_module.Config.quick(), sources=("random",), key_counts=(33, 40), stop_rules=("bound",),
+                     alphas=(1.5,), qk_dtypes=())
+    path = steps_module.run(config, tmp_path)
+    df = pd.read_csv(path)
+    assert set(df.lk) == {33, 40}
+    df[df.lk == 33].to_csv(path, index=False)                            # the run stopped before the lk = 40 job
+    resumed = pd.read_csv(steps_module.run(config, tmp_path))
+    assert len(resumed) == len(df) and set(resumed.lk) == {33, 40}
