@@ -194,3 +194,20 @@ def test_real_pag_pipeline_restores_processors(tmp_path):
     assert_close(torch.from_numpy(same), torch.from_numpy(stock), atol=1e-5, rtol=0, name="λ=0 PAG pipeline")
     assert abs(changed - stock).max() > 1e-4
     assert set(rec.to_dataframe().branch) == {"uncond", "cond", "perturbed"}
+
+
+def test_a_probe_layout_never_changes_what_the_model_computes(unet):
+    """A recorder's or capture's own batch_layout labels what it sees; it used to replace the layout PLADIS
+    computes its branches with (and apply_pladis inside a probe dropped the probe's)."""
+    from pladis_analysis.probes import capture_attention
+
+    sample, timestep, text = make_inputs("unet")
+    with apply_pladis(unet, layers="cross", branches="cond", batch_layout="cfg"):
+        expected = run_model(unet, sample, timestep, text)
+        with capture_attention(unet, layers="cross", batch_layout="none") as calls:
+            assert torch.equal(run_model(unet, sample, timestep, text), expected)
+    assert {call.layout for call in calls} == {("cond",)}
+    with capture_attention(unet, layers="cross", batch_layout=("cond", "uncond")) as calls:
+        with apply_pladis(unet, layers="cross"):
+            run_model(unet, sample, timestep, text)
+    assert {call.layout for call in calls} == {("cond", "uncond")}

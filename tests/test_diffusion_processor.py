@@ -224,6 +224,8 @@ def test_infer_layout_from_repeated_latents():
     assert infer_layout(torch.cat([x, x, x]), torch.cat([text_u, text_c, text_c])) == CFG_PAG
     assert infer_layout(torch.cat([x, x]), torch.cat([text_c, text_c])) == PAG
     assert infer_layout(x, text_c) == NO_GUIDANCE
+    # without PAG running, equal texts are CFG with the prompt as its own negative (an empty prompt, say)
+    assert infer_layout(torch.cat([x, x]), torch.cat([text_c, text_c]), pag=False) == CFG
     # three prompts under CFG with identical latents: thirds are equal but the text says CFG
     same = torch.cat([x[:1]] * 6)
     assert infer_layout(same, torch.cat([text_u[:1]] * 3 + [text_c[:1], text_c[1:], text_u[1:]])) == CFG
@@ -249,17 +251,28 @@ def test_branch_selection(models, family):
 
 
 def test_branch_selection_with_pag_layout(models):
+    """PAG batches [uncond, cond, perturbed]: explicit, and inferred while a PAG processor is installed (as PAG
+    pipelines do for their call; without one, equal text chunks are CFG with an empty or repeated prompt)."""
+    from diffusers.models.attention_processor import PAGCFGIdentitySelfAttnProcessor2_0
+
     model = models["unet"]
     sample, timestep, text = make_inputs("unet", text_len=TEXT_LEN)
     sample3, text3 = torch.cat([sample, sample[:1]]), torch.cat([text, text[1:]])  # [uncond, cond, perturbed]
     ts3 = torch.cat([timestep, timestep[:1]])
-    stock = run_model(model, sample3, ts3, text3)
-    with apply_pladis(model, layers="cross"):
-        everywhere = run_model(model, sample3, ts3, text3)
-    with apply_pladis(model, layers="cross", branches="cond", batch_layout="cfg+pag"):
-        cond = run_model(model, sample3, ts3, text3)
-    with apply_pladis(model, layers="cross", branches=("perturbed",)):  # layout inferred as cfg+pag
-        perturbed = run_model(model, sample3, ts3, text3)
+    assert infer_layout(sample3, text3, pag=False) == NO_GUIDANCE and infer_layout(sample3, text3) == CFG_PAG
+    mid_self = dict(model.named_modules())["mid_block.attentions.0.transformer_blocks.0.attn1"]
+    original = mid_self.processor
+    mid_self.set_processor(PAGCFGIdentitySelfAttnProcessor2_0())
+    try:
+        stock = run_model(model, sample3, ts3, text3)
+        with apply_pladis(model, layers="cross"):
+            everywhere = run_model(model, sample3, ts3, text3)
+        with apply_pladis(model, layers="cross", branches="cond", batch_layout="cfg+pag"):
+            cond = run_model(model, sample3, ts3, text3)
+        with apply_pladis(model, layers="cross", branches=("perturbed",)):  # layout inferred as cfg+pag
+            perturbed = run_model(model, sample3, ts3, text3)
+    finally:
+        mid_self.set_processor(original)
     tol = dict(atol=1e-5, rtol=1e-5)
     assert_close(cond[:1], stock[:1], name="uncond untouched", **tol)
     assert_close(cond[1:], everywhere[1:], name="cond + perturbed get PLADIS", **tol)
@@ -314,3 +327,29 @@ def test_bad_branches():
 def test_bad_backend_fails_at_installation():
     with pytest.raises(ValueError, match="backend='gpu'"):
         PladisAttnProcessor(map="pladis(2, 1.5)", backend="gpu")
+
+
+def test_the_sampling_hook_reads_arguments_by_name_and_distrusts_stale_pipelines():
+    """DiTs called positionally (hidden_states, encoder_hidden_states, timestep) give the same step, timestep and
+    layout as called by keyword (positions were read as a UNet's: the text became the timestep); an empty prompt
+    under CFG (equal text chunks, no PAG processor) is CFG, not PAG; a pipeline's guidance property, which outlives
+    its call, is not believed over latent chunks that differ."""
+    from types import SimpleNamespace
+
+    from pladis_analysis.diffusion.tracking import track_sampling
+
+    sana = tiny_sana()
+    sample, timestep, text = make_inputs("sana", text_len=TEXT_LEN)
+    with track_sampling(sana) as state, torch.no_grad():
+        sana(sample, text, timestep)
+        assert state.timestep == float(timestep[0]) and state.layout == CFG
+        same_text = torch.cat([text[1:], text[1:]])                           # prompt == negative prompt
+        sana(hidden_states=sample, encoder_hidden_states=same_text, timestep=timestep)
+        assert state.layout == CFG
+    stale = SimpleNamespace(do_classifier_free_guidance=True, do_perturbed_attention_guidance=False)
+    two_prompts = torch.randn(sample.shape, generator=torch.Generator().manual_seed(3))  # no guidance, own noise
+    with track_sampling(sana, pipeline=stale) as state, torch.no_grad():
+        sana(hidden_states=two_prompts, encoder_hidden_states=text, timestep=timestep)
+        assert state.layout == NO_GUIDANCE
+        sana(hidden_states=sample, encoder_hidden_states=text, timestep=timestep)
+        assert state.layout == CFG

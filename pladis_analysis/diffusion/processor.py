@@ -195,6 +195,8 @@ class PladisAttnProcessor:
         branches: which guidance chunks get ``map`` (others get softmax).
         batch_layout: explicit branch labels per batch chunk (or ``"cfg"``, ``"cfg+pag"``, ``"pag"``, ``"none"``);
             ``None``/``"auto"`` reads :attr:`state`'s inferred layout.
+        probe_layout: the labels the probe sees, when a recorder was given its own; ``None``: the layout the
+            processor computes with. Kept apart so that a probe's labels never change what the model computes.
         probe: ``probe(call: AttentionCall)`` run after the output is computed, or ``None``.
         layer: the module path (for probes and error messages).
         state: the model's shared :class:`~.tracking.SamplingState` (step, timestep, layout), or ``None``.
@@ -205,6 +207,7 @@ class PladisAttnProcessor:
     map: AttentionMap = field(default_factory=AttentionMap.softmax)
     branches: str | Sequence[str] = "all"
     batch_layout: str | Sequence[str] | None = None
+    probe_layout: str | Sequence[str] | None = None
     probe: Callable[[AttentionCall], None] | None = None
     layer: str = ""
     state: SamplingState | None = None
@@ -216,6 +219,7 @@ class PladisAttnProcessor:
         maps.kernels.check_backend(self.backend)        # at installation, not at the model's first call
         self._branch_set = resolve_branches(self.branches)
         self.batch_layout = parse_layout(self.batch_layout)
+        self.probe_layout = parse_layout(self.probe_layout)
 
     def replace(self, **changes) -> "PladisAttnProcessor":
         """A copy with ``changes`` (e.g. another map, or a probe attached)."""
@@ -264,11 +268,13 @@ class PladisAttnProcessor:
         out = self._attend(query, key, value, attention_mask, attn.scale, layout)  # (B, H, Lq, d)
 
         if self.probe is not None:
+            probe_layout = layout if self.probe_layout is None else self._layout(batch_size, self.probe_layout)
             self.probe(AttentionCall(
                 layer=self.layer, attn=attn, query=query, key=key, value=value, mask=attention_mask,
                 scale=attn.scale, output=out, context=encoder_hidden_states,
                 project_kv=lambda context: self._project_kv(attn, context, weights_like_context=True),
-                layout=layout, map=self.map, spatial=spatial, state=self.state, chunk_maps=self.chunk_maps(layout)))
+                layout=probe_layout, map=self.map, spatial=spatial, state=self.state,
+                chunk_maps=self.chunk_maps(probe_layout)))
 
         # (B, H, Lq, d) -> (B, Lq, H*d)
         hidden_states = out.transpose(1, 2).reshape(batch_size, -1, out.shape[1] * out.shape[-1])
@@ -313,8 +319,8 @@ class PladisAttnProcessor:
             return (self.map,) * len(layout)
         return tuple(self.map if label in self._branch_set else AttentionMap.softmax() for label in layout)
 
-    def _layout(self, batch_size: int) -> tuple[str, ...]:
-        layout = self.batch_layout
+    def _layout(self, batch_size: int, explicit: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        layout = explicit or self.batch_layout
         if layout is None:
             layout = self.state.layout if self.state is not None else ("cond",)
         if batch_size % len(layout):

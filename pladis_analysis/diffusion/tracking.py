@@ -14,8 +14,11 @@ pre-hook on the denoiser records them in a :class:`SamplingState` that every pro
   ``do_perturbed_attention_guidance`` properties when a pipeline was given and defines them, and otherwise from
   the inputs: pipelines build guidance batches by repeating the latents (``torch.cat([latents] * n)``), so equal
   latent chunks reveal the layout; PAG's perturbed chunk shares the conditional text, CFG's unconditional chunk
-  does not. (A batch of identical latents *and* identical prompts without guidance would be read as PAG — pass an
-  explicit layout for such hand-built batches.)
+  does not, and PAG is only considered while one of the model's processors is a PAG processor (PAG pipelines
+  install them for their call), so an empty prompt under CFG stays CFG. A pipeline's properties outlive its call,
+  so they are believed only where the latent chunks agree with them. (A batch of repeated latents without
+  guidance, e.g. paired noise for several prompts, reads as CFG, and PixArt's pipelines define no such
+  properties: pass an explicit layout for those.)
 
 The hook is shared: :func:`track_sampling` is reference counted per model, so PLADIS and a recorder on the same
 model see one state, and the hook goes away when the last user leaves.
@@ -24,6 +27,7 @@ model see one state, and the hook goes away when the last user leaves.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -62,14 +66,17 @@ def _chunks_equal(x: torch.Tensor, n: int) -> bool:
     return all(torch.equal(chunks[0], c) for c in chunks[1:])
 
 
-def infer_layout(sample: torch.Tensor, text: torch.Tensor | None) -> tuple[str, ...]:
-    """The branch layout of a guidance batch, read off repeated latent chunks (see the module docstring)."""
+def infer_layout(sample: torch.Tensor, text: torch.Tensor | None, pag: bool = True) -> tuple[str, ...]:
+    """The branch layout of a guidance batch, read off repeated latent chunks (see the module docstring).
+
+    ``pag=False``: perturbed-attention guidance is not running (the model has no PAG processor), so equal text
+    chunks are CFG with a negative prompt equal to the prompt (an empty prompt, say), not PAG's perturbed copy."""
     if text is not None and text.shape[0] != sample.shape[0]:
         text = None
-    if _chunks_equal(sample, 3) and (text is None or _chunks_equal(text[sample.shape[0] // 3:], 2)):
+    if pag and _chunks_equal(sample, 3) and (text is None or _chunks_equal(text[sample.shape[0] // 3:], 2)):
         return CFG_PAG
     if _chunks_equal(sample, 2):
-        if text is not None and _chunks_equal(text, 2):
+        if pag and text is not None and _chunks_equal(text, 2):
             return PAG
         return CFG
     return NO_GUIDANCE
@@ -103,7 +110,7 @@ class SamplingState:
     pipeline_ref: "weakref.ReferenceType | None" = None
     _users: int = field(default=0, repr=False)
 
-    def observe(self, sample: torch.Tensor | None, timestep, text: torch.Tensor | None) -> None:
+    def observe(self, sample: torch.Tensor | None, timestep, text: torch.Tensor | None, pag: bool = True) -> None:
         t = _first_float(timestep)
         if self.run < 0 or (t == t and self.timestep == self.timestep and t > self.timestep):
             self.run += 1
@@ -116,8 +123,14 @@ class SamplingState:
         pipeline = self.pipeline_ref() if self.pipeline_ref is not None else None
         if pipeline is not None:
             layout = _pipeline_layout(pipeline)
+            # Pipelines set these properties in __call__ and never clear them: a call the pipeline is not making
+            # (another pipeline sharing the model, a hand-written loop afterwards) would read its last setting.
+            # A guidance batch repeats its latents, so a claim of guidance over unequal chunks is stale.
+            if layout is not None and len(layout) > 1 and sample is not None and not _chunks_equal(sample,
+                                                                                                   len(layout)):
+                layout = None
         if layout is None and sample is not None:
-            layout = infer_layout(sample, text)
+            layout = infer_layout(sample, text, pag)
         if layout is not None and sample is not None and sample.shape[0] % len(layout) == 0:
             self.layout = layout
         elif sample is not None:
@@ -137,17 +150,31 @@ def _first_float(timestep) -> float:
     return float(timestep)
 
 
-_ARG_POSITIONS = {"sample": 0, "timestep": 1, "encoder_hidden_states": 2}
+def _pre_hook(state: SamplingState, model: torch.nn.Module):
+    # Arguments by name, whatever their order: UNet2DConditionModel(sample, timestep, encoder_hidden_states),
+    # SANA and PixArt (hidden_states, encoder_hidden_states, timestep), positional or not.
+    inner = getattr(model, "_orig_mod", model)                            # a torch.compile wrapper's module
+    try:
+        signature = inspect.signature(inner.forward)
+    except (TypeError, ValueError):
+        signature = None
+    # PAG pipelines install their perturbed-attention processors for the length of their call; without one, equal
+    # text chunks are CFG with a negative prompt equal to the prompt, not PAG
+    attention = [m for m in inner.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
 
-
-def _pre_hook(state: SamplingState):
     def hook(module, args, kwargs):
-        # UNet2DConditionModel(sample, timestep, encoder_hidden_states); DiTs(hidden_states=..., timestep=...)
-        sample = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        text = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        named = dict(kwargs)
+        if signature is not None:
+            try:
+                named = dict(signature.bind_partial(*args, **kwargs).arguments)
+            except TypeError:
+                pass
+        sample = named.get("sample", named.get("hidden_states"))
+        timestep = named.get("timestep")
+        text = named.get("encoder_hidden_states")
+        pag = any("PAG" in type(m.processor).__name__ for m in attention)
         state.observe(sample if isinstance(sample, torch.Tensor) else None, timestep,
-                      text if isinstance(text, torch.Tensor) else None)
+                      text if isinstance(text, torch.Tensor) else None, pag)
     return hook
 
 
@@ -162,7 +189,7 @@ def track_sampling(model: torch.nn.Module, pipeline=None) -> Iterator[SamplingSt
         state, handle = _STATES[model]
     else:
         state = SamplingState()
-        handle = model.register_forward_pre_hook(_pre_hook(state), with_kwargs=True)
+        handle = model.register_forward_pre_hook(_pre_hook(state, model), with_kwargs=True)
         _STATES[model] = (state, handle)
     previous_pipeline = state.pipeline_ref
     if pipeline is not None and pipeline is not model:

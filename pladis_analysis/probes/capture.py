@@ -102,7 +102,7 @@ def capture_attention(model_or_pipeline, layers: LayerSpec = "cross", steps: Ite
         current = getattr(layer.module.processor, "probe", None)
         changes = {"probe": probe if current is None else _chain(current, probe), "state": state}
         if layout is not None:
-            changes["batch_layout"] = layout
+            changes["probe_layout"] = layout
         return processor_for(layer, **changes)
 
     swap = swap_processors(model_or_pipeline, layers, make)

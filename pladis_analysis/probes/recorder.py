@@ -138,7 +138,7 @@ class AttentionRecorder:
             existing = getattr(current, "probe", None)
             changes = {"probe": probe if existing is None else _chain(existing, probe), "state": state}
             if self.batch_layout is not None:
-                changes["batch_layout"] = self.batch_layout
+                changes["probe_layout"] = self.batch_layout
             return processor_for(layer, **changes)
 
         self._swap = swap_processors(model_or_pipeline, layers, make)
