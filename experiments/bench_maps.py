@@ -203,8 +203,10 @@ def measure_group(shape, device: str, mode: str, cfg: BenchMapsConfig, ms: list[
             _timed_call(m.fn, z, cotangent, device)
     samples: dict[str, list[float]] = {m.name: [] for m in ms}
     cpu: dict[str, list[float]] = {m.name: [] for m in ms}
-    for _ in range(cfg.repeats):  # interleaved: a slow phase of a shared machine hits every method alike
-        for m in ms:
+    for r in range(cfg.repeats):  # interleaved: a slow phase of a shared machine hits every method alike
+        # and rotated, so that no method always runs right after the same other one (a cache or clock effect of
+        # the order then averages out instead of biasing one ratio)
+        for m in ms[r % len(ms):] + ms[:r % len(ms)]:
             wall, cpu_s = _timed_call(m.fn, z, cotangent, device)
             samples[m.name].append(wall)
             cpu[m.name].append(cpu_s)
