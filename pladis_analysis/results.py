@@ -135,13 +135,7 @@ def write_table(df: pd.DataFrame, path: str | os.PathLike, meta: dict[str, Any])
     path = Path(path)
     if path.suffix != ".csv":
         raise ValueError(f"path={str(path)!r}: results tables are CSV files ending in .csv")
-    if path.exists():
-        old = read_meta(path).get("config") if meta_path(path).exists() else None
-        changes = ["metadata missing"] if old is None else config_changes(old, meta.get("config", {}))
-        if changes:
-            moved = archive_table(path)
-            logger.warning("%s was written with another config (%s); moved it to %s", path, "; ".join(changes),
-                           moved)
+    archive_if_another_config(path, meta.get("config", {}))
     _atomic_write_text(meta_path(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     _atomic_write_text(path, df.to_csv(index=False))
     return path
@@ -201,16 +195,28 @@ def archive_table(path: str | os.PathLike) -> Path:
     return target
 
 
+def archive_if_another_config(path: str | os.PathLike, config: dict[str, Any]) -> bool:
+    """Move the table at ``path`` to ``<stem>_history/`` (with a WARNING naming the changed fields) when it was
+    written with another config, or has no metadata to tell; ``True`` if it was moved."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    old = read_meta(path) if meta_path(path).exists() else {}
+    changes = config_changes(old["config"], config) if "config" in old else ["metadata missing"]
+    if not changes:
+        return False
+    moved = archive_table(path)
+    logger.warning("%s was written with another config (%s); moved it to %s", path, "; ".join(changes), moved)
+    return True
+
+
 def _key_text(value: Any) -> str:
     """A key value as text that survives the CSV round trip: pandas reads back the 1 of a column that also holds
     1.5 as 1.0, None and NaN as NaN, and "01" as 1, so every number (and numeric text) is compared as a float."""
-    if value is None or isinstance(value, bool):
-        return "nan" if value is None else str(value)
-    if isinstance(value, str):
-        try:
-            return repr(float(value))
-        except ValueError:
-            return value
+    if value is None:
+        return "nan"
+    if isinstance(value, bool):
+        return str(value)
     try:
         return repr(float(value))
     except (TypeError, ValueError):
@@ -243,19 +249,12 @@ class ResultsTable:
         self.rows: list[dict[str, Any]] = []
         self.carried_from: list[str] = []  # commits that wrote the rows read back from disk
         self.added = 0  # rows computed by this run
-        if resume and self.path.exists():
-            old_meta = read_meta(self.path) if meta_path(self.path).exists() else {}
-            changes = (config_changes(old_meta["config"], self.config) if "config" in old_meta
-                       else ["metadata missing"])
-            if changes:
-                moved = archive_table(self.path)
-                logger.warning("%s was written with another config (%s); moved it to %s and starting afresh",
-                               self.path, "; ".join(changes), moved)
-            else:
-                self.rows = read_table(self.path).to_dict("records")
-                if self.rows:
-                    earlier = old_meta.get("rows_from_commits") or [old_meta.get("git_commit", "unknown")]
-                    self.carried_from = sorted(set(map(str, earlier)))
+        if resume and not archive_if_another_config(self.path, self.config) and self.path.exists():
+            self.rows = read_table(self.path).to_dict("records")
+            if self.rows:
+                old_meta = read_meta(self.path)
+                earlier = old_meta.get("rows_from_commits") or [old_meta.get("git_commit", "unknown")]
+                self.carried_from = sorted(set(map(str, earlier)))
         self._done = {self._key(r) for r in self.rows}
 
     def _key(self, row: dict[str, Any]) -> tuple:

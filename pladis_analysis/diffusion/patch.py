@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .layers import AttentionLayer, LayerSpec, resolve_model, select_layers, unwrap_compiled
+from .layers import AttentionLayer, LayerSpec, attention_layers, resolve_model, select_layers
 from .processor import AttentionMap, PladisAttnProcessor, resolve_branches
 from .tracking import parse_layout, track_sampling
 
@@ -186,6 +186,4 @@ def apply_pladis(model_or_pipeline, scale: float = 2.0, alpha: float = 1.5, laye
 
 def current_processors(model_or_pipeline) -> dict[str, object]:
     """``{module path: processor object}`` for every attention module (to compare before/after)."""
-    model = unwrap_compiled(resolve_model(model_or_pipeline))
-    return {name: module.processor for name, module in model.named_modules()
-            if name and hasattr(module, "set_processor") and hasattr(module, "processor")}
+    return {layer.name: layer.module.processor for layer in attention_layers(model_or_pipeline)}

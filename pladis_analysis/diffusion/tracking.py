@@ -30,9 +30,11 @@ import contextlib
 import inspect
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+
+from .layers import attention_layers, unwrap_compiled
 
 CFG = ("uncond", "cond")
 CFG_PAG = ("uncond", "cond", "perturbed")
@@ -110,7 +112,10 @@ class SamplingState:
     pipeline_ref: "weakref.ReferenceType | None" = None
     _users: int = field(default=0, repr=False)
 
-    def observe(self, sample: torch.Tensor | None, timestep, text: torch.Tensor | None, pag: bool = True) -> None:
+    def observe(self, sample: torch.Tensor | None, timestep, text: torch.Tensor | None,
+                pag_running: Callable[[], bool] | None = None) -> None:
+        """One model call. ``pag_running()`` says whether PAG may be running, asked only where the layout is read
+        off the inputs (``None``: it may)."""
         t = _first_float(timestep)
         if self.run < 0 or (t == t and self.timestep == self.timestep and t > self.timestep):
             self.run += 1
@@ -130,7 +135,7 @@ class SamplingState:
                                                                                                    len(layout)):
                 layout = None
         if layout is None and sample is not None:
-            layout = infer_layout(sample, text, pag)
+            layout = infer_layout(sample, text, pag_running is None or pag_running())
         if layout is not None and sample is not None and sample.shape[0] % len(layout) == 0:
             self.layout = layout
         elif sample is not None:
@@ -153,14 +158,16 @@ def _first_float(timestep) -> float:
 def _pre_hook(state: SamplingState, model: torch.nn.Module):
     # Arguments by name, whatever their order: UNet2DConditionModel(sample, timestep, encoder_hidden_states),
     # SANA and PixArt (hidden_states, encoder_hidden_states, timestep), positional or not.
-    inner = getattr(model, "_orig_mod", model)                            # a torch.compile wrapper's module
     try:
-        signature = inspect.signature(inner.forward)
+        signature = inspect.signature(unwrap_compiled(model).forward)
     except (TypeError, ValueError):
         signature = None
-    # PAG pipelines install their perturbed-attention processors for the length of their call; without one, equal
-    # text chunks are CFG with a negative prompt equal to the prompt, not PAG
-    attention = [m for m in inner.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+    attention = [layer.module for layer in attention_layers(model)]
+
+    def pag_running() -> bool:
+        # PAG pipelines install their perturbed-attention processors for the length of their call; without one,
+        # equal text chunks are CFG with a negative prompt equal to the prompt, not PAG
+        return any("PAG" in type(m.processor).__name__ for m in attention)
 
     def hook(module, args, kwargs):
         named = dict(kwargs)
@@ -172,9 +179,8 @@ def _pre_hook(state: SamplingState, model: torch.nn.Module):
         sample = named.get("sample", named.get("hidden_states"))
         timestep = named.get("timestep")
         text = named.get("encoder_hidden_states")
-        pag = any("PAG" in type(m.processor).__name__ for m in attention)
         state.observe(sample if isinstance(sample, torch.Tensor) else None, timestep,
-                      text if isinstance(text, torch.Tensor) else None, pag)
+                      text if isinstance(text, torch.Tensor) else None, pag_running)
     return hook
 
 

@@ -1,9 +1,8 @@
 """The maths of the torch path: thresholds, forward maps and closed-form Jacobian-vector products.
 
 Everything here works on the LAST dimension of a tensor that is already in the working dtype (float32;
-float64 for float64 inputs and for α outside [:data:`FLOAT32_MIN_ALPHA`, :data:`FLOAT32_MAX_ALPHA`]); :mod:`.functions`
-handles dtypes,
-devices and autograd.
+float64 for float64 inputs and for α outside [:data:`FLOAT32_MIN_ALPHA`, :data:`FLOAT32_MAX_ALPHA`]);
+:mod:`.functions` handles dtypes, devices and autograd.
 
 All maps are computed in the shifted and scaled space used by Peters, Niculae & Martins (2019):
 

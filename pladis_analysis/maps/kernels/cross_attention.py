@@ -128,18 +128,21 @@ def _raw_scores(Q, q_base, K, k_base, rows, row_in, cols, Lk, D, sqm, sqd, skn, 
 
 
 @triton.jit
+def _mask_tile(MASK, m_base, rows, row_in, cols, Lk, smm, smn):
+    """The (rows, cols) tile of the mask, 0 outside the rows and the Lk keys."""
+    tile_in = row_in[:, None] & (cols < Lk)[None, :]
+    return tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0)
+
+
+@triton.jit
 def _masked_scores(z, MASK, m_base, rows, row_in, cols, Lk, smm, smn, score_scale, MASK_KIND: tl.constexpr):
     """The scores ``z`` scaled and masked; returns ``(z, valid)``."""
-    col_in = cols < Lk
     z = z * score_scale
-    tile_in = row_in[:, None] & col_in[None, :]
     if MASK_KIND == 1:
-        keep = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0)
-        z = tl.where(keep != 0, z, float("-inf"))
+        z = tl.where(_mask_tile(MASK, m_base, rows, row_in, cols, Lk, smm, smn) != 0, z, float("-inf"))
     elif MASK_KIND == 2:
-        bias = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
-        z = z + bias.to(tl.float32)
-    return z, col_in[None, :] & (z > float("-inf"))
+        z = z + _mask_tile(MASK, m_base, rows, row_in, cols, Lk, smm, smn).to(tl.float32)
+    return z, (cols < Lk)[None, :] & (z > float("-inf"))
 
 
 @triton.jit
@@ -147,9 +150,7 @@ def _gap_keys(valid, MASK, m_base, rows, row_in, cols, Lk, smm, smn, MASK_KIND: 
     """The keys the top gap compares: the valid ones, less those under a padding bias (reloaded here rather than
     kept in registers through the threshold search)."""
     if MASK_KIND == 2:
-        tile_in = row_in[:, None] & (cols < Lk)[None, :]
-        bias = tl.load(MASK + m_base + rows[:, None] * smm + cols[None, :] * smn, mask=tile_in, other=0.0)
-        return valid & (bias.to(tl.float32) > MASKED_BIAS)
+        return valid & (_mask_tile(MASK, m_base, rows, row_in, cols, Lk, smm, smn).to(tl.float32) > MASKED_BIAS)
     return valid
 
 

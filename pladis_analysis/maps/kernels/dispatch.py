@@ -249,8 +249,6 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             reason = f"attn_mask dtype {attn_mask.dtype} (bool or floating masks only)"
         elif attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled():
             reason = "attn_mask requires grad (the kernel's backward gives q, k and v theirs only)"
-        elif _grid_rows(q, k, v) > MAX_GRID_Y:
-            reason = f"batch × heads = {_grid_rows(q, k, v)} > {MAX_GRID_Y} (CUDA's limit on the launch grid's y axis)"
         else:
             try:
                 lead = broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
@@ -258,6 +256,10 @@ def choose_attention_backend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     broadcast_shapes(attn_mask.shape, (*lead, q.shape[-2], k.shape[-2]))
             except RuntimeError:
                 reason = "shapes of q/k/v/attn_mask do not broadcast"
+            else:
+                if math.prod(lead) > MAX_GRID_Y:
+                    reason = (f"batch × heads = {math.prod(lead)} > {MAX_GRID_Y} (CUDA's limit on the launch grid's "
+                              "y axis)")
     if reason is None:
         reason = _build_failure(_attention_signature(q, k, v, attn_mask, map_name, alpha, stats), backend, what)
     decision = _decide(reason, backend, what)
@@ -273,15 +275,6 @@ _ATTENTION_DECISIONS: dict[tuple, tuple[str, str]] = {}
 # The fused kernel launches one program per query block along x and per (batch, head) along y, whose size CUDA
 # caps at 65535.
 MAX_GRID_Y = 65535
-
-
-def _grid_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    """Batch × heads of an attention call: the product of its broadcast leading dims (1 when they don't broadcast,
-    which the shape check reports)."""
-    try:
-        return math.prod(broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
-    except RuntimeError:
-        return 1
 
 
 # --------------------------------------------------------------------------------------------------
